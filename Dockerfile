@@ -1,0 +1,16 @@
+# The ftq daemon. docker-compose.yml runs it with the host's GPUs and a volume for its state.
+FROM python:3.11-slim
+WORKDIR /srv/ftq
+# torch first and on its own: the default PyPI build for Linux x86-64 carries CUDA.
+ARG TORCH=torch
+RUN pip install --no-cache-dir "${TORCH}"
+COPY pyproject.toml README.md ./
+COPY server server
+COPY scheduler scheduler
+COPY worker worker
+COPY migrations migrations
+RUN pip install --no-cache-dir -e .
+COPY configs configs
+ENV FTQ_DATA_DIR=/var/lib/ftq FTQ_INPUT_DIRS=/srv/ftq
+EXPOSE 8000
+CMD ["ftq", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,39 @@
+# The two commands: `make run` (the demo) and `make test`. Each sets up .venv itself.
+#
+# torch is installed first and on its own, so that pip never pulls a multi-GB
+# CUDA build as a mere dependency on a CPU machine. TORCH names what to install
+# (default torch==2.13.0, which this project's machines keep as a CPU wheel on
+# local disk); on a GPU machine use a CUDA build, e.g. `make run TORCH=torch`,
+# and TORCH_PIP_ARGS for an index or a folder of wheels (--find-links DIR).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftq-installed
+TORCH ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: run test lint setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(PIP) install -q -e ".[test]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ftq demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) ftq-data .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,267 @@
+"""The scheduling loop: reap exits, tail metrics, carry out cancels, place the queue.
+
+One thread inside the daemon. It is woken at once by a submit, a cancel and a
+worker's exit, and ticks on its own otherwise. It holds processes, not truth:
+every decision is written through the `Store` (the database) before or as it
+acts, and a state the database does not allow is not acted on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from scheduler.exits import Outcome, classify
+from scheduler.placement import Placement, QueuedJob, place
+from scheduler.probe import GpuProbe
+from scheduler.states import JobState
+from scheduler.supervisor import WorkerProcess, group_alive, same_process, signal_group, spawn_worker
+from scheduler.tail import last_lines, read_new_records
+from worker.spec import LOG_FILE, METRICS_FILE
+
+log = logging.getLogger("ftq.scheduler")
+
+LOG_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class StartedAttempt:
+    attempt_id: int
+    job_id: int
+    run_dir: Path
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LiveAttempt:
+    """An attempt the database says is live: what recovery needs to find its process."""
+
+    attempt_id: int
+    job_id: int
+    run_dir: Path
+    pid: int | None
+    pid_start_time: int | None
+    metrics_offset: int
+    cancelling: bool
+
+
+class Store(Protocol):
+    """What the loop needs from the database; the server implements it."""
+
+    def queued_jobs(self) -> list[QueuedJob]: ...
+    def leased_resources(self) -> set[str]: ...
+    def begin_attempt(self, placement: Placement, runs_dir: Path) -> StartedAttempt | None: ...
+    def attempt_spawned(self, attempt_id: int, pid: int, pid_start_time: int | None) -> None: ...
+    def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None: ...
+    def cancelling_attempts(self) -> list[int]: ...
+    def live_attempts(self) -> list[LiveAttempt]: ...
+    def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None: ...
+
+
+@dataclass
+class Tracked:
+    proc: WorkerProcess
+    offset: int = 0
+    end: dict[str, Any] | None = None
+    term_sent_at: float | None = None
+    kill_sent_at: float | None = None
+    waiter: threading.Thread | None = field(default=None, repr=False)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        probe: GpuProbe,
+        runs_dir: Path,
+        cpu_slots: int,
+        cancel_grace_s: float,
+        tick_s: float = 1.0,
+        tail_interval_s: float = 0.25,
+        spawn: Callable[..., WorkerProcess] = spawn_worker,
+    ) -> None:
+        self.store, self.probe, self.runs_dir = store, probe, runs_dir
+        self.cpu_slots, self.cancel_grace_s = cpu_slots, cancel_grace_s
+        self.tick_s, self.tail_interval_s = tick_s, tail_interval_s
+        self._spawn = spawn
+        self._tracked: dict[int, Tracked] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- life cycle ----
+
+    def start(self) -> None:
+        """Reconcile what a previous daemon left behind, then run the loop in a thread."""
+        self.recover()
+        self._thread = threading.Thread(target=self._run, name="ftq-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop scheduling. Workers keep running in their own sessions; the next start reconciles them."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # a database hiccup must not end scheduling for good
+                log.exception("scheduler step failed; retrying at the next tick")
+            self._wake.wait(self.tail_interval_s if self._tracked else self.tick_s)
+            self._wake.clear()
+
+    def step(self) -> None:
+        self._reap()
+        self._tail_all()
+        self._carry_out_cancels()
+        self._place()
+
+    # ---- recovery ----
+
+    def recover(self) -> None:
+        """Settle every attempt a previous daemon left live, before the API opens.
+
+        A worker that ended while no daemon watched is classified from its `end`
+        record. This version does not re-adopt a worker that is still running: it
+        stops it (so no GPU is used by a job the database no longer tracks), keeps
+        its metrics, and ends the attempt with a reason that says so.
+        """
+        for live in self.store.live_attempts():
+            metrics_path = live.run_dir / METRICS_FILE
+            still_running = live.pid is not None and same_process(live.pid, live.pid_start_time)
+            if still_running:
+                signal_group(live.pid, signal.SIGKILL)
+                _wait_until(lambda pid=live.pid: not group_alive(pid), timeout=10.0)
+            records, offset = read_new_records(metrics_path, live.metrics_offset)
+            if records:
+                self.store.add_records(live.attempt_id, records, offset)
+            if still_running:
+                outcome = Outcome(
+                    JobState.FAILED,
+                    "the daemon restarted while this attempt ran; ftq stopped its worker "
+                    "(this version does not re-adopt running workers)",
+                )
+            else:
+                end = next((r for r in reversed(read_new_records(metrics_path, 0)[0]) if r.get("kind") == "end"), None)
+                outcome = classify(None, end, cancel_requested=live.cancelling)
+            tail = last_lines(live.run_dir / LOG_FILE, LOG_TAIL_LINES)
+            self.store.finish_attempt(live.attempt_id, outcome, None, tail)
+
+    # ---- the steps ----
+
+    def _reap(self) -> None:
+        for attempt_id, tracked in list(self._tracked.items()):
+            exit_code = tracked.proc.popen.poll()
+            if exit_code is None:
+                continue
+            self._tail(attempt_id, tracked)
+            # Whatever the leader left behind (data loader workers, ranks) goes too.
+            if group_alive(tracked.proc.pid):
+                signal_group(tracked.proc.pid, signal.SIGKILL)
+                _wait_until(lambda pid=tracked.proc.pid: not group_alive(pid), timeout=5.0)
+            cancel = tracked.term_sent_at is not None or attempt_id in self.store.cancelling_attempts()
+            outcome = classify(exit_code, tracked.end, cancel_requested=cancel)
+            tail = last_lines(tracked.proc.run_dir / LOG_FILE, LOG_TAIL_LINES)
+            self.store.finish_attempt(attempt_id, outcome, exit_code, tail)
+            del self._tracked[attempt_id]
+            log.info("attempt %s ended: %s (%s)", attempt_id, outcome.state.value, outcome.reason)
+
+    def _tail_all(self) -> None:
+        for attempt_id, tracked in self._tracked.items():
+            self._tail(attempt_id, tracked)
+
+    def _tail(self, attempt_id: int, tracked: Tracked) -> None:
+        records, offset = read_new_records(tracked.proc.run_dir / METRICS_FILE, tracked.offset)
+        if not records:
+            return
+        self.store.add_records(attempt_id, records, offset)
+        tracked.offset = offset
+        for record in records:
+            if record.get("kind") == "end":
+                tracked.end = record
+
+    def _carry_out_cancels(self) -> None:
+        now = time.monotonic()
+        for attempt_id in self.store.cancelling_attempts():
+            tracked = self._tracked.get(attempt_id)
+            if tracked is None:
+                # Nothing of ours runs for it (the spawn failed, or it never began).
+                self.store.finish_attempt(attempt_id, Outcome(JobState.CANCELLED, "cancelled on request"), None, "")
+                continue
+            if tracked.term_sent_at is None:
+                tracked.term_sent_at = now
+                signal_group(tracked.proc.pid, signal.SIGTERM)
+                log.info("attempt %s: SIGTERM sent to its process group", attempt_id)
+            elif tracked.kill_sent_at is None and now - tracked.term_sent_at >= self.cancel_grace_s:
+                tracked.kill_sent_at = now
+                signal_group(tracked.proc.pid, signal.SIGKILL)
+                log.info("attempt %s: still alive after %.1fs; SIGKILL sent", attempt_id, self.cancel_grace_s)
+
+    def _place(self) -> None:
+        queue = self.store.queued_jobs()
+        if not queue:
+            return
+        gpus = self.probe.snapshot() if any(job.gpus for job in queue) else []
+        placements = place(queue, gpus, self.store.leased_resources(), self.cpu_slots)
+        for placement in placements:
+            started = self.store.begin_attempt(placement, self.runs_dir)
+            if started is None:  # cancelled meanwhile, or the lease was taken
+                continue
+            self._launch(started, placement)
+
+    def _launch(self, started: StartedAttempt, placement: Placement) -> None:
+        cpu_threads = (
+            max(1, (os.cpu_count() or 1) // max(1, self.cpu_slots))
+            if placement.resources[0].startswith("cpu-")
+            else None
+        )
+        try:
+            proc = self._spawn(
+                started.attempt_id, started.run_dir, started.spec, placement.cuda_visible_devices or "", cpu_threads
+            )
+        except OSError as exc:
+            outcome = Outcome(JobState.FAILED, f"could not start the worker: {exc}")
+            self.store.finish_attempt(started.attempt_id, outcome, None, "")
+            return
+        self.store.attempt_spawned(started.attempt_id, proc.pid, proc.start_time)
+        tracked = Tracked(proc)
+        tracked.waiter = threading.Thread(target=self._wait_exit, args=(proc,), daemon=True)
+        tracked.waiter.start()
+        self._tracked[started.attempt_id] = tracked
+        log.info(
+            "job %s attempt %s started: pid %s on %s",
+            started.job_id,
+            started.attempt_id,
+            proc.pid,
+            ",".join(placement.resources),
+        )
+
+    def _wait_exit(self, proc: WorkerProcess) -> None:
+        proc.popen.wait()
+        self.wake()
+
+    def live_pids(self) -> dict[int, int]:
+        """attempt id -> worker pid, for the processes this daemon supervises."""
+        return {attempt_id: t.proc.pid for attempt_id, t in self._tracked.items()}
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

@@ -1,0 +1,50 @@
+"""Reading a worker's metrics.jsonl from a stored byte offset.
+
+Only whole lines count: a line the worker is still writing waits for the next
+read. The offset is stored with the records it covered, so a daemon that
+restarts carries on where it stopped and no record is stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def read_new_records(path: Path, offset: int, max_bytes: int = 4 << 20) -> tuple[list[dict[str, Any]], int]:
+    """Records appended since `offset`, and the offset just past the last whole line read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read(max_bytes)
+    except FileNotFoundError:
+        return [], offset
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    records: list[dict[str, Any]] = []
+    for line in chunk[: end + 1].splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = {"kind": "invalid", "raw": line.decode("utf-8", "replace")[:500]}
+        if isinstance(record, dict):
+            records.append(record)
+    return records, offset + end + 1
+
+
+def last_lines(path: Path, count: int, max_bytes: int = 256 << 10) -> str:
+    """The file's last `count` lines (reading at most `max_bytes` from its end)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    lines = data.decode("utf-8", "replace").splitlines()
+    return "\n".join(lines[-count:]) if count > 0 else ""

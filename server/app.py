@@ -1,0 +1,76 @@
+"""The daemon: `create_app(settings)` builds the API, its database and its scheduler.
+
+At start it upgrades the database, reconciles what a previous daemon left
+running, starts the scheduling loop, and only then serves (STYLE.md 7).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from scheduler.loop import Scheduler
+from scheduler.probe import GpuProbe, make_probe
+from server.db import make_engine, upgrade_database
+from server.deps import require_token
+from server.errors import install_handlers
+from server.routes import jobs, system
+from server.settings import Settings
+from server.store import SqlStore
+
+log = logging.getLogger("ftq")
+
+
+def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings)
+        upgrade_database(engine)
+        gpu_probe = probe or make_probe(settings.fake_gpus)
+        scheduler = Scheduler(
+            SqlStore(engine),
+            gpu_probe,
+            settings.runs_dir,
+            cpu_slots=settings.cpu_slots,
+            cancel_grace_s=settings.cancel_grace_s,
+            tick_s=settings.tick_s,
+            tail_interval_s=settings.tail_interval_s,
+        )
+        scheduler.start()
+        app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler
+        log.info(
+            "ftq serving: data in %s, GPUs: %s, CPU slots: %d",
+            settings.data_dir.resolve(),
+            gpu_probe.description,
+            settings.cpu_slots,
+        )
+        try:
+            yield
+        finally:
+            scheduler.stop()
+            gpu_probe.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="ftq",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Runs many LLM fine-tunes at once on the GPUs of a machine.",
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(jobs.router, dependencies=[Depends(require_token)])
+    app.include_router(system.router, dependencies=[Depends(require_token)])
+
+    @app.get("/healthz", tags=["system"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

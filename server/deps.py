@@ -1,0 +1,44 @@
+"""Dependencies the routes share: the session, the settings, the job by id, the token check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from server.errors import NotFound, Unauthorized
+from server.models import Job
+from server.settings import Settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_job_or_404(job_id: int, session: SessionDep) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist; GET /jobs lists the jobs")
+    return job
+
+
+JobDep = Annotated[Job, Depends(get_job_or_404)]
+
+
+def require_token(request: Request) -> None:
+    token = request.app.state.settings.api_token
+    if token and request.headers.get("authorization") != f"Bearer {token}":
+        raise Unauthorized("this daemon needs its API token: send 'Authorization: Bearer <FTQ_API_TOKEN>'")

@@ -1,0 +1,188 @@
+"""The service layer: what each route asks of the jobs, one function each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from scheduler.placement import cpu_slot_names
+from scheduler.probe import GpuInfo
+from scheduler.states import ACTIVE, JobState
+from scheduler.tail import last_lines
+from server.errors import Conflict, InvalidSpec, field_error
+from server.models import (
+    Attempt,
+    AttemptPublic,
+    Job,
+    JobPublic,
+    JobSummary,
+    Lease,
+    MetricRecord,
+    Progress,
+    utcnow,
+)
+from server.paths import resolve_spec_paths
+from server.store import current_attempt, transition
+from worker.spec import LOG_FILE, JobSpec
+
+
+def admission_errors(spec: JobSpec, gpus: list[GpuInfo], cpu_slots: int) -> list[dict[str, str]]:
+    """Why this machine can never run the job (empty when it can, now or later)."""
+    if spec.gpus == 0 and cpu_slots == 0:
+        return [
+            field_error(
+                "gpus",
+                "0 asks for a CPU slot and this daemon has none (FTQ_CPU_SLOTS=0): "
+                "ask for a GPU, or start the daemon with FTQ_CPU_SLOTS=1",
+            )
+        ]
+    if spec.gpus > len(gpus):
+        have = f"{len(gpus)} GPU" + ("" if len(gpus) == 1 else "s")
+        fix = f"ask for at most {len(gpus)}" if gpus else "set gpus: 0 to run on a CPU slot"
+        return [field_error("gpus", f"the job asks for {spec.gpus} and this daemon has {have}: {fix}")]
+    return []
+
+
+def submit(session: Session, spec: JobSpec, input_dirs: list[Path], gpus: list[GpuInfo], cpu_slots: int) -> Job:
+    """Check everything, report every problem at once, and queue the job only when all is well."""
+    errors = admission_errors(spec, gpus, cpu_slots)
+    try:
+        resolved = resolve_spec_paths(spec, input_dirs)
+    except InvalidSpec as exc:
+        raise InvalidSpec.from_errors((exc.errors or []) + errors) from None
+    if errors:
+        raise InvalidSpec.from_errors(errors)
+    job = Job(
+        name=resolved.name,
+        state=JobState.QUEUED.value,
+        priority=resolved.priority,
+        gpus=resolved.gpus,
+        spec=resolved.model_dump(mode="json", exclude_none=True),
+    )
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def list_jobs(session: Session, state: JobState | None, offset: int, limit: int) -> tuple[list[JobSummary], int]:
+    query = select(Job)
+    count_query = select(func.count()).select_from(Job)
+    if state is not None:
+        query = query.where(Job.state == state.value)
+        count_query = count_query.where(Job.state == state.value)
+    jobs = session.exec(query.order_by(col(Job.id)).offset(offset).limit(limit)).all()
+    count = session.exec(count_query).one()
+    return [summarize(session, job) for job in jobs], count
+
+
+def _latest(session: Session, job_id: int, kinds: tuple[str, ...]) -> dict[str, Any] | None:
+    row = session.exec(
+        select(MetricRecord)
+        .where(MetricRecord.job_id == job_id, col(MetricRecord.kind).in_(kinds))
+        .order_by(col(MetricRecord.id).desc())
+        .limit(1)
+    ).first()
+    return row.data if row else None
+
+
+def summarize(session: Session, job: Job) -> JobSummary:
+    return JobSummary.model_validate(_summary_fields(session, job))
+
+
+def _summary_fields(session: Session, job: Job) -> dict[str, Any]:
+    assert job.id is not None
+    attempt = current_attempt(session, job.id)
+    live = attempt is not None and attempt.ended_at is None
+    latest = _latest(session, job.id, ("metric",))
+    progress = None
+    if attempt is not None and attempt.last_step is not None:
+        total = attempt.total_steps
+        percentage = round(100 * attempt.last_step / total, 2) if total else None
+        progress = Progress(current_steps=attempt.last_step, total_steps=total, percentage=percentage)
+    return {
+        **job.model_dump(exclude={"spec"}),
+        "bound_resources": attempt.resources if live and attempt else [],
+        "cuda_visible_devices": attempt.cuda_visible_devices if attempt else None,
+        "progress": progress,
+        "loss": latest.get("loss") if latest else None,
+    }
+
+
+def describe(session: Session, job: Job) -> JobPublic:
+    assert job.id is not None
+    attempts = session.exec(select(Attempt).where(Attempt.job_id == job.id).order_by(col(Attempt.number))).all()
+    end = _latest(session, job.id, ("end",))
+    wall = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
+    return JobPublic.model_validate(
+        {
+            **_summary_fields(session, job),
+            "spec": job.spec,
+            "attempts": [AttemptPublic.model_validate(a.model_dump()) for a in attempts],
+            "latest_metrics": _latest(session, job.id, ("metric", "eval")),
+            "final_loss": end.get("final_loss") if end else None,
+            "wall_time_s": round(wall, 2) if wall is not None else None,
+        }
+    )
+
+
+def cancel(session: Session, job: Job) -> Job:
+    """queued: cancelled at once; starting / running: cancelling, and the scheduler stops the worker.
+
+    The scheduler may move the job between our read and our write (queued -> starting),
+    so a compare-and-set that loses re-reads the state and decides again.
+    """
+    assert job.id is not None
+    for _ in range(5):
+        session.refresh(job)
+        state = JobState(job.state)
+        if state == JobState.CANCELLING:
+            return job
+        if state == JobState.QUEUED:
+            done = transition(
+                session, job.id, JobState.CANCELLED, ended_at=utcnow(), reason="cancelled on request before it started"
+            )
+        elif state in ACTIVE:
+            done = transition(session, job.id, JobState.CANCELLING)
+        else:
+            raise Conflict(f"job {job.id} is {job.state}; only a queued, starting or running job can be cancelled")
+        session.commit()
+        if done:
+            session.refresh(job)
+            return job
+    raise Conflict(f"job {job.id} kept changing state; try the cancel again")
+
+
+def metrics(session: Session, job_id: int, since: int | None, kind: str | None, limit: int) -> list[dict[str, Any]]:
+    query = select(MetricRecord).where(MetricRecord.job_id == job_id)
+    if since is not None:
+        query = query.where(MetricRecord.step > since)
+    if kind is not None:
+        query = query.where(MetricRecord.kind == kind)
+    rows = session.exec(query.order_by(col(MetricRecord.id)).limit(limit)).all()
+    return [row.data for row in rows]
+
+
+def logs(session: Session, job: Job, tail: int, attempt_number: int | None) -> str:
+    assert job.id is not None
+    if attempt_number is None:
+        attempt = current_attempt(session, job.id)
+    else:
+        attempt = session.exec(
+            select(Attempt).where(Attempt.job_id == job.id, Attempt.number == attempt_number)
+        ).first()
+    if attempt is None:
+        return ""
+    return last_lines(Path(attempt.run_dir) / LOG_FILE, tail)
+
+
+def leases_by_resource(session: Session) -> dict[str, int]:
+    return {lease.resource: lease.job_id for lease in session.exec(select(Lease)).all()}
+
+
+def cpu_slot_holders(session: Session, cpu_slots: int) -> dict[str, int]:
+    held = leases_by_resource(session)
+    return {slot: held[slot] for slot in cpu_slot_names(cpu_slots) if slot in held}

@@ -1,0 +1,176 @@
+"""The tables (jobs, attempts, metric records, leases) and the API's schema family.
+
+`JobCreate` comes in, `JobPublic` / `JobsPublic` go out, the table models stay
+inside (full-stack-fastapi-template's models.py). Times are aware UTC datetimes
+and leave the API as ISO 8601 with a `Z`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import field_serializer
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from worker.spec import JobSpec
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    state: str = Field(index=True)
+    priority: int = Field(default=0, index=True)
+    gpus: int
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    submitted_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    reason: str | None = None
+
+
+class Attempt(SQLModel, table=True):
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    number: int
+    state: str = Field(index=True)
+    resources: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    cuda_visible_devices: str | None = None
+    run_dir: str
+    pid: int | None = None
+    pid_start_time: int | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    log_tail: str | None = None
+    last_step: int | None = None
+    total_steps: int | None = None
+    peak_memory_gib: float | None = None
+    metrics_offset: int = 0
+    cancel_requested_at: datetime | None = None
+
+
+class MetricRecord(SQLModel, table=True):
+    __tablename__ = "metrics"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    attempt_id: int = Field(foreign_key="attempts.id", index=True)
+    kind: str
+    step: int = Field(default=0, index=True)
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class Lease(SQLModel, table=True):
+    """One GPU (by UUID) or CPU slot held by one attempt; the primary key makes a double lease impossible."""
+
+    __tablename__ = "leases"
+
+    resource: str = Field(primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    attempt_id: int = Field(foreign_key="attempts.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# ---- the API's schemas ----
+
+JobCreate = JobSpec
+
+
+class _Public(SQLModel):
+    @field_serializer("*", when_used="json")
+    def _times_as_utc(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return value
+
+
+class AttemptPublic(_Public):
+    number: int
+    state: str
+    resources: list[str]
+    cuda_visible_devices: str | None
+    run_dir: str
+    pid: int | None
+    started_at: datetime
+    ended_at: datetime | None
+    exit_code: int | None
+    reason: str | None
+    log_tail: str | None
+    last_step: int | None
+    total_steps: int | None
+    peak_memory_gib: float | None
+
+
+class Progress(SQLModel):
+    current_steps: int
+    total_steps: int | None
+    percentage: float | None
+
+
+class JobSummary(_Public):
+    id: int
+    name: str
+    state: str
+    priority: int
+    gpus: int
+    submitted_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    reason: str | None
+    bound_resources: list[str] = []
+    cuda_visible_devices: str | None = None
+    progress: Progress | None = None
+    loss: float | None = None
+
+
+class JobPublic(JobSummary):
+    spec: dict[str, Any]
+    attempts: list[AttemptPublic]
+    latest_metrics: dict[str, Any] | None
+    final_loss: float | None = None
+    wall_time_s: float | None = None
+
+
+class JobsPublic(SQLModel):
+    data: list[JobSummary]
+    count: int
+    offset: int
+    limit: int
+
+
+class MetricsPublic(SQLModel):
+    data: list[dict[str, Any]]
+    count: int
+
+
+class GpuPublic(SQLModel):
+    uuid: str
+    index: int
+    name: str
+    memory_total: int | None
+    memory_free: int | None
+    memory_used: int | None
+    utilization: int | None
+    processes: list[dict[str, Any]]
+    healthy: bool
+    error: str | None
+    bound_job: int | None
+
+
+class GpusPublic(SQLModel):
+    probe: str
+    gpus: list[GpuPublic]
+    cpu_slots: int
+    cpu_slots_bound: dict[str, int]

@@ -1,0 +1,67 @@
+"""Routes for jobs: parse, call one service function, return."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse
+
+from scheduler.states import JobState
+from server import jobs as service
+from server.deps import JobDep, SessionDep, SettingsDep
+from server.models import JobCreate, JobPublic, JobsPublic, MetricsPublic
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+def submit_job(spec: JobCreate, request: Request, session: SessionDep, settings: SettingsDep) -> JobPublic:
+    gpus = request.app.state.probe.snapshot()
+    job = service.submit(session, spec, settings.input_dirs, gpus, settings.cpu_slots)
+    request.app.state.scheduler.wake()
+    return service.describe(session, job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    state: JobState | None = None,
+    offset: int = Query(default=0, ge=0),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> JobsPublic:
+    data, count = service.list_jobs(session, state, offset, limit)
+    return JobsPublic(data=data, count=count, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job: JobDep, session: SessionDep) -> JobPublic:
+    return service.describe(session, job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
+    job = service.cancel(session, job)
+    request.app.state.scheduler.wake()
+    return service.describe(session, job)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+def get_metrics(
+    job: JobDep,
+    session: SessionDep,
+    since: int | None = Query(default=None, description="only records after this step"),
+    kind: str | None = Query(default=None, description="start, metric, eval, checkpoint or end"),
+    limit: int = Query(default=10_000, ge=1, le=100_000),
+) -> MetricsPublic:
+    assert job.id is not None
+    data = service.metrics(session, job.id, since, kind, limit)
+    return MetricsPublic(data=data, count=len(data))
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse)
+def get_logs(
+    job: JobDep,
+    session: SessionDep,
+    tail: int = Query(default=200, ge=1, le=100_000),
+    attempt: int | None = Query(default=None, ge=1, description="attempt number; the latest by default"),
+) -> str:
+    return service.logs(session, job, tail, attempt)

@@ -1,0 +1,63 @@
+"""All of the daemon's settings in one pydantic-settings object (prefix FTQ_).
+
+A bad value fails at start with the variable's name, never halfway through a job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FTQ_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("ftq-data"), description="Database and run dirs live here.")
+    database_url: str | None = Field(default=None, description="Defaults to SQLite in data_dir.")
+    fake_gpus: str | None = Field(default=None, description="e.g. 2x24GiB: simulate GPUs instead of NVML.")
+    cpu_slots: int = Field(default=1, ge=0, le=256, description="Jobs with gpus: 0 run this many at once.")
+    cancel_grace_s: float = Field(default=10.0, ge=0, le=3600, description="SIGTERM, then SIGKILL after this.")
+    api_token: str | None = Field(default=None, description="When set, every route but /healthz needs it.")
+    input_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path.cwd()],
+        description="Directories a spec may read models and data from (os.pathsep-separated); "
+        "relative spec paths resolve against the first.",
+    )
+    tick_s: float = Field(default=1.0, gt=0, le=60, description="The scheduler's periodic tick.")
+    tail_interval_s: float = Field(default=0.25, gt=0, le=10, description="How often running jobs' metrics are read.")
+
+    @field_validator("input_dirs", mode="before")
+    @classmethod
+    def _split_input_dirs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part.strip()]
+        return value
+
+    @field_validator("input_dirs")
+    @classmethod
+    def _input_dirs_exist(cls, dirs: list[Path]) -> list[Path]:
+        if not dirs:
+            raise ValueError("FTQ_INPUT_DIRS is empty; name at least one directory jobs may read from")
+        resolved = []
+        for d in dirs:
+            if not d.is_dir():
+                raise ValueError(f"FTQ_INPUT_DIRS: {d} is not a directory")
+            resolved.append(d.resolve())
+        return resolved
+
+    @field_validator("fake_gpus")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'ftq.db'}"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir.resolve() / "runs"

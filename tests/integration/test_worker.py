@@ -1,0 +1,192 @@
+"""`python -m worker RUN_DIR` as the daemon runs it: a real subprocess training the shipped tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.spec import EXIT_BAD_INPUT, LOG_FILE, METRICS_FILE, SPEC_FILE
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL_DIR = REPO / "configs" / "models" / "tiny-chat"
+DATA_DIR = REPO / "configs" / "data"
+
+if not (MODEL_DIR / "config.json").is_file() or not (DATA_DIR / "dataset_info.json").is_file():
+    pytest.skip("the shipped tiny model or demo data is missing", allow_module_level=True)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll until condition() is truthy; return its value or fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    # A line without its newline is still being written; the daemon skips it the same way.
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+
+
+def kinds(run_dir: Path) -> list[str]:
+    return [record["kind"] for record in records(run_dir)]
+
+
+def make_run_dir(tmp_path: Path, **overrides: Any) -> Path:
+    spec = {
+        "name": "tiny",
+        "gpus": 0,
+        "model_name_or_path": str(MODEL_DIR),
+        "dataset": "cs_billing",
+        "dataset_dir": str(DATA_DIR),
+        "cutoff_len": 256,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 0.01,
+        "max_steps": 20,
+        "logging_steps": 2,
+        "save_steps": 10,
+        "lr_scheduler_type": "constant",
+        **overrides,
+    }
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / SPEC_FILE).write_text(json.dumps(spec))
+    return run_dir
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[[Path], subprocess.Popen]]:
+    """Start workers the way the supervisor does, and make sure none outlives its test."""
+    started: list[subprocess.Popen] = []
+
+    def start(run_dir: Path) -> subprocess.Popen:
+        env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": "0,1",  # the daemon's fake GPUs: no such devices on a CPU machine
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "PYTHONUNBUFFERED": "1",
+        }
+        with open(run_dir / LOG_FILE, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", str(run_dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def log_of(run_dir: Path) -> str:
+    return (run_dir / LOG_FILE).read_text(errors="replace")[-4000:]
+
+
+def test_trains_twenty_steps_and_saves_the_adapter(tmp_path: Path, spawn) -> None:
+    run_dir = make_run_dir(tmp_path, val_size=8, eval_strategy="steps", eval_steps=10)
+
+    proc = spawn(run_dir)
+    assert proc.wait(timeout=300) == 0, log_of(run_dir)
+
+    found = records(run_dir)
+    assert found[0]["kind"] == "start" and found[-1]["kind"] == "end", kinds(run_dir)
+    start, end = found[0], found[-1]
+    assert start["pid"] == proc.pid and start["device"] == "cpu" and start["current_steps"] == 0
+    assert start["cuda_visible_devices"] == "0,1" and start["world_size"] == 1
+    assert end["status"] == "succeeded" and end["output"] == "output" and "error" not in end
+    assert end["current_steps"] == end["total_steps"] == 20
+    assert end["final_loss"] > 0
+
+    metrics = [r for r in found if r["kind"] == "metric"]
+    assert [m["current_steps"] for m in metrics] == list(range(2, 21, 2))
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert {"lr", "epoch", "percentage", "elapsed_time", "remaining_time", "throughput", "total_tokens"} <= set(
+        metrics[0]
+    )
+    assert [r["current_steps"] for r in found if r["kind"] == "eval"] == [10, 20]
+    assert [r["path"] for r in found if r["kind"] == "checkpoint"] == [
+        "checkpoints/checkpoint-10",
+        "checkpoints/checkpoint-20",
+    ]
+    assert all(r["timestamp"].endswith("Z") for r in found)
+
+    output = run_dir / "output"
+    assert (output / "adapter_config.json").is_file() and (output / "adapter_model.safetensors").is_file()
+    assert (output / "tokenizer.json").is_file()
+
+
+def test_unknown_dataset_is_bad_input_that_names_it(tmp_path: Path, spawn) -> None:
+    run_dir = make_run_dir(tmp_path, dataset="cs_billing,cs_refunds")
+
+    proc = spawn(run_dir)
+
+    assert proc.wait(timeout=120) == EXIT_BAD_INPUT, log_of(run_dir)
+    (end,) = records(run_dir)  # nothing starts on bad input
+    assert end["kind"] == "end" and end["status"] == "failed"
+    assert "'cs_refunds'" in end["error"] and "cs_billing" in end["error"]  # the bad name and the known ones
+
+
+def test_sigterm_while_training_ends_cancelled_with_143(tmp_path: Path, spawn) -> None:
+    run_dir = make_run_dir(tmp_path, max_steps=5000)
+    proc = spawn(run_dir)
+    wait_for(lambda: "metric" in kinds(run_dir) or proc.poll() is not None, timeout=240)
+    assert proc.poll() is None, log_of(run_dir)
+
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)  # the supervisor signals the whole process group
+    assert proc.wait(timeout=10) == 143, log_of(run_dir)
+    took = time.monotonic() - sent
+
+    end = records(run_dir)[-1]
+    assert end["kind"] == "end" and end["status"] == "cancelled", kinds(run_dir)
+    assert 2 <= end["current_steps"] < 5000
+    assert took < 10
+    with pytest.raises(ProcessLookupError):  # nothing of the job is left behind
+        os.killpg(proc.pid, 0)
+
+
+def test_sigterm_while_loading_ends_cancelled_with_143(tmp_path: Path, spawn) -> None:
+    # The largest demo dataset at full length: tokenizing it keeps the worker in setup for a while.
+    run_dir = make_run_dir(tmp_path, dataset="customer_service", cutoff_len=1024)
+    proc = spawn(run_dir)
+    wait_for(lambda: "start" in kinds(run_dir) or proc.poll() is not None, timeout=120)
+
+    os.killpg(proc.pid, signal.SIGTERM)
+
+    assert proc.wait(timeout=10) == 143, log_of(run_dir)
+    assert kinds(run_dir)[-1] == "end"
+    assert records(run_dir)[-1]["status"] == "cancelled"
+    assert "metric" not in kinds(run_dir)
+
+
+def test_bad_spec_reports_every_problem_at_once(tmp_path: Path, spawn) -> None:
+    run_dir = make_run_dir(tmp_path, model_name_or_path=str(tmp_path / "no-model"), lora_rnk=8, learning_rate=0)
+
+    proc = spawn(run_dir)
+
+    assert proc.wait(timeout=120) == EXIT_BAD_INPUT, log_of(run_dir)
+    error = records(run_dir)[-1]["error"]
+    assert "lora_rnk" in error and "learning_rate" in error and "no-model" in error

@@ -1,0 +1,259 @@
+"""worker.data: LLaMA-Factory's dataset_info.json formats to chat messages to labelled tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from worker.data import (
+    IGNORE_INDEX,
+    DataError,
+    PadCollator,
+    build_datasets,
+    load_conversations,
+    split_examples,
+    tokenize_conversation,
+)
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny byte-level BPE with a ChatML template, built here: tests never download."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["where is my order", "your refund has been issued", "hello, how can I help"], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def write_dataset(tmp_path: Path, info: dict, files: dict[str, list | str]) -> Path:
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    for name, rows in files.items():
+        text = rows if isinstance(rows, str) else "\n".join(json.dumps(row) for row in rows)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+OPENAI_ENTRY = {
+    "file_name": "chat.jsonl",
+    "formatting": "sharegpt",
+    "columns": {"messages": "messages"},
+    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+             "system_tag": "system"},
+}  # fmt: skip
+
+
+def chat(*turns: tuple[str, str]) -> dict:
+    return {"messages": [{"role": role, "content": content} for role, content in turns]}
+
+
+def test_alpaca_joins_instruction_and_input_and_keeps_history_and_system(tmp_path: Path) -> None:
+    info = {"faq": {"file_name": "faq.json", "columns": {"system": "sys", "history": "history"}}}
+    rows = [
+        {"instruction": "Summarise", "input": "the order shipped", "output": "Shipped.", "sys": "Be brief.",
+         "history": [["hi", "hello"]]},
+        {"instruction": "Say hi", "input": "", "output": "Hi!"},
+    ]  # fmt: skip
+    (tmp_path / "faq.json").write_text(json.dumps(rows))  # a JSON array, not lines
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+
+    first, second = load_conversations(["faq"], tmp_path, None)
+
+    assert first.messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "Summarise\nthe order shipped"},
+        {"role": "assistant", "content": "Shipped."},
+    ]
+    assert second.messages == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}]
+
+
+def test_sharegpt_default_tags_and_observation_function_roles(tmp_path: Path) -> None:
+    row = {
+        "conversations": [
+            {"from": "system", "value": "You are support."},
+            {"from": "human", "value": "Track order 7"},
+            {"from": "function_call", "value": '{"name": "track"}'},
+            {"from": "observation", "value": '{"status": "shipped"}'},
+            {"from": "gpt", "value": "It shipped."},
+        ]
+    }
+    write_dataset(tmp_path, {"sg": {"file_name": "sg.jsonl", "formatting": "sharegpt"}}, {"sg.jsonl": [row]})
+
+    (conv,) = load_conversations(["sg"], tmp_path, None)
+
+    assert [m["role"] for m in conv.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert conv.messages[0]["content"] == "You are support."
+
+
+def test_openai_messages_format_with_tags(tmp_path: Path) -> None:
+    rows = [chat(("system", "Be kind."), ("user", "Where is my parcel?"), ("assistant", "On its way."))]
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {"chat.jsonl": rows})
+
+    (conv,) = load_conversations(["cs"], tmp_path, None)
+
+    assert conv.messages == rows[0]["messages"]
+
+
+def test_malformed_alternation_is_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = chat(("user", "a"), ("assistant", "b"))
+    rows = [
+        good,
+        chat(("user", "a"), ("user", "b")),  # two user turns in a row
+        chat(("assistant", "a"), ("user", "b")),  # starts with the assistant
+        chat(("user", "a"), ("assistant", "b"), ("user", "c")),  # ends on the user
+        {"messages": "not a list"},
+    ]
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {"chat.jsonl": rows})
+
+    conversations = load_conversations(["cs"], tmp_path, None)
+
+    assert [c.messages for c in conversations] == [good["messages"]]
+    assert "skipped 4 malformed examples of 5" in caplog.text
+
+
+def test_all_malformed_is_an_error(tmp_path: Path) -> None:
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {"chat.jsonl": [chat(("user", "a"))]})
+    with pytest.raises(DataError, match="'cs': no usable example"):
+        load_conversations(["cs"], tmp_path, None)
+
+
+def test_unknown_dataset_names_it_and_lists_known_names(tmp_path: Path) -> None:
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY, "faq": {"file_name": "chat.jsonl"}}, {"chat.jsonl": []})
+    with pytest.raises(DataError) as info:
+        load_conversations(["cs", "billing"], tmp_path, None)
+    assert "'billing'" in str(info.value)
+    assert "known: cs, faq" in str(info.value)
+
+
+def test_hub_only_entry_is_a_clear_error(tmp_path: Path) -> None:
+    write_dataset(tmp_path, {"alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en"}}, {})
+    with pytest.raises(DataError, match="only on a hub.*no network"):
+        load_conversations(["alpaca_en"], tmp_path, None)
+
+
+def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {"chat.jsonl": json.dumps(chat(("user", "a"))) + "\n{oops\n"})
+    with pytest.raises(DataError, match=r"chat\.jsonl line 2 column 2"):
+        load_conversations(["cs"], tmp_path, None)
+
+
+def test_csv_is_not_supported_yet(tmp_path: Path) -> None:
+    write_dataset(tmp_path, {"t": {"file_name": "t.csv"}}, {"t.csv": "instruction,output\na,b\n"})
+    with pytest.raises(DataError, match="t.csv is csv; only json and jsonl"):
+        load_conversations(["t"], tmp_path, None)
+
+
+def test_max_samples_caps_each_dataset_and_datasets_concatenate(tmp_path: Path) -> None:
+    rows = [chat(("user", f"q{i}"), ("assistant", f"a{i}")) for i in range(5)]
+    info = {"a": OPENAI_ENTRY, "b": {**OPENAI_ENTRY, "file_name": "other.jsonl"}}
+    write_dataset(tmp_path, info, {"chat.jsonl": rows, "other.jsonl": rows[:1]})
+
+    conversations = load_conversations(["a", "b"], tmp_path, max_samples=2)
+
+    assert [c.messages[0]["content"] for c in conversations] == ["q0", "q1", "q0"]
+
+
+@pytest.mark.parametrize(("val_size", "expected_eval"), [(0.25, 3), (4, 4), (0.0, 0)])
+def test_val_size_fraction_or_count(val_size: float, expected_eval: int) -> None:
+    examples = list(range(10))
+    train, held_out = split_examples(examples, val_size, seed=1)
+    assert len(held_out) == expected_eval
+    assert sorted(train + held_out) == examples
+    assert split_examples(examples, val_size, seed=1) == (train, held_out)  # seeded: the same split again
+
+
+def test_val_size_that_leaves_nothing_to_train_is_an_error() -> None:
+    with pytest.raises(DataError, match="leaving none to train"):
+        split_examples([1, 2], 2, seed=0)
+
+
+def test_only_assistant_tokens_are_labelled(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+    row = chat(("system", "Be kind."), ("user", "where is my order"), ("assistant", "your refund"),
+               ("user", "hello"), ("assistant", "how can I help"))  # fmt: skip
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {"chat.jsonl": [row]})
+    (conv,) = load_conversations(["cs"], tmp_path, None)
+
+    example = tokenize_conversation(tokenizer, conv, cutoff_len=1024)
+
+    assert example is not None
+    full_text = tokenizer.apply_chat_template(conv.messages, tokenize=False)
+    assert tokenizer.decode(example["input_ids"]) == full_text
+    spans = labelled_spans(example["labels"])
+    decoded = [tokenizer.decode(span) for span in spans]
+    assert decoded == ["your refund<|im_end|>\n", "how can I help<|im_end|>\n"]
+
+
+def labelled_spans(labels: list[int]) -> list[list[int]]:
+    spans: list[list[int]] = []
+    previous = IGNORE_INDEX
+    for label in labels:
+        if label != IGNORE_INDEX:
+            if previous == IGNORE_INDEX:
+                spans.append([])
+            spans[-1].append(label)
+        previous = label
+    return spans
+
+
+def test_truncation_at_cutoff_len_and_drop_when_no_label_left(tokenizer: PreTrainedTokenizerFast) -> None:
+    from worker.data import Conversation
+
+    conv = Conversation([{"role": "user", "content": "where is my order " * 3}, {"role": "assistant", "content": "ok"}])
+    full = tokenize_conversation(tokenizer, conv, cutoff_len=10_000)
+    assert full is not None
+    prompt_len = full["labels"].index(next(label for label in full["labels"] if label != IGNORE_INDEX))
+
+    cut = tokenize_conversation(tokenizer, conv, cutoff_len=prompt_len + 1)
+    assert cut is not None
+    assert len(cut["input_ids"]) == len(cut["labels"]) == len(cut["attention_mask"]) == prompt_len + 1
+    assert cut["labels"][-1] != IGNORE_INDEX
+
+    assert tokenize_conversation(tokenizer, conv, cutoff_len=prompt_len) is None
+
+
+def test_tokenizer_without_chat_template_is_a_clear_error(tokenizer: PreTrainedTokenizerFast) -> None:
+    from worker.data import Conversation
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>")
+    with pytest.raises(DataError, match="no chat_template"):
+        tokenize_conversation(bare, Conversation([{"role": "user", "content": "a"}]), cutoff_len=10)
+
+
+def test_build_datasets_and_collator_pad_right(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+    rows = [chat(("user", "hello" * (i + 1)), ("assistant", "ok")) for i in range(6)]
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {"chat.jsonl": rows})
+    spec = SimpleNamespace(
+        dataset_names=["cs"], dataset_dir=str(tmp_path), max_samples=None, cutoff_len=64, val_size=2, seed=0
+    )
+
+    train, held_out, collator = build_datasets(spec, tokenizer)
+
+    assert (len(train), len(held_out)) == (4, 2)
+    batch = collator([train[0], train[3]])
+    short, long = (len(train[i]["input_ids"]) for i in (0, 3))
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, max(short, long))
+    padded = 0 if short < long else 1
+    pad_len = abs(long - short)
+    assert batch["input_ids"][padded, -pad_len:].tolist() == [tokenizer.pad_token_id] * pad_len
+    assert batch["attention_mask"][padded, -pad_len:].tolist() == [0] * pad_len
+    assert batch["labels"][padded, -pad_len:].tolist() == [IGNORE_INDEX] * pad_len
+    assert isinstance(collator, PadCollator)

@@ -1,0 +1,37 @@
+from scheduler.exits import classify, describe_exit
+from scheduler.states import JobState
+from worker.spec import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OOM
+
+
+def test_sigkill_is_explained_not_reported_as_minus_nine():
+    text = describe_exit(-9)
+    assert text.startswith("killed by signal 9 (SIGKILL) — likely the host ran out of memory")
+
+
+def test_shell_style_signal_codes_are_decoded():
+    assert "128 + signal 15 (SIGTERM)" in describe_exit(143)
+    assert describe_exit(1) == "exited with code 1"
+
+
+def test_success_needs_exit_zero_and_an_end_record_that_says_so():
+    assert classify(0, {"status": "succeeded"}, False).state == JobState.SUCCEEDED
+    assert classify(0, None, False).state == JobState.FAILED
+
+
+def test_oom_from_exit_code_or_record():
+    assert classify(EXIT_OOM, None, False).state == JobState.OOM
+    assert classify(1, {"status": "oom", "error": "CUDA out of memory"}, False).state == JobState.OOM
+
+
+def test_failure_reasons_carry_the_workers_error():
+    outcome = classify(EXIT_FAILED, {"status": "failed", "error": "ValueError: boom"}, False)
+    assert outcome.state == JobState.FAILED and "ValueError: boom" in outcome.reason
+    bad = classify(EXIT_BAD_INPUT, {"status": "failed", "error": "dataset 'x' unknown"}, False)
+    assert bad.reason.startswith("bad input") and "'x'" in bad.reason
+    killed = classify(-9, {"kind": "metric"}, False)
+    assert "SIGKILL" in killed.reason
+
+
+def test_a_requested_cancel_wins():
+    assert classify(-15, None, True).state == JobState.CANCELLED
+    assert classify(0, {"status": "succeeded"}, True).state == JobState.CANCELLED

@@ -1,0 +1,96 @@
+"""The job spec: LLaMA-Factory's keys accepted as they are, everything else named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from tests.helpers import REPO
+from worker.spec import JobSpec
+
+# LLaMA-Factory's examples/train_lora/llama3_lora_sft.yaml, as its users have it (paths made local).
+LLAMA_FACTORY_YAML = """
+### model
+model_name_or_path: models/Meta-Llama-3-8B-Instruct
+trust_remote_code: true
+
+### method
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_rank: 8
+lora_target: all
+
+### dataset
+dataset: identity,alpaca_en_demo
+template: llama3
+cutoff_len: 2048
+max_samples: 1000
+overwrite_cache: true
+preprocessing_num_workers: 16
+dataloader_num_workers: 4
+
+### output
+output_dir: saves/llama3-8b/lora/sft
+logging_steps: 10
+save_steps: 500
+plot_loss: true
+overwrite_output_dir: true
+report_to: none
+
+### train
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 8
+learning_rate: 1.0e-4
+num_train_epochs: 3.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+bf16: true
+ddp_timeout: 180000000
+"""
+
+
+def problems(**fields) -> dict[str, str]:
+    with pytest.raises(ValidationError) as info:
+        JobSpec(**{"model_name_or_path": "m", "dataset": "d", **fields})
+    return {".".join(str(p) for p in e["loc"]) or "spec": e["msg"] for e in info.value.errors()}
+
+
+def test_a_llamafactory_training_yaml_is_accepted_as_it_is():
+    spec = JobSpec(**yaml.safe_load(LLAMA_FACTORY_YAML))
+    assert spec.dataset_names == ["identity", "alpaca_en_demo"]
+    assert spec.effective_lora_alpha == 16 and spec.gradient_accumulation_steps == 8 and spec.gpus == 1
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_shipped_jobs_are_valid(path):
+    spec = JobSpec(**yaml.safe_load(path.read_text()))
+    assert spec.model_name_or_path == "configs/models/tiny-chat"
+
+
+def test_unknown_keys_are_named_never_dropped():
+    found = problems(lora_rnak=16, learning_rate=1e-4)
+    assert list(found) == ["lora_rnak"] and "not permitted" in found["lora_rnak"]
+
+
+def test_known_but_unsupported_keys_say_what_to_do_beside_every_other_problem():
+    found = problems(deepspeed="ds_z3.json", quantization_bit=4, lora_rnk=8, learning_rate=0)
+    assert set(found) == {"deepspeed", "quantization_bit", "lora_rnk", "learning_rate"}
+    assert "DeepSpeed is not supported" in found["deepspeed"] and "QLoRA" in found["quantization_bit"]
+
+
+def test_ranges_and_choices_name_the_field():
+    found = problems(per_device_train_batch_size=0, finetuning_type="qlora", stage="dpo", gpus=-1)
+    assert set(found) == {"per_device_train_batch_size", "finetuning_type", "stage", "gpus"}
+
+
+def test_contradictions_are_refused():
+    assert "choose one" in "".join(problems(bf16=True, fp16=True).values())
+    assert "set val_size" in "".join(problems(eval_strategy="steps").values())
+    assert "whole count" in "".join(problems(val_size=2.5).values())
+
+
+def test_names_are_safe_labels():
+    assert "name" in problems(name="../../etc")
+    assert JobSpec(model_name_or_path="m", dataset="d", name="cs-billing_v2.1").name == "cs-billing_v2.1"

@@ -1,0 +1,45 @@
+"""Process-group handling on real (tiny) processes: no workers, no training."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from scheduler.supervisor import group_alive, process_start_time, same_process, signal_group, worker_env
+from tests.helpers import wait_for
+
+
+def test_a_whole_group_is_signalled_and_then_gone():
+    # A leader that leaves a child behind in its group, like a data loader worker.
+    code = (
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        " time.sleep(60)"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        assert group_alive(leader.pid)
+        assert same_process(leader.pid, process_start_time(leader.pid))
+        assert signal_group(leader.pid, signal.SIGKILL)
+        leader.wait(timeout=10)
+        wait_for(lambda: not group_alive(leader.pid), timeout=10, what="the group to be gone")
+        assert not signal_group(leader.pid, signal.SIGTERM)
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+
+
+def test_a_reused_pid_is_not_taken_for_ours():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = process_start_time(proc.pid)
+    proc.wait()
+    assert not same_process(proc.pid, start)
+    assert not same_process(proc.pid, None)
+
+
+def test_the_worker_sees_its_gpus_and_none_of_the_daemons_settings(monkeypatch):
+    monkeypatch.setenv("FTQ_API_TOKEN", "secret")
+    env = worker_env("1,3", cpu_threads=2)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert env["OMP_NUM_THREADS"] == "2" and env["PYTHONUNBUFFERED"] == "1"
+    assert "FTQ_API_TOKEN" not in env

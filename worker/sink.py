@@ -1,0 +1,169 @@
+"""Metrics records for the daemon: one JSON object a line in RUN_DIR/metrics.jsonl.
+
+A file and not a socket, so the records outlive a restart of the daemon (it
+resumes tailing from its offset). Field names follow LLaMA-Factory's
+trainer_log.jsonl; a field without a value is left out, never written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+GIB = 1024**3
+
+
+def utc_timestamp() -> str:
+    """ISO 8601 UTC with milliseconds, e.g. 2026-11-23T11:02:03.123Z."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def hms(seconds: float) -> str:
+    """H:MM:SS, like LLaMA-Factory's elapsed/remaining times (hours are not wrapped into days)."""
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class MetricsSink:
+    """Appends records and flushes each line, so a reader never sees half a run's progress late."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")  # open for the whole run: one line per record
+
+    def write(self, kind: str, /, **fields: Any) -> dict[str, Any]:
+        """Write one record; fields that are None are left out."""
+        record = {"kind": kind, "timestamp": utc_timestamp()}
+        record.update((key, value) for key, value in fields.items() if value is not None)
+        self.write_record(record)
+        return record
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Write a record as it is (for the rare field that is meaningful as null)."""
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class MetricsCallback(TrainerCallback):
+    """Turns the Trainer's events into metric / eval / checkpoint records; also stops on request."""
+
+    def __init__(
+        self,
+        sink: MetricsSink,
+        run_dir: str | Path,
+        should_stop: Callable[[], bool] = lambda: False,
+        cuda: bool | None = None,
+    ) -> None:
+        self.sink = sink
+        self.run_dir = Path(run_dir)
+        self.should_stop = should_stop
+        self.cuda = torch.cuda.is_available() if cuda is None else cuda
+        self.start_time = time.monotonic()
+        self.start_step = 0
+        self.start_tokens = 0
+        self.final_loss: float | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        # On a resume the state already holds the checkpoint's step: time only this attempt's steps.
+        self.start_time = time.monotonic()
+        self.start_step = state.global_step
+        self.start_tokens = state.num_input_tokens_seen or 0
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.should_stop():
+            control.should_training_stop = True
+
+    on_substep_end = on_step_end  # a long gradient accumulation should not delay a cancel
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        logs = logs or {}
+        if "train_loss" in logs:  # the summary Trainer logs once at the end
+            self.final_loss = float(logs["train_loss"])
+        if "loss" not in logs or not state.is_world_process_zero:
+            return
+        current, total = state.global_step, state.max_steps
+        elapsed = time.monotonic() - self.start_time
+        steps_done = current - self.start_step
+        remaining = elapsed / steps_done * (total - current) if steps_done > 0 else None
+        tokens = state.num_input_tokens_seen or 0
+        self.sink.write(
+            "metric",
+            current_steps=current,
+            total_steps=total,
+            loss=float(logs["loss"]),
+            lr=logs.get("learning_rate"),
+            epoch=_round(state.epoch),
+            percentage=round(100 * current / total, 2) if total else None,
+            elapsed_time=hms(elapsed),
+            remaining_time=hms(remaining) if remaining is not None else None,
+            throughput=round((tokens - self.start_tokens) / elapsed, 2) if tokens and elapsed > 0 else None,
+            total_tokens=tokens or None,
+            grad_norm=_float(logs.get("grad_norm")),
+            **self._vram(),
+        )
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics:
+            return
+        self.sink.write(
+            "eval",
+            eval_loss=float(metrics["eval_loss"]),
+            current_steps=state.global_step,
+            total_steps=state.max_steps,
+            epoch=_round(state.epoch),
+        )
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        self.sink.write("checkpoint", current_steps=state.global_step, path=_relative(path, self.run_dir))
+
+    def _vram(self) -> dict[str, float]:
+        if not self.cuda:
+            return {}
+        return {
+            "vram_allocated": round(torch.cuda.memory_allocated() / GIB, 2),
+            "vram_reserved": round(torch.cuda.memory_reserved() / GIB, 2),
+        }
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _relative(path: Path, run_dir: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), run_dir.resolve())
+    except ValueError:  # another drive on Windows; keep it absolute
+        return str(path)

@@ -1,0 +1,175 @@
+"""The job spec: the one contract between the daemon and a worker.
+
+Field names are LLaMA-Factory's training-YAML keys wherever it has one, so a file
+written for `llamafactory-cli train` can be submitted as it is. ftq's own fields
+(`name`, `gpus`, `priority`) sit beside them. A key nobody knows is an error that
+names it; a key LLaMA-Factory knows but ftq does not run yet is an error that
+says so, never silently dropped.
+
+This module is pure (pydantic only): the server validates with it, the worker
+reads `RUN_DIR/spec.json` with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+# LLaMA-Factory keys that ftq recognises but cannot honour yet: each maps to the
+# sentence a person needs to fix the spec.
+NOT_SUPPORTED_YET: dict[str, str] = {
+    "deepspeed": "DeepSpeed is not supported by this ftq yet; remove the key (ZeRO and multi-GPU come later)",
+    "quantization_bit": "QLoRA is not supported by this ftq yet; remove the key to train in 16/32-bit",
+    "quantization_method": "quantization is not supported by this ftq yet; remove the key",
+    "adapter_name_or_path": "starting from an existing adapter is not supported by this ftq yet; remove the key",
+    "resume_from_checkpoint": "ftq resumes by itself on requeue; remove the key",
+    "packing": "sequence packing is not supported by this ftq yet; remove the key",
+    "neat_packing": "sequence packing is not supported by this ftq yet; remove the key",
+    "pure_bf16": "pure_bf16 is not supported by this ftq yet; use bf16: true (mixed precision)",
+    "eval_dataset": "a separate eval_dataset is not supported by this ftq yet; use val_size",
+    "train_on_prompt": "train_on_prompt is not supported by this ftq yet; ftq trains on assistant turns only",
+}
+
+# Keys that only steer LLaMA-Factory's own bookkeeping. ftq owns the output
+# location (RUN_DIR/output) and keeps no preprocessing cache, so these are
+# accepted for compatibility and recorded with the job, but change nothing.
+RECORDED_ONLY = (
+    "output_dir",
+    "overwrite_output_dir",
+    "overwrite_cache",
+    "plot_loss",
+    "preprocessing_num_workers",
+    "template",
+)
+
+
+class JobSpec(BaseModel):
+    """What to fine-tune, on what, how, and with how many GPUs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- ftq's own fields ---
+    name: str = Field(
+        default="job",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="A short label shown in tables: letters, digits, '.', '_' and '-'.",
+    )
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs the job needs; 0 runs it on a CPU slot.")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first; ties go by submit order.")
+
+    # --- model ---
+    model_name_or_path: str = Field(min_length=1, description="Local directory of a transformers model.")
+    trust_remote_code: bool = False
+
+    # --- method ---
+    stage: Literal["sft"] = "sft"
+    do_train: Literal[True] = True
+    finetuning_type: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(default=8, ge=1, le=1024)
+    lora_alpha: int | None = Field(default=None, ge=1, description="Defaults to 2 x lora_rank, as in LLaMA-Factory.")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lora_target: str = Field(default="all", min_length=1, description="'all' or a comma list of module names.")
+
+    # --- data ---
+    dataset: str = Field(min_length=1, description="Comma-separated names from dataset_dir/dataset_info.json.")
+    dataset_dir: str = Field(default="data", min_length=1)
+    cutoff_len: int = Field(default=2048, ge=8, le=1_048_576)
+    max_samples: int | None = Field(default=None, ge=1)
+    val_size: float = Field(default=0.0, ge=0.0, description="A fraction (< 1) or a count (>= 1) held out for eval.")
+
+    # --- training (transformers' own argument names) ---
+    per_device_train_batch_size: int = Field(default=1, ge=1, le=4096)
+    per_device_eval_batch_size: int = Field(default=1, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    learning_rate: float = Field(default=5e-5, gt=0.0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    num_train_epochs: float = Field(default=3.0, gt=0.0)
+    max_steps: int = Field(
+        default=-1, ge=-1, description="-1: run num_train_epochs; otherwise exactly this many optimizer steps."
+    )
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = "cosine"
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(default=10, ge=1)
+    save_steps: int = Field(default=500, ge=1)
+    save_total_limit: int | None = Field(default=3, ge=1)
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    eval_steps: int | None = Field(default=None, ge=1)
+    seed: int = 42
+    dataloader_num_workers: int = Field(default=0, ge=0, le=64)
+    report_to: Literal["none"] | list[Literal["none"]] = "none"
+    ddp_timeout: int = Field(default=1800, ge=1)
+
+    # --- accepted for compatibility; see RECORDED_ONLY ---
+    output_dir: str | None = None
+    overwrite_output_dir: bool | None = None
+    overwrite_cache: bool | None = None
+    plot_loss: bool | None = None
+    preprocessing_num_workers: int | None = Field(default=None, ge=1)
+    template: str | None = Field(
+        default=None, description="Recorded; ftq renders turns with the tokenizer's own chat template."
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _report_everything(cls, data: Any, handler: Any) -> Any:
+        """Not-supported keys are reported together with every other problem, not instead of them."""
+        if not isinstance(data, dict) or not any(key in NOT_SUPPORTED_YET for key in data):
+            return handler(data)
+        problems: list[InitErrorDetails] = [
+            {"type": PydanticCustomError("not_supported", NOT_SUPPORTED_YET[key]), "loc": (key,), "input": value}
+            for key, value in data.items()
+            if key in NOT_SUPPORTED_YET
+        ]
+        try:
+            handler({k: v for k, v in data.items() if k not in NOT_SUPPORTED_YET})
+        except ValidationError as exc:
+            problems += [
+                {"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"], "input": e["input"]}
+                for e in exc.errors(include_url=False)
+            ]
+        raise ValidationError.from_exception_data(cls.__name__, problems)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> JobSpec:
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both true; choose one mixed-precision mode")
+        if self.eval_strategy != "no" and self.val_size == 0:
+            raise ValueError(f"eval_strategy is {self.eval_strategy!r} but val_size is 0; set val_size (e.g. 0.1)")
+        if self.val_size >= 1 and self.val_size != int(self.val_size):
+            raise ValueError("val_size must be a fraction below 1 or a whole count of examples")
+        return self
+
+    @property
+    def dataset_names(self) -> list[str]:
+        """The `dataset` field split the way LLaMA-Factory splits it."""
+        return [name.strip() for name in self.dataset.split(",") if name.strip()]
+
+    @property
+    def effective_lora_alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+
+# The run-dir layout both sides rely on (DESIGN.md, "The way a job goes").
+SPEC_FILE = "spec.json"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "worker.log"
+OUTPUT_DIR = "output"
+CHECKPOINT_DIR = "checkpoints"
+
+# Exit codes the worker uses, so the supervisor can tell why it ended without
+# parsing its log. 0 is success; anything else not listed is an unexpected crash.
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_OOM = 3
+EXIT_CANCELLED = 143  # 128 + SIGTERM, what a shell reports for a process ended by it
