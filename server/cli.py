@@ -107,16 +107,18 @@ def watch(client: Client, ids: list[int] | None, interval: float = 1.0, out: Any
 
 
 def summary_table(client: Client, jobs: list[dict[str, Any]]) -> str:
-    rows = [("ID", "NAME", "STATE", "GPUS", "STEPS", "FINAL LOSS", "WALL TIME")]
+    """Each job's outcome: where it ran, its loss from first to last record, its wall time."""
+    rows = [("ID", "NAME", "STATE", "GPUS", "STEPS", "LOSS FIRST -> LAST", "WALL TIME")]
     for job in jobs:
         full = client.request("GET", f"/jobs/{job['id']}")
         attempt = (full.get("attempts") or [{}])[-1]
         where = attempt.get("cuda_visible_devices")
         gpus = "cpu" if where == "" else (where or "-")
         steps = f"{attempt.get('last_step') or 0}/{attempt.get('total_steps') or '?'}"
-        loss = full.get("final_loss") if full.get("final_loss") is not None else full.get("loss")
+        losses = client.request("GET", f"/jobs/{job['id']}/metrics", params={"kind": "metric"})["data"]
+        loss = f"{_fmt_loss(losses[0].get('loss'))} -> {_fmt_loss(losses[-1].get('loss'))}" if losses else "-"
         wall = f"{full['wall_time_s']:.1f} s" if full.get("wall_time_s") is not None else "-"
-        rows.append((str(job["id"]), job["name"], full["state"], gpus, steps, _fmt_loss(loss), wall))
+        rows.append((str(job["id"]), job["name"], full["state"], gpus, steps, loss, wall))
     return render_table(rows)
 
 
