@@ -20,14 +20,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 # LLaMA-Factory keys that ftq recognises but cannot honour yet: each maps to the
 # sentence a person needs to fix the spec.
 NOT_SUPPORTED_YET: dict[str, str] = {
-    "deepspeed": "DeepSpeed is not supported by this ftq yet; remove the key (ZeRO and multi-GPU come later)",
     "quantization_bit": "QLoRA is not supported by this ftq yet; remove the key to train in 16/32-bit",
     "quantization_method": "quantization is not supported by this ftq yet; remove the key",
     "adapter_name_or_path": "starting from an existing adapter is not supported by this ftq yet; remove the key",
     "resume_from_checkpoint": "ftq resumes by itself on requeue; remove the key",
     "packing": "sequence packing is not supported by this ftq yet; remove the key",
     "neat_packing": "sequence packing is not supported by this ftq yet; remove the key",
-    "pure_bf16": "pure_bf16 is not supported by this ftq yet; use bf16: true (mixed precision)",
     "eval_dataset": "a separate eval_dataset is not supported by this ftq yet; use val_size",
     "train_on_prompt": "train_on_prompt is not supported by this ftq yet; ftq trains on assistant turns only",
 }
@@ -60,6 +58,12 @@ class JobSpec(BaseModel):
     )
     gpus: int = Field(default=1, ge=0, le=64, description="GPUs the job needs; 0 runs it on a CPU slot.")
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first; ties go by submit order.")
+    gpu_ids: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Pin the job to these GPUs (PCI-ordered indices, as nvidia-smi numbers them); gpus follows.",
+    )
 
     # --- model ---
     model_name_or_path: str = Field(min_length=1, description="Local directory of a transformers model.")
@@ -99,6 +103,12 @@ class JobSpec(BaseModel):
     warmup_steps: int = Field(default=0, ge=0)
     bf16: bool = False
     fp16: bool = False
+    pure_bf16: bool = Field(
+        default=False, description="Weights, gradients and optimizer states all in bf16 (no fp32 master copy)."
+    )
+    deepspeed: str | None = Field(
+        default=None, min_length=1, description="A DeepSpeed JSON config, e.g. configs/deepspeed/ds_z3.json."
+    )
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=10, ge=1)
     save_steps: int = Field(default=500, ge=1)
@@ -140,8 +150,24 @@ class JobSpec(BaseModel):
             ]
         raise ValidationError.from_exception_data(cls.__name__, problems)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gpus_follow_gpu_ids(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("gpu_ids"), list) and "gpus" not in data:
+            return {**data, "gpus": len(data["gpu_ids"])}
+        return data
+
     @model_validator(mode="after")
     def _check_combinations(self) -> JobSpec:
+        if self.gpu_ids is not None:
+            if len(set(self.gpu_ids)) != len(self.gpu_ids) or min(self.gpu_ids) < 0:
+                raise ValueError(f"gpu_ids {self.gpu_ids} must be distinct indices >= 0")
+            if self.gpus != len(self.gpu_ids):
+                raise ValueError(f"gpus is {self.gpus} but gpu_ids names {len(self.gpu_ids)}; drop gpus or match it")
+        if self.pure_bf16 and self.fp16:
+            raise ValueError("pure_bf16 and fp16 are both true; choose one")
+        if self.deepspeed is not None and self.gpus == 0:
+            raise ValueError("deepspeed needs at least one GPU; set gpus: 1 or more, or remove deepspeed")
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both true; choose one mixed-precision mode")
         if self.eval_strategy != "no" and self.val_size == 0:

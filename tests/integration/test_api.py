@@ -22,8 +22,8 @@ def test_bad_specs_get_422_naming_every_field_and_lose_nothing(daemon: Daemon):
     assert unknown.status_code == 422
     assert "unknown key 'lora_rnak'" in errors_by_field(unknown)["lora_rnak"]
 
-    not_yet = daemon.http.post("/jobs", json=tiny_spec(deepspeed="configs/deepspeed/ds_z3.json"))
-    assert not_yet.status_code == 422 and "DeepSpeed is not supported" in not_yet.json()["detail"]
+    not_yet = daemon.http.post("/jobs", json=tiny_spec(quantization_bit=4))
+    assert not_yet.status_code == 422 and "QLoRA is not supported" in not_yet.json()["detail"]
 
     wrong_type = daemon.http.post("/jobs", json=tiny_spec(per_device_train_batch_size=0, finetuning_type="qlora"))
     fields = errors_by_field(wrong_type)

@@ -75,9 +75,16 @@ def test_unknown_keys_are_named_never_dropped():
 
 
 def test_known_but_unsupported_keys_say_what_to_do_beside_every_other_problem():
-    found = problems(deepspeed="ds_z3.json", quantization_bit=4, lora_rnk=8, learning_rate=0)
-    assert set(found) == {"deepspeed", "quantization_bit", "lora_rnk", "learning_rate"}
-    assert "DeepSpeed is not supported" in found["deepspeed"] and "QLoRA" in found["quantization_bit"]
+    found = problems(packing=True, quantization_bit=4, lora_rnk=8, learning_rate=0)
+    assert set(found) == {"packing", "quantization_bit", "lora_rnk", "learning_rate"}
+    assert "packing is not supported" in found["packing"] and "QLoRA" in found["quantization_bit"]
+
+
+def test_pinned_gpus_set_the_count_and_must_agree_with_it():
+    assert JobSpec(model_name_or_path="m", dataset="d", gpu_ids=[2, 3]).gpus == 2
+    assert "drop gpus or match it" in "".join(problems(gpu_ids=[2, 3], gpus=1).values())
+    assert "distinct" in "".join(problems(gpu_ids=[1, 1]).values())
+    assert "deepspeed needs at least one GPU" in "".join(problems(deepspeed="ds.json", gpus=0).values())
 
 
 def test_ranges_and_choices_name_the_field():
