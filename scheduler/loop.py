@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scheduler.exits import Outcome, classify
-from scheduler.placement import Placement, QueuedJob, place
+from scheduler.placement import Placement, QueuedJob, plan
 from scheduler.probe import GpuProbe
 from scheduler.states import JobState
 from scheduler.supervisor import WorkerProcess, group_alive, same_process, signal_group, spawn_worker
@@ -85,11 +85,14 @@ class Scheduler:
         cancel_grace_s: float,
         tick_s: float = 1.0,
         tail_interval_s: float = 0.25,
+        margin_bytes: int = 0,
+        worker_module: str = "worker",
         spawn: Callable[..., WorkerProcess] = spawn_worker,
     ) -> None:
         self.store, self.probe, self.runs_dir = store, probe, runs_dir
         self.cpu_slots, self.cancel_grace_s = cpu_slots, cancel_grace_s
         self.tick_s, self.tail_interval_s = tick_s, tail_interval_s
+        self.margin_bytes, self.worker_module = margin_bytes, worker_module
         self._spawn = spawn
         self._tracked: dict[int, Tracked] = {}
         self._wake = threading.Event()
@@ -214,9 +217,11 @@ class Scheduler:
         queue = self.store.queued_jobs()
         if not queue:
             return
-        gpus = self.probe.snapshot() if any(job.gpus for job in queue) else []
-        placements = place(queue, gpus, self.store.leased_resources(), self.cpu_slots)
-        for placement in placements:
+        needs_gpus = any(job.gpus for job in queue)
+        gpus = self.probe.snapshot() if needs_gpus else []
+        topology = self.probe.topology() if needs_gpus else None
+        result = plan(queue, gpus, self.store.leased_resources(), self.cpu_slots, self.margin_bytes, topology)
+        for placement in result.placements:
             started = self.store.begin_attempt(placement, self.runs_dir)
             if started is None:  # cancelled meanwhile, or the lease was taken
                 continue
@@ -230,7 +235,12 @@ class Scheduler:
         )
         try:
             proc = self._spawn(
-                started.attempt_id, started.run_dir, started.spec, placement.cuda_visible_devices or "", cpu_threads
+                started.attempt_id,
+                started.run_dir,
+                started.spec,
+                placement.cuda_visible_devices or "",
+                cpu_threads,
+                self.worker_module,
             )
         except OSError as exc:
             outcome = Outcome(JobState.FAILED, f"could not start the worker: {exc}")

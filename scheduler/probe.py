@@ -1,27 +1,53 @@
-"""GPU probes: what GPUs there are, how much memory is free, which processes hold them.
+"""GPU probes: what GPUs there are, how much memory is free, which processes hold them, how they link.
 
 A thin adapter in the manner of nvitop's ``libnvml.py``: NVML is imported and started
 lazily, a broken GPU is reported as unhealthy instead of failing the whole probe, and an
-unknown value is ``None``, never a sentinel that compares like a number. This module
-never imports torch: the daemon must not create a CUDA context of its own.
+unknown value is ``None``, never a sentinel that compares like a number (one exception:
+link distances, see ``LINK_UNKNOWN``). This module never imports torch: the daemon must not
+create a CUDA context of its own. The fake probe lives in ``scheduler.fake_probe``.
 """
 
 from __future__ import annotations
 
-import re
+import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from scheduler.fake_probe import FakeProbe as FakeProbe  # re-exported; at run time by __getattr__
 
 GiB = 2**30
-_UNITS = {"gib": (2**30, "GiB"), "gb": (10**9, "GB"), "mib": (2**20, "MiB"), "mb": (10**6, "MB")}
-_FAKE_FORM = "expected COUNTxSIZE[,COUNTxSIZE], e.g. 2x24GiB"
-_FAKE_ITEM = re.compile(r"^(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*(gib|gb|mib|mb)$", re.IGNORECASE)
-_MAX_FAKE_GPUS = 256  # one PCI bus byte each
 # NVML's "not available" values (c_uint(-1), c_ulonglong(-1)); older bindings pass them through.
 _NOT_AVAILABLE = {2**32 - 1, 2**64 - 1}
 _NO_GPU_HINT = "jobs with gpus: 0 run on CPU slots; set FTQ_FAKE_GPUS=2x24GiB to simulate GPUs"
+
+# How far apart two GPUs are, lower is closer: NVLink, then NVML's common-ancestor levels
+# (nvmlDeviceGetTopologyCommonAncestor; nvidia-smi topo -m: NV#, -, PIX, PXB, PHB, NODE, SYS).
+LINK_NVLINK = 0
+LINK_INTERNAL = 10  # same board (a dual-GPU card)
+LINK_SINGLE = 20  # one PCIe switch
+LINK_MULTIPLE = 30  # several PCIe switches, no host bridge
+LINK_HOSTBRIDGE = 40  # the same PCIe host bridge
+LINK_NODE = 50  # the same NUMA node, across its host bridges
+LINK_SYSTEM = 60  # across CPU sockets (SMP interconnect)
+# A link we could not read. A number, not None, on purpose: placement minimises distance and
+# an unknown link must lose to every known one; None would make every caller special-case it.
+LINK_UNKNOWN = 100
+_NVML_LEVELS = {
+    "NVML_TOPOLOGY_INTERNAL": LINK_INTERNAL,
+    "NVML_TOPOLOGY_SINGLE": LINK_SINGLE,
+    "NVML_TOPOLOGY_MULTIPLE": LINK_MULTIPLE,
+    "NVML_TOPOLOGY_HOSTBRIDGE": LINK_HOSTBRIDGE,
+    "NVML_TOPOLOGY_NODE": LINK_NODE,
+    "NVML_TOPOLOGY_SYSTEM": LINK_SYSTEM,
+}
+_NVSWITCH = "nvswitch "  # prefix of a remote-end key that is an NVSwitch, not a GPU
+
+Topology = dict[tuple[str, str], int]
 
 
 class ProbeError(RuntimeError):
@@ -30,8 +56,11 @@ class ProbeError(RuntimeError):
 
 @dataclass(frozen=True)
 class GpuProcess:
+    # NVML's pid is in the host's pid namespace: in a container without --pid=host it matches
+    # none of ours, so our own workers would read as foreign there.
     pid: int
     used_memory: int | None  # bytes; None where NVML cannot tell (WDDM, MIG, containers)
+    name: str | None = None  # nvmlSystemGetProcessName; None where not allowed or already gone
 
 
 @dataclass(frozen=True)
@@ -43,7 +72,7 @@ class GpuInfo:
     memory_free: int | None
     memory_used: int | None
     utilization: int | None  # percent
-    processes: tuple[GpuProcess, ...]
+    processes: tuple[GpuProcess, ...]  # compute and graphics, once per pid
     pci_bus_id: str | None
     healthy: bool = True
     error: str | None = None
@@ -57,7 +86,22 @@ class GpuProbe(Protocol):
 
     def snapshot(self) -> list[GpuInfo]: ...
 
+    def topology(self) -> Topology:
+        """(uuid_a, uuid_b) -> LINK_* distance, both orders of every pair; never raises."""
+        ...
+
     def close(self) -> None: ...
+
+
+def __getattr__(name: str) -> Any:
+    # FakeProbe is re-exported from here; imported lazily because scheduler.fake_probe builds on
+    # the types above, and an import at the top of either module would fail when the other is
+    # imported first.
+    if name == "FakeProbe":
+        from scheduler.fake_probe import FakeProbe as fake
+
+        return fake
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def format_bytes(n: int | None) -> str:
@@ -70,74 +114,56 @@ def format_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-class FakeProbe:
-    """GPUs that exist only on paper, from a string such as ``4x80GiB`` or ``1x80GiB,2x24GiB``.
+def link_distance(topology: Mapping[tuple[str, str], int], a: str, b: str) -> int:
+    """The distance between GPUs a and b by UUID; LINK_UNKNOWN for a pair the map lacks.
 
-    For tests and machines without GPUs; ``set`` lets a test state a scenario.
+    Either order of a pair is looked up, so a hand-written map may hold just one.
     """
-
-    def __init__(self, spec: str) -> None:
-        self._gpus = [_fake_gpu(i, size, label) for i, (size, label) in enumerate(self._items(spec))]
-        self.description = f"fake: {spec.strip()}"
-
-    @staticmethod
-    def parse(text: str) -> list[int]:
-        """The memory size in bytes of each fake GPU, in index order; ValueError names the bad part."""
-        return [size for size, _ in FakeProbe._items(text)]
-
-    @staticmethod
-    def _items(text: str) -> list[tuple[int, str]]:
-        items: list[tuple[int, str]] = []
-        for part in text.split(","):
-            part = part.strip()
-            match = _FAKE_ITEM.match(part)
-            if match is None:
-                raise ValueError(f"FTQ_FAKE_GPUS: cannot read {part!r}; {_FAKE_FORM}")
-            count = int(match[1]) if match[1] is not None else 1
-            unit, unit_name = _UNITS[match[3].lower()]
-            size = round(float(match[2]) * unit)
-            if count < 1 or size < 1:
-                raise ValueError(f"FTQ_FAKE_GPUS: cannot read {part!r} (count and size must be > 0); {_FAKE_FORM}")
-            if len(items) + count > _MAX_FAKE_GPUS:  # checked before the list grows: "10**12x24GiB"
-                raise ValueError(f"FTQ_FAKE_GPUS: more than {_MAX_FAKE_GPUS} GPUs in {text!r}; {_FAKE_FORM}")
-            items += [(size, f"{match[2]}{unit_name}")] * count
-        return items
-
-    def snapshot(self) -> list[GpuInfo]:
-        return list(self._gpus)
-
-    def set(self, index: int, **changes: Any) -> GpuInfo:
-        """Change one fake GPU (any GpuInfo field but uuid/index); used follows free unless given."""
-        if not 0 <= index < len(self._gpus):
-            raise IndexError(f"no fake GPU {index}; there are {len(self._gpus)}")
-        if {"uuid", "index"} & changes.keys():
-            raise ValueError("a fake GPU's uuid and index are fixed")
-        gpu = self._gpus[index]
-        if "processes" in changes:
-            changes["processes"] = tuple(changes["processes"])
-        free = changes.get("memory_free")
-        total = changes.get("memory_total", gpu.memory_total)
-        if "memory_used" not in changes and free is not None and total is not None:
-            changes["memory_used"] = total - free
-        self._gpus[index] = replace(gpu, **changes)
-        return self._gpus[index]
-
-    def close(self) -> None:
-        pass
+    if a == b:
+        return LINK_NVLINK  # a GPU is as close to itself as it gets
+    return topology.get((a, b), topology.get((b, a), LINK_UNKNOWN))
 
 
-def _fake_gpu(index: int, size: int, label: str) -> GpuInfo:
-    return GpuInfo(
-        uuid=f"GPU-fake-0000-0000-0000-{index:012d}",
-        index=index,
-        name=f"Fake GPU {label}",
-        memory_total=size,
-        memory_free=size,
-        memory_used=0,
-        utilization=0,
-        processes=(),
-        pci_bus_id=f"00000000:{index:02X}:00.0",
-    )
+def foreign_processes(gpu: GpuInfo, our_pids: Iterable[int]) -> tuple[GpuProcess, ...]:
+    """The processes on gpu that are not ours: their pid is not in our_pids.
+
+    Pass every pid of our workers, children included: ``roots | descendant_pids(roots)``.
+    """
+    ours = set(our_pids)
+    return tuple(p for p in gpu.processes if p.pid not in ours)
+
+
+def descendant_pids(root_pids: Iterable[int], proc: str | os.PathLike[str] = "/proc") -> set[int]:
+    """Every process below root_pids (torchrun ranks, data loader workers ...), by /proc/PID/stat's ppid.
+
+    The roots are not added for being roots: ours = ``roots | descendant_pids(roots)``. Empty
+    where there is no /proc (macOS, Windows). One read of /proc per call, a few ms on a busy
+    host; a process that starts or ends meanwhile may be missed.
+    """
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return set()
+    children: dict[int, list[int]] = {}
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(proc, entry, "stat").read_bytes()
+        except OSError:  # gone since listdir, or hidden from us
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and ")", so split after the last ")"
+        fields = stat.rpartition(b")")[2].split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = list(root_pids)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:  # pid 0 is the parent of pid 1 and 2, and it is nobody's child
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 class NoGpuProbe:
@@ -148,6 +174,9 @@ class NoGpuProbe:
 
     def snapshot(self) -> list[GpuInfo]:
         return []
+
+    def topology(self) -> Topology:
+        return {}
 
     def close(self) -> None:
         pass
@@ -161,6 +190,8 @@ class NvmlProbe:
         self._lock = threading.Lock()
         self._driver = "driver unknown"
         self._count: int | None = None
+        self._links: tuple[tuple[str, ...], Topology] | None = None  # (the UUIDs it was read for, the map)
+        self._unhealthy: frozenset[str] = frozenset()  # by the last snapshot
 
     @property
     def description(self) -> str:
@@ -195,11 +226,35 @@ class NvmlProbe:
         except nvml.NVMLError as error:
             raise ProbeError(f"NVML could not count the GPUs: {_text(error)}") from error
         self._count = count
-        return [_read_device(nvml, index) for index in range(count)]
+        gpus = [_read_device(nvml, index) for index in range(count)]
+        uuids = tuple(g.uuid for g in gpus)
+        with self._lock:
+            if self._links is not None and self._links[0] != uuids:
+                self._links = None  # a GPU came, went or fell off the bus: read the links again
+            self._unhealthy = frozenset(g.uuid for g in gpus if not g.healthy)
+        return gpus
+
+    def topology(self) -> Topology:
+        """The distance of every two GPUs, both orders; read once, again when the GPU set changes.
+
+        Never raises: a link that cannot be read is LINK_UNKNOWN, and so is every link of a GPU
+        that the last snapshot found unhealthy.
+        """
+        try:
+            self.start()
+        except Exception:  # ImportError or NVMLError: make_probe has said why; no GPUs, no links
+            return {}
+        with self._lock:
+            if self._links is None and self._nvml is not None:
+                self._links = _read_topology(self._nvml)
+            if self._links is None:
+                return {}
+            links, unhealthy = self._links[1], self._unhealthy
+        return {pair: LINK_UNKNOWN if unhealthy.intersection(pair) else d for pair, d in links.items()}
 
     def close(self) -> None:
         with self._lock:
-            nvml, self._nvml = self._nvml, None
+            nvml, self._nvml, self._links = self._nvml, None, None  # handles die with the session
             if nvml is not None:
                 try:
                     nvml.nvmlShutdown()
@@ -223,20 +278,95 @@ def _read_device(nvml: Any, index: int) -> GpuInfo:
 
     utilization = field(nvml.nvmlDeviceGetUtilizationRates)
     bus_id = getattr(field(nvml.nvmlDeviceGetPciInfo), "busId", None)
-    processes = field(nvml.nvmlDeviceGetComputeRunningProcesses) or []
     return GpuInfo(
-        uuid=field(nvml.nvmlDeviceGetUUID) or f"unknown-{index}",  # never "": two broken GPUs would collide
+        uuid=_uuid(nvml, handle, index),
         index=index,
         name=field(nvml.nvmlDeviceGetName) or "unknown",
         memory_total=_known(getattr(memory, "total", None)),
         memory_free=_known(getattr(memory, "free", None)),
         memory_used=_known(getattr(memory, "used", None)),
         utilization=_known(getattr(utilization, "gpu", None)),
-        processes=tuple(GpuProcess(int(p.pid), _known(getattr(p, "usedGpuMemory", None))) for p in processes),
+        processes=() if handle is None else _processes(nvml, handle),
         pci_bus_id=None if bus_id is None else _text(bus_id),
         healthy=error is None,
         error=error,
     )
+
+
+def _uuid(nvml: Any, handle: Any, index: int) -> str:
+    uuid = None if handle is None else _field(nvml, nvml.nvmlDeviceGetUUID, handle)
+    return uuid or f"unknown-{index}"  # never "": two broken GPUs would collide
+
+
+def _processes(nvml: Any, handle: Any) -> tuple[GpuProcess, ...]:
+    """Compute and graphics processes (both hold memory), once per pid, named where NVML may say."""
+    found: dict[int, GpuProcess] = {}
+    for read in (nvml.nvmlDeviceGetComputeRunningProcesses, nvml.nvmlDeviceGetGraphicsRunningProcesses):
+        for p in _field(nvml, read, handle) or []:
+            pid = int(p.pid)
+            if pid not in found:
+                name = _field(nvml, nvml.nvmlSystemGetProcessName, pid) or None
+                found[pid] = GpuProcess(pid, _known(getattr(p, "usedGpuMemory", None)), name)
+    return tuple(found.values())
+
+
+def _read_topology(nvml: Any) -> tuple[tuple[str, ...], Topology] | None:
+    """Every pair's distance, both orders, keyed by UUID; None when NVML cannot count the GPUs."""
+    count = _field(nvml, nvml.nvmlDeviceGetCount)
+    if count is None:
+        return None
+    handles = [_field(nvml, nvml.nvmlDeviceGetHandleByIndex, i) for i in range(count)]
+    uuids = tuple(_uuid(nvml, h, i) for i, h in enumerate(handles))
+    pci = [None if h is None else _field(nvml, nvml.nvmlDeviceGetPciInfo, h) for h in handles]
+    buses = [_bus_key(getattr(p, "busId", None)) for p in pci]
+    remotes = [set() if h is None else _nvlink_remotes(nvml, h) for h in handles]
+    levels = {getattr(nvml, name): distance for name, distance in _NVML_LEVELS.items()}
+    links: Topology = {}
+    for i, j in combinations(range(count), 2):
+        if handles[i] is None or handles[j] is None:
+            distance = LINK_UNKNOWN
+        elif _nvlinked(buses[i], remotes[i], buses[j], remotes[j]):
+            distance = LINK_NVLINK
+        else:
+            level = _field(nvml, nvml.nvmlDeviceGetTopologyCommonAncestor, handles[i], handles[j])
+            distance = levels.get(level, LINK_UNKNOWN)
+        links[uuids[i], uuids[j]] = links[uuids[j], uuids[i]] = distance
+    return uuids, links
+
+
+def _nvlink_remotes(nvml: Any, handle: Any) -> set[str]:
+    """The far ends of a GPU's active NVLinks: a GPU's bus key, or _NVSWITCH + a switch's."""
+    remotes: set[str] = set()
+    # A GPU without NVLink answers Not Supported, one with fewer links Invalid Argument past its last.
+    for link in range(nvml.NVML_NVLINK_MAX_LINKS):
+        if _field(nvml, nvml.nvmlDeviceGetNvLinkState, handle, link) != nvml.NVML_FEATURE_ENABLED:
+            continue
+        pci = _field(nvml, nvml.nvmlDeviceGetNvLinkRemotePciInfo, handle, link)
+        bus = _bus_key(getattr(pci, "busId", None))
+        if _field(nvml, nvml.nvmlDeviceGetNvLinkRemoteDeviceType, handle, link) == nvml.NVML_NVLINK_DEVICE_TYPE_SWITCH:
+            remotes.add(_NVSWITCH + (bus or "?"))
+        elif bus is not None:
+            remotes.add(bus)
+    return remotes
+
+
+def _nvlinked(bus_a: str | None, remotes_a: set[str], bus_b: str | None, remotes_b: set[str]) -> bool:
+    """A direct link either way (one side may fail to say), or an NVSwitch both reach (DGX, HGX)."""
+    if (bus_b is not None and bus_b in remotes_a) or (bus_a is not None and bus_a in remotes_b):
+        return True
+    return any(r.startswith(_NVSWITCH) for r in remotes_a & remotes_b)  # a GPU both reach is two hops
+
+
+def _bus_key(bus: Any) -> str | None:
+    """A PCI address that compares across NVML's spellings: 00000000:1F:00.0, 0000:1f:00.0."""
+    if bus is None or not _text(bus).strip():
+        return None
+    text = _text(bus).strip().lower()
+    domain, sep, rest = text.partition(":")
+    try:
+        return f"{int(domain, 16):08x}{sep}{rest}" if rest.count(":") == 1 else text
+    except ValueError:
+        return text
 
 
 def _field(nvml: Any, read: Callable[..., Any], *args: Any) -> Any:
@@ -259,6 +389,8 @@ def _text(value: Any) -> str:
 def make_probe(fake_gpus: str | None) -> GpuProbe:
     """The fake when FTQ_FAKE_GPUS is set, else NVML, else a probe with no GPUs that says why."""
     if fake_gpus and fake_gpus.strip():
+        from scheduler.fake_probe import FakeProbe
+
         return FakeProbe(fake_gpus)
     probe = NvmlProbe()
     try:

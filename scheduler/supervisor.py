@@ -49,14 +49,19 @@ def worker_env(cuda_visible_devices: str, cpu_threads: int | None) -> dict[str, 
 
 
 def spawn_worker(
-    attempt_id: int, run_dir: Path, spec: dict[str, Any], cuda_visible_devices: str, cpu_threads: int | None = None
+    attempt_id: int,
+    run_dir: Path,
+    spec: dict[str, Any],
+    cuda_visible_devices: str,
+    cpu_threads: int | None = None,
+    module: str = "worker",
 ) -> WorkerProcess:
     """Write the spec into the run dir and start `python -m worker RUN_DIR` in a new session."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     with (run_dir / LOG_FILE).open("ab") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "worker", str(run_dir)],
+            [sys.executable, "-m", module, str(run_dir)],
             cwd=run_dir,
             env=worker_env(cuda_visible_devices, cpu_threads),
             stdin=subprocess.DEVNULL,

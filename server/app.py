@@ -42,6 +42,8 @@ def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) 
             cancel_grace_s=settings.cancel_grace_s,
             tick_s=settings.tick_s,
             tail_interval_s=settings.tail_interval_s,
+            margin_bytes=settings.memory_margin_bytes,
+            worker_module=settings.worker_module,
         )
         scheduler.start()
         app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler

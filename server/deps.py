@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 
 from server.errors import NotFound, Unauthorized
+from server.jobs import leases_by_resource
+from server.machine import Machine
 from server.models import Job
 from server.settings import Settings
 
@@ -36,6 +38,22 @@ def get_job_or_404(job_id: int, session: SessionDep) -> Job:
 
 
 JobDep = Annotated[Job, Depends(get_job_or_404)]
+
+
+def get_machine(request: Request, session: SessionDep, settings: SettingsDep) -> Machine:
+    """The GPUs as the probe sees them now, and who holds what, for admission and wait reasons."""
+    probe = request.app.state.probe
+    topology = probe.topology()
+    return Machine(
+        gpus=probe.snapshot(),
+        holders=leases_by_resource(session),
+        cpu_slots=settings.cpu_slots,
+        margin_bytes=settings.memory_margin_bytes,
+        topology=topology,
+    )
+
+
+MachineDep = Annotated[Machine, Depends(get_machine)]
 
 
 def require_token(request: Request) -> None:

@@ -8,11 +8,12 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from scheduler.placement import cpu_slot_names
-from scheduler.probe import GpuInfo
+from scheduler.placement import GiB, QueuedJob, cpu_slot_names, explain_wait
 from scheduler.states import ACTIVE, JobState
 from scheduler.tail import last_lines
-from server.errors import Conflict, InvalidSpec, field_error
+from server.admission import Assessment, admission_errors, assess
+from server.errors import Conflict, InvalidSpec
+from server.machine import Machine
 from server.models import (
     Attempt,
     AttemptPublic,
@@ -29,30 +30,16 @@ from server.store import current_attempt, transition
 from worker.spec import LOG_FILE, JobSpec
 
 
-def admission_errors(spec: JobSpec, gpus: list[GpuInfo], cpu_slots: int) -> list[dict[str, str]]:
-    """Why this machine can never run the job (empty when it can, now or later)."""
-    if spec.gpus == 0 and cpu_slots == 0:
-        return [
-            field_error(
-                "gpus",
-                "0 asks for a CPU slot and this daemon has none (FTQ_CPU_SLOTS=0): "
-                "ask for a GPU, or start the daemon with FTQ_CPU_SLOTS=1",
-            )
-        ]
-    if spec.gpus > len(gpus):
-        have = f"{len(gpus)} GPU" + ("" if len(gpus) == 1 else "s")
-        fix = f"ask for at most {len(gpus)}" if gpus else "set gpus: 0 to run on a CPU slot"
-        return [field_error("gpus", f"the job asks for {spec.gpus} and this daemon has {have}: {fix}")]
-    return []
-
-
-def submit(session: Session, spec: JobSpec, input_dirs: list[Path], gpus: list[GpuInfo], cpu_slots: int) -> Job:
+def submit(session: Session, spec: JobSpec, input_dirs: list[Path], machine: Machine) -> Job:
     """Check everything, report every problem at once, and queue the job only when all is well."""
-    errors = admission_errors(spec, gpus, cpu_slots)
     try:
         resolved = resolve_spec_paths(spec, input_dirs)
     except InvalidSpec as exc:
-        raise InvalidSpec.from_errors((exc.errors or []) + errors) from None
+        raise InvalidSpec.from_errors(
+            (exc.errors or []) + admission_errors(spec, Assessment(), machine.gpus, machine.cpu_slots)
+        ) from None
+    assessment = assess(resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology)
+    errors = admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
     if errors:
         raise InvalidSpec.from_errors(errors)
     job = Job(
@@ -61,6 +48,9 @@ def submit(session: Session, spec: JobSpec, input_dirs: list[Path], gpus: list[G
         priority=resolved.priority,
         gpus=resolved.gpus,
         spec=resolved.model_dump(mode="json", exclude_none=True),
+        need_bytes=assessment.need_bytes or None,
+        estimate=assessment.estimate,
+        gpu_ids=resolved.gpu_ids,
     )
     session.add(job)
     session.commit()
@@ -68,7 +58,29 @@ def submit(session: Session, spec: JobSpec, input_dirs: list[Path], gpus: list[G
     return job
 
 
-def list_jobs(session: Session, state: JobState | None, offset: int, limit: int) -> tuple[list[JobSummary], int]:
+def estimate(spec: JobSpec, input_dirs: list[Path], machine: Machine) -> dict[str, Any]:
+    """POST /estimate: the breakdown, whether and where it fits now, and what would make it fit."""
+    resolved = resolve_spec_paths(spec, input_dirs)
+    assessment = assess(resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology)
+    fits_now = assessment.fits_now
+    return {
+        "estimate": assessment.estimate,
+        "per_gpu_gib": round(assessment.need_bytes / GiB, 2),
+        "margin_gib": round(machine.margin_bytes / GiB, 2),
+        "gpus": resolved.gpus,
+        "largest_offer_gib": round(assessment.largest_offer / GiB, 2) if assessment.largest_offer else None,
+        "fits_ever": assessment.fits_ever,
+        "fits_now": {"cuda_visible_devices": fits_now.cuda_visible_devices, "gpus": list(fits_now.resources)}
+        if fits_now
+        else None,
+        "problems": admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots),
+        "suggestions": assessment.suggestions,
+    }
+
+
+def list_jobs(
+    session: Session, state: JobState | None, offset: int, limit: int, machine: Machine | None
+) -> tuple[list[JobSummary], int]:
     query = select(Job)
     count_query = select(func.count()).select_from(Job)
     if state is not None:
@@ -76,7 +88,7 @@ def list_jobs(session: Session, state: JobState | None, offset: int, limit: int)
         count_query = count_query.where(Job.state == state.value)
     jobs = session.exec(query.order_by(col(Job.id)).offset(offset).limit(limit)).all()
     count = session.exec(count_query).one()
-    return [summarize(session, job) for job in jobs], count
+    return [summarize(session, job, machine) for job in jobs], count
 
 
 def _latest(session: Session, job_id: int, kinds: tuple[str, ...]) -> dict[str, Any] | None:
@@ -89,11 +101,24 @@ def _latest(session: Session, job_id: int, kinds: tuple[str, ...]) -> dict[str, 
     return row.data if row else None
 
 
-def summarize(session: Session, job: Job) -> JobSummary:
-    return JobSummary.model_validate(_summary_fields(session, job))
+def summarize(session: Session, job: Job, machine: Machine | None = None) -> JobSummary:
+    return JobSummary.model_validate(_summary_fields(session, job, machine))
 
 
-def _summary_fields(session: Session, job: Job) -> dict[str, Any]:
+def waiting_reason(job: Job, machine: Machine | None) -> str | None:
+    if job.state != JobState.QUEUED.value or machine is None:
+        return None
+    if job.gpus == 0:
+        held = sum(1 for r in machine.holders if r.startswith("cpu-"))
+        return f"waiting for a CPU slot; {held} of {machine.cpu_slots} in use"
+    assert job.id is not None
+    queued = QueuedJob(
+        job.id, job.priority, job.id, job.gpus, job.need_bytes or 0, tuple(job.gpu_ids) if job.gpu_ids else None
+    )
+    return explain_wait(queued, machine.gpus, machine.holders, machine.margin_bytes)
+
+
+def _summary_fields(session: Session, job: Job, machine: Machine | None = None) -> dict[str, Any]:
     assert job.id is not None
     attempt = current_attempt(session, job.id)
     live = attempt is not None and attempt.ended_at is None
@@ -109,18 +134,21 @@ def _summary_fields(session: Session, job: Job) -> dict[str, Any]:
         "cuda_visible_devices": attempt.cuda_visible_devices if attempt else None,
         "progress": progress,
         "loss": latest.get("loss") if latest else None,
+        "waiting": waiting_reason(job, machine),
+        "need_gib": round(job.need_bytes / GiB, 2) if job.need_bytes else None,
     }
 
 
-def describe(session: Session, job: Job) -> JobPublic:
+def describe(session: Session, job: Job, machine: Machine | None = None) -> JobPublic:
     assert job.id is not None
     attempts = session.exec(select(Attempt).where(Attempt.job_id == job.id).order_by(col(Attempt.number))).all()
     end = _latest(session, job.id, ("end",))
     wall = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
     return JobPublic.model_validate(
         {
-            **_summary_fields(session, job),
+            **_summary_fields(session, job, machine),
             "spec": job.spec,
+            "estimate": job.estimate,
             "attempts": [AttemptPublic.model_validate(a.model_dump()) for a in attempts],
             "latest_metrics": _latest(session, job.id, ("metric", "eval")),
             "final_loss": end.get("final_loss") if end else None,

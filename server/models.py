@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import field_serializer
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from worker.spec import JobSpec
@@ -34,6 +34,9 @@ class Job(SQLModel, table=True):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     reason: str | None = None
+    need_bytes: int | None = Field(default=None, sa_type=BigInteger)
+    estimate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    gpu_ids: list[int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Attempt(SQLModel, table=True):
@@ -120,6 +123,8 @@ class Progress(SQLModel):
 
 
 class JobSummary(_Public):
+    """A job in a list; `waiting` says why a queued job is not running yet."""
+
     id: int
     name: str
     state: str
@@ -133,10 +138,13 @@ class JobSummary(_Public):
     cuda_visible_devices: str | None = None
     progress: Progress | None = None
     loss: float | None = None
+    waiting: str | None = None
+    need_gib: float | None = None
 
 
 class JobPublic(JobSummary):
     spec: dict[str, Any]
+    estimate: dict[str, Any] | None = None
     attempts: list[AttemptPublic]
     latest_metrics: dict[str, Any] | None
     final_loss: float | None = None
@@ -163,10 +171,12 @@ class GpuPublic(SQLModel):
     memory_free: int | None
     memory_used: int | None
     utilization: int | None
+    pci_bus_id: str | None = None
     processes: list[dict[str, Any]]
     healthy: bool
     error: str | None
     bound_job: int | None
+    links: dict[int, int | None] = {}  # other GPU's index -> distance (0 NVLink ... 60 across sockets)
 
 
 class GpusPublic(SQLModel):

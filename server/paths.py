@@ -52,10 +52,47 @@ def resolve_spec_paths(spec: JobSpec, roots: list[Path]) -> JobSpec:
     data_dir = _resolve("dataset_dir", spec.dataset_dir, roots, errors)
     if data_dir is not None:
         _check_datasets(spec, data_dir, roots, errors)
+    update = {"model_name_or_path": str(model_dir), "dataset_dir": str(data_dir)}
+    if spec.deepspeed is not None:
+        update["deepspeed"] = str(_resolve_deepspeed(spec.deepspeed, roots, errors))
     if errors:
         raise InvalidSpec.from_errors(errors)
-    assert model_dir is not None and data_dir is not None
-    return spec.model_copy(update={"model_name_or_path": str(model_dir), "dataset_dir": str(data_dir)})
+    return spec.model_copy(update=update)
+
+
+def _resolve_deepspeed(raw: str, roots: list[Path], errors: list[dict[str, Any]]) -> Path | None:
+    path = Path(raw).expanduser()
+    path = (path if path.is_absolute() else roots[0] / path).resolve()
+    if not _within(path, roots):
+        errors.append(
+            field_error(
+                "deepspeed",
+                f"{raw} is outside the directories this daemon may read; "
+                "use one of configs/deepspeed/*.json or add its directory to FTQ_INPUT_DIRS",
+            )
+        )
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        errors.append(field_error("deepspeed", f"{path} does not exist (configs/deepspeed/ has ds_z0/z2/z3 configs)"))
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        errors.append(field_error("deepspeed", f"{path} is not a readable JSON file: {exc}"))
+        return None
+    if not isinstance(config, dict):
+        errors.append(field_error("deepspeed", f"{path} must hold a JSON object"))
+        return None
+    return path
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A small JSON file (a model's config.json, a DeepSpeed config) as a dict, or None."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _check_datasets(spec: JobSpec, data_dir: Path, roots: list[Path], errors: list[dict[str, Any]]) -> None:

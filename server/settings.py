@@ -27,6 +27,14 @@ class Settings(BaseSettings):
         description="Directories a spec may read models and data from (os.pathsep-separated); "
         "relative spec paths resolve against the first.",
     )
+    memory_margin_gib: float = Field(
+        default=1.0, ge=0, le=1024, description="Free GPU memory a job must leave beyond its estimate."
+    )
+    worker_module: str = Field(
+        default="worker",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="Run as `python -m MODULE RUN_DIR`; benchmarks swap in a stand-in that only holds GPUs.",
+    )
     tick_s: float = Field(default=1.0, gt=0, le=60, description="The scheduler's periodic tick.")
     tail_interval_s: float = Field(default=0.25, gt=0, le=10, description="How often running jobs' metrics are read.")
 
@@ -57,6 +65,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'ftq.db'}"
+
+    @property
+    def memory_margin_bytes(self) -> int:
+        return int(self.memory_margin_gib * (1 << 30))
 
     @property
     def runs_dir(self) -> Path:

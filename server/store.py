@@ -43,8 +43,13 @@ class SqlStore:
 
     def queued_jobs(self) -> list[QueuedJob]:
         with Session(self.engine) as session:
-            rows = session.exec(select(Job.id, Job.priority, Job.gpus).where(Job.state == JobState.QUEUED.value)).all()
-        return [QueuedJob(job_id=i, priority=p, seq=i, gpus=g) for i, p, g in rows if i is not None]
+            query = select(Job.id, Job.priority, Job.gpus, Job.need_bytes, Job.gpu_ids)
+            rows = session.exec(query.where(Job.state == JobState.QUEUED.value)).all()
+        return [
+            QueuedJob(job_id=i, priority=p, seq=i, gpus=g, need_bytes=need or 0, gpu_ids=tuple(ids) if ids else None)
+            for i, p, g, need, ids in rows
+            if i is not None
+        ]
 
     def leased_resources(self) -> set[str]:
         with Session(self.engine) as session:

@@ -7,11 +7,9 @@ trainer_log.jsonl; a field without a value is left out, never written as null.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +17,12 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+# The file itself lives in worker.records (no torch there, for the launcher); re-exported for the recipe.
+from worker.records import MetricsSink, NullSink, hms, utc_timestamp
+
+__all__ = ["GIB", "MetricsCallback", "MetricsSink", "NullSink", "hms", "utc_timestamp"]
+
 GIB = 1024**3
-
-
-def utc_timestamp() -> str:
-    """ISO 8601 UTC with milliseconds, e.g. 2026-11-23T11:02:03.123Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def hms(seconds: float) -> str:
-    """H:MM:SS, like LLaMA-Factory's elapsed/remaining times (hours are not wrapped into days)."""
-    seconds = max(int(seconds), 0)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class MetricsSink:
-    """Appends records and flushes each line, so a reader never sees half a run's progress late."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._file = open(self.path, "a", encoding="utf-8")  # open for the whole run: one line per record
-
-    def write(self, kind: str, /, **fields: Any) -> dict[str, Any]:
-        """Write one record; fields that are None are left out."""
-        record = {"kind": kind, "timestamp": utc_timestamp()}
-        record.update((key, value) for key, value in fields.items() if value is not None)
-        self.write_record(record)
-        return record
-
-    def write_record(self, record: dict[str, Any]) -> None:
-        """Write a record as it is (for the rare field that is meaningful as null)."""
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class MetricsCallback(TrainerCallback):

@@ -7,34 +7,36 @@ from fastapi.responses import PlainTextResponse
 
 from scheduler.states import JobState
 from server import jobs as service
-from server.deps import JobDep, SessionDep, SettingsDep
+from server.deps import JobDep, MachineDep, SessionDep, SettingsDep
 from server.models import JobCreate, JobPublic, JobsPublic, MetricsPublic
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-def submit_job(spec: JobCreate, request: Request, session: SessionDep, settings: SettingsDep) -> JobPublic:
-    gpus = request.app.state.probe.snapshot()
-    job = service.submit(session, spec, settings.input_dirs, gpus, settings.cpu_slots)
+def submit_job(
+    spec: JobCreate, request: Request, session: SessionDep, settings: SettingsDep, machine: MachineDep
+) -> JobPublic:
+    job = service.submit(session, spec, settings.input_dirs, machine)
     request.app.state.scheduler.wake()
-    return service.describe(session, job)
+    return service.describe(session, job, machine)
 
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
+    machine: MachineDep,
     state: JobState | None = None,
     offset: int = Query(default=0, ge=0),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> JobsPublic:
-    data, count = service.list_jobs(session, state, offset, limit)
+    data, count = service.list_jobs(session, state, offset, limit, machine)
     return JobsPublic(data=data, count=count, offset=offset, limit=limit)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job: JobDep, session: SessionDep) -> JobPublic:
-    return service.describe(session, job)
+def get_job(job: JobDep, session: SessionDep, machine: MachineDep) -> JobPublic:
+    return service.describe(session, job, machine)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

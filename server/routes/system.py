@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from typing import Any
 
 from fastapi import APIRouter, Request
 
 from server import jobs as service
-from server.deps import SessionDep, SettingsDep
-from server.models import GpuPublic, GpusPublic
+from server.deps import MachineDep, SessionDep, SettingsDep
+from server.machine import gpus_view
+from server.models import GpusPublic, JobCreate
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/gpus", response_model=GpusPublic)
-def get_gpus(request: Request, session: SessionDep, settings: SettingsDep) -> GpusPublic:
+def get_gpus(request: Request, session: SessionDep, settings: SettingsDep, machine: MachineDep) -> GpusPublic:
+    """Each GPU: memory, utilization, processes (foreign ones marked), links, and the job holding it."""
     probe = request.app.state.probe
-    held = service.leases_by_resource(session)
-    gpus = [
-        GpuPublic(
-            **{k: v for k, v in asdict(gpu).items() if k not in ("processes", "pci_bus_id")},
-            processes=[asdict(p) for p in gpu.processes],
-            bound_job=held.get(gpu.uuid),
-        )
-        for gpu in probe.snapshot()
-    ]
+    worker_pids = set(request.app.state.scheduler.live_pids().values())
     return GpusPublic(
         probe=probe.description,
-        gpus=gpus,
+        gpus=gpus_view(machine, worker_pids),
         cpu_slots=settings.cpu_slots,
         cpu_slots_bound=service.cpu_slot_holders(session, settings.cpu_slots),
     )
+
+
+@router.post("/estimate")
+def estimate(spec: JobCreate, settings: SettingsDep, machine: MachineDep) -> dict[str, Any]:
+    """The memory estimate of a spec, where it would fit now, and what would make it fit."""
+    return service.estimate(spec, settings.input_dirs, machine)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.placement import Placement, QueuedJob, place
+from scheduler.placement import Placement, QueuedJob, explain_wait, place, plan
 from scheduler.probe import FakeProbe
 
 
@@ -60,3 +60,89 @@ def test_cpu_jobs_take_cpu_slots_beside_gpu_jobs():
 
 def test_no_gpus_and_no_slots_places_nothing():
     assert place([job(1), job(2, n=0)], [], set(), 0) == []
+
+
+GiB = 1 << 30
+
+
+def test_a_foreign_process_filling_a_gpu_sends_the_job_elsewhere():
+    probe = FakeProbe("2x24GiB")
+    probe.set(0, memory_free=2 * GiB)  # someone else's notebook holds 22 GiB of GPU 0
+    placed = place([QueuedJob(1, 0, 1, gpus=1, need_bytes=10 * GiB)], probe.snapshot(), set(), 0, margin_bytes=GiB)
+    assert [p.cuda_visible_devices for p in placed] == ["1"]
+
+
+def test_the_margin_counts():
+    g = gpus("1x24GiB")
+    assert place([QueuedJob(1, 0, 1, 1, need_bytes=23 * GiB)], g, set(), 0, margin_bytes=2 * GiB) == []
+    assert place([QueuedJob(1, 0, 1, 1, need_bytes=23 * GiB)], g, set(), 0, margin_bytes=GiB) != []
+
+
+def test_small_jobs_take_the_smallest_gpu_that_fits_so_big_ones_still_can():
+    g = gpus("1x80GiB,1x24GiB")
+    small, big = QueuedJob(1, 0, 1, 1, need_bytes=10 * GiB), QueuedJob(2, 0, 2, 1, need_bytes=60 * GiB)
+    assert {p.job_id: p.cuda_visible_devices for p in place([small, big], g, set(), 0)} == {1: "1", 2: "0"}
+
+
+def test_head_of_line_reservation_lets_smaller_jobs_backfill_only_outside_it():
+    g = gpus("4x24GiB")
+    leased = {g[0].uuid, g[1].uuid}
+    result = plan([job(1, n=3), job(2, n=1), job(3, n=1)], g, leased, 0)
+    assert result.reserved_for == 1 and len(result.reserved) == 3 and g[3].uuid not in result.reserved
+    assert [(p.job_id, p.cuda_visible_devices) for p in result.placements] == [(2, "3")]
+
+
+def test_the_reservation_waits_for_our_gpus_rather_than_holding_idle_ones():
+    g = gpus("4x24GiB")
+    leased = {g[0].uuid, g[1].uuid, g[2].uuid}
+    result = plan([job(1, n=2), job(2, n=1)], g, leased, 0)
+    assert g[3].uuid not in result.reserved
+    assert [p.job_id for p in result.placements] == [2]
+
+
+def test_a_gpu_held_by_a_foreign_process_is_never_waited_for():
+    probe = FakeProbe("2x24GiB")
+    probe.set(1, memory_free=GiB)
+    result = plan([QueuedJob(1, 0, 1, 2, need_bytes=10 * GiB), job(2)], probe.snapshot(), set(), 0)
+    assert result.reserved_for is None and [p.job_id for p in result.placements] == [2]
+
+
+def test_a_pinned_job_waits_for_its_gpu_and_others_use_the_rest():
+    g = gpus("2x24GiB")
+    pinned = QueuedJob(1, 0, 1, gpus=1, gpu_ids=(1,))
+    result = plan([pinned, job(2), job(3)], g, leased={g[1].uuid}, cpu_slots=0)
+    assert result.reserved_for == 1 and result.reserved == {g[1].uuid}
+    assert [(p.job_id, p.cuda_visible_devices) for p in result.placements] == [(2, "0")]
+    free = place([pinned], g, set(), 0)
+    assert free == [Placement(1, (g[1].uuid,), "1")]
+
+
+def test_a_multi_gpu_job_prefers_an_nvlink_pair():
+    g = gpus("4x80GiB")
+    topology = {}
+    for a in g:
+        for b in g:
+            if a.index < b.index:
+                linked = {a.index, b.index} in ({0, 1}, {2, 3})
+                topology[(a.uuid, b.uuid)] = 0 if linked else 60
+    placed = place([job(1, n=2)], g, leased={g[0].uuid}, cpu_slots=0, topology=topology)
+    assert placed[0].cuda_visible_devices == "2,3"
+
+
+def test_identical_waiting_jobs_are_decided_once():
+    g = gpus("2x24GiB")
+    queue = [job(i, n=4) for i in range(1, 5000)] + [job(5000, n=0)]
+    assert place(queue, g, set(), cpu_slots=1) == [Placement(5000, ("cpu-0",), "")]
+
+
+def test_a_waiting_job_says_why():
+    probe = FakeProbe("2x40GiB")
+    probe.set(1, memory_free=4 * GiB)
+    g = probe.snapshot()
+    job_ = QueuedJob(7, 0, 7, gpus=2, need_bytes=35 * GiB)
+    text = explain_wait(job_, g, holders={g[0].uuid: 3}, margin_bytes=GiB)
+    assert text == "waiting: needs 2 GPUs with 36.0 GiB free; 0 have (GPU 0 is held by job 3; GPU 1 has 4.0 GiB free)"
+    one = explain_wait(job_, g, holders={}, margin_bytes=GiB)
+    assert one.startswith("waiting: needs 2 GPUs with 36.0 GiB free; 1 has")
+    pinned = explain_wait(QueuedJob(8, 0, 8, gpus=2, gpu_ids=(0, 5)), g, holders={g[0].uuid: 3})
+    assert pinned == "waiting: pinned to GPU 0,5; GPU 0 is held by job 3; GPU 5 does not exist"

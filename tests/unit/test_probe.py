@@ -1,4 +1,4 @@
-"""GPU probes without a GPU: FakeProbe parsing, and NvmlProbe against scenario fakes of pynvml.
+"""GPU probes without a GPU: FakeProbe, the pure helpers, and NvmlProbe against scenario fakes of pynvml.
 
 Each scenario is named after the bug it stands for (gpustat's ``scenario_failing_one_gpu``).
 The fakes raise pynvml's own exception classes, so messages are the ones NVML gives.
@@ -6,15 +6,27 @@ The fakes raise pynvml's own exception classes, so messages are the ones NVML gi
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import pynvml as real_nvml
 import pytest
 
 from scheduler.probe import (
+    LINK_HOSTBRIDGE,
+    LINK_INTERNAL,
+    LINK_MULTIPLE,
+    LINK_NODE,
+    LINK_NVLINK,
+    LINK_SINGLE,
+    LINK_SYSTEM,
+    LINK_UNKNOWN,
     FakeProbe,
     GiB,
     GpuInfo,
@@ -22,7 +34,10 @@ from scheduler.probe import (
     NoGpuProbe,
     NvmlProbe,
     ProbeError,
+    descendant_pids,
+    foreign_processes,
     format_bytes,
+    link_distance,
     make_probe,
 )
 
@@ -139,6 +154,193 @@ def test_format_bytes() -> None:
     assert format_bytes(None) == "unknown"
 
 
+# --- FakeProbe topology ---------------------------------------------------------------------
+
+
+def fake_uuid(index: int) -> str:
+    return f"GPU-fake-0000-0000-0000-{index:012d}"
+
+
+def fake_distance(probe: FakeProbe, a: int, b: int) -> int:
+    return link_distance(probe.topology(), fake_uuid(a), fake_uuid(b))
+
+
+def test_link_levels_are_strictly_ordered_nvlink_best_unknown_worst() -> None:
+    levels = [LINK_NVLINK, LINK_INTERNAL, LINK_SINGLE, LINK_MULTIPLE, LINK_HOSTBRIDGE, LINK_NODE, LINK_SYSTEM]
+    assert levels == sorted(set(levels)) and levels[0] == 0 and LINK_UNKNOWN > levels[-1]
+    from scheduler.placement import UNKNOWN_DISTANCE  # placement's default for a missing pair
+
+    assert UNKNOWN_DISTANCE == LINK_UNKNOWN
+
+
+def test_link_distance_reads_either_order_and_defaults_to_unknown() -> None:
+    assert link_distance({("a", "b"): LINK_SINGLE}, "b", "a") == LINK_SINGLE
+    assert link_distance({}, "a", "b") == LINK_UNKNOWN
+    assert link_distance({}, "a", "a") == LINK_NVLINK
+
+
+def test_fake_topology_default_is_node_level_for_every_pair() -> None:
+    links = FakeProbe("4x24GiB").topology()
+    assert len(links) == 12  # both orders of 6 pairs
+    assert set(links.values()) == {LINK_NODE}
+    assert links[fake_uuid(0), fake_uuid(3)] == links[fake_uuid(3), fake_uuid(0)]
+    assert FakeProbe("1x24GiB").topology() == {}
+
+
+def test_fake_nvlink_islands() -> None:
+    probe = FakeProbe("8x80GiB@nvlink4")
+    assert all(fake_distance(probe, a, b) == LINK_NVLINK for a in range(4) for b in range(4))
+    assert all(fake_distance(probe, a, b) == LINK_NVLINK for a in range(4, 8) for b in range(4, 8))
+    assert all(fake_distance(probe, a, b) == LINK_NODE for a in range(4) for b in range(4, 8))
+    assert [g.memory_total for g in probe.snapshot()] == [80 * GiB] * 8
+    assert probe.description == "fake: 8x80GiB@nvlink4"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4x24GiB@nvlink2/system", {(0, 1): LINK_NVLINK, (2, 3): LINK_NVLINK, (1, 2): LINK_SYSTEM}),
+        ("4x24GiB@nvlink2/PIX", {(0, 1): LINK_NVLINK, (0, 3): LINK_SINGLE}),
+        ("4x80GiB@nvlink", {(0, 3): LINK_NVLINK, (1, 2): LINK_NVLINK}),  # one NVSwitch fabric
+        ("4x80GiB@NVLink4", {(0, 3): LINK_NVLINK}),
+        ("2x24GiB@single", {(0, 1): LINK_SINGLE}),
+        ("2x24GiB@sys", {(0, 1): LINK_SYSTEM}),
+        ("2x24GiB@phb", {(0, 1): LINK_HOSTBRIDGE}),
+        ("1x80GiB,1x24GiB @ internal", {(0, 1): LINK_INTERNAL}),
+    ],
+)
+def test_fake_topology_grammar(text: str, expected: dict[tuple[int, int], int]) -> None:
+    probe = FakeProbe(text)
+    assert {pair: fake_distance(probe, *pair) for pair in expected} == expected
+    assert FakeProbe.parse(text) == [g.memory_total for g in probe.snapshot()]
+
+
+BAD_TOPOLOGIES = ["8x80GiB@", "8x80GiB@pcie", "8x80GiB@nvlink4/far", "8x80GiB@nvlink4@node", "8x80GiB@nvlink-4"]
+
+
+@pytest.mark.parametrize("text", BAD_TOPOLOGIES)
+def test_fake_topology_bad_shows_the_expected_form(text: str) -> None:
+    with pytest.raises(ValueError, match=r"FTQ_FAKE_GPUS: cannot read the topology .*e\.g\. 8x80GiB@nvlink4"):
+        FakeProbe.parse(text)
+
+
+@pytest.mark.parametrize("text", ["8x80GiB@nvlink3", "8x80GiB@nvlink1", "8x80GiB@nvlink0"])
+def test_fake_nvlink_islands_must_divide_the_gpus(text: str) -> None:
+    with pytest.raises(ValueError, match=r"islands of \d GPUs .* divide the 8 GPUs"):
+        FakeProbe(text)
+
+
+def test_fake_set_link_states_a_pair() -> None:
+    probe = FakeProbe("4x24GiB@nvlink2")
+    probe.set_link(1, 2, LINK_SINGLE)
+    links = probe.topology()
+    assert links[fake_uuid(1), fake_uuid(2)] == links[fake_uuid(2), fake_uuid(1)] == LINK_SINGLE
+    probe.set_link(3, 0, 7)  # either order, any distance
+    assert fake_distance(probe, 0, 3) == 7
+    assert fake_distance(probe, 0, 1) == LINK_NVLINK and fake_distance(probe, 1, 3) == LINK_NODE  # others kept
+
+
+def test_fake_set_link_rejects_bad_links() -> None:
+    probe = FakeProbe("2x24GiB")
+    with pytest.raises(IndexError):
+        probe.set_link(0, 2, LINK_NVLINK)
+    with pytest.raises(ValueError, match="itself"):
+        probe.set_link(1, 1, LINK_NVLINK)
+    for bad in (-1, True, 1.5, "nvlink"):
+        with pytest.raises(ValueError, match="int >= 0"):
+            probe.set_link(0, 1, bad)  # type: ignore[arg-type]
+
+
+def test_fake_unhealthy_gpu_has_only_unknown_links() -> None:
+    probe = FakeProbe("4x80GiB@nvlink4")
+    probe.set(2, healthy=False, error="GPU is lost")
+    assert all(fake_distance(probe, 2, k) == fake_distance(probe, k, 2) == LINK_UNKNOWN for k in (0, 1, 3))
+    assert fake_distance(probe, 0, 3) == LINK_NVLINK
+    probe.set(2, healthy=True, error=None)
+    assert fake_distance(probe, 2, 0) == LINK_NVLINK  # the link was hidden, not forgotten
+
+
+# --- Our processes and foreign ones ---------------------------------------------------------
+
+
+def write_proc(root: Path, pid: int, ppid: int, comm: str) -> None:
+    (root / str(pid)).mkdir()
+    (root / str(pid) / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 0 0 0 0\n")
+
+
+def scenario_foreign_process_holds_gpu(root: Path) -> tuple[GpuInfo, int]:
+    """Someone's notebook holds 20 GiB beside our worker, whose torchrun ranks and data loaders hold the rest.
+
+    The bugs it stands for: a process that is not ours must be reported (placement counts it),
+    and one of ours must not, though NVML lists the ranks our worker started, not the worker.
+    Returns the GPU and our worker's pid; ``root`` becomes a /proc.
+    """
+    for pid, ppid, comm in [
+        (1, 0, "systemd"),
+        (100, 1, "python"),  # our worker: python -m worker RUN_DIR
+        (101, 100, "pt_main_thread"),  # torchrun ranks
+        (102, 100, "pt_main_thread"),
+        (103, 101, "pt_data_worker"),  # a rank's data loader worker
+        (104, 103, "a ) tricky (name"),  # comm may hold spaces and parentheses
+        (555, 1, "jupyter-lab"),
+        (556, 555, "python"),  # the notebook's kernel, holding a GPU
+    ]:
+        write_proc(root, pid, ppid, comm)
+    (root / "self").mkdir()  # not a pid
+    (root / "777").mkdir()  # exited between listdir and the read: no stat
+    gpu = FakeProbe("1x80GiB").set(
+        0,
+        memory_free=10 * GiB,
+        processes=[GpuProcess(101, 25 * GiB, "python"), GpuProcess(102, 25 * GiB), GpuProcess(556, 20 * GiB, "python")],
+    )
+    return gpu, 100
+
+
+def test_foreign_process_holds_gpu(tmp_path: Path) -> None:
+    gpu, worker = scenario_foreign_process_holds_gpu(tmp_path)
+    assert descendant_pids({worker}, proc=tmp_path) == {101, 102, 103, 104}
+    ours = {worker} | descendant_pids({worker}, proc=tmp_path)
+    assert foreign_processes(gpu, ours) == (GpuProcess(556, 20 * GiB, "python"),)
+    # The bug: the worker's own pid alone makes its ranks look like strangers.
+    assert [p.pid for p in foreign_processes(gpu, {worker})] == [101, 102, 556]
+    assert foreign_processes(gpu, set()) == gpu.processes
+
+
+def test_descendant_pids_of_several_roots_and_of_none(tmp_path: Path) -> None:
+    scenario_foreign_process_holds_gpu(tmp_path)
+    assert descendant_pids({101, 555}, proc=tmp_path) == {103, 104, 556}
+    assert descendant_pids({100, 101}, proc=tmp_path) == {101, 102, 103, 104}  # a root below a root is found
+    assert descendant_pids(set(), proc=tmp_path) == set()
+    assert descendant_pids({4242}, proc=tmp_path) == set()
+
+
+def test_descendant_pids_without_proc_is_empty(tmp_path: Path) -> None:
+    assert descendant_pids({1}, proc=tmp_path / "no-such-proc") == set()  # macOS, Windows
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_descendant_pids_finds_a_real_grandchild() -> None:
+    sleeper = (
+        "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", sleeper + " print(c.pid, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        assert descendant_pids({child.pid}) == {grandchild}
+        assert {child.pid, grandchild} <= descendant_pids({os.getpid()})
+    finally:
+        os.killpg(child.pid, 9)  # the grandchild is in the child's process group
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
 # --- NvmlProbe against scenario fakes -------------------------------------------------------
 
 
@@ -153,6 +355,9 @@ class FakeDevice:
     processes: list[SimpleNamespace] = field(default_factory=list)
     bus_id: str | bytes = "00000000:01:00.0"
     fail: dict[str, type[real_nvml.NVMLError]] = field(default_factory=dict)  # NVML function -> error
+    graphics: list[SimpleNamespace] = field(default_factory=list)
+    nvlinks: dict[int, str] = field(default_factory=dict)  # active link -> the far end's PCI bus id
+    nvlink_to: int = real_nvml.NVML_NVLINK_DEVICE_TYPE_GPU  # what its links reach: GPUs or NVSwitches
 
 
 class FakeNvml:
@@ -160,6 +365,18 @@ class FakeNvml:
 
     NVMLError = real_nvml.NVMLError
     NVMLError_NotSupported = real_nvml.NVMLError_NotSupported
+    NVML_FEATURE_ENABLED = real_nvml.NVML_FEATURE_ENABLED
+    NVML_FEATURE_DISABLED = real_nvml.NVML_FEATURE_DISABLED
+    NVML_NVLINK_MAX_LINKS = real_nvml.NVML_NVLINK_MAX_LINKS
+    NVML_NVLINK_DEVICE_TYPE_GPU = real_nvml.NVML_NVLINK_DEVICE_TYPE_GPU
+    NVML_NVLINK_DEVICE_TYPE_SWITCH = real_nvml.NVML_NVLINK_DEVICE_TYPE_SWITCH
+    NVML_TOPOLOGY_INTERNAL = real_nvml.NVML_TOPOLOGY_INTERNAL
+    NVML_TOPOLOGY_SINGLE = real_nvml.NVML_TOPOLOGY_SINGLE
+    NVML_TOPOLOGY_MULTIPLE = real_nvml.NVML_TOPOLOGY_MULTIPLE
+    NVML_TOPOLOGY_HOSTBRIDGE = real_nvml.NVML_TOPOLOGY_HOSTBRIDGE
+    NVML_TOPOLOGY_NODE = real_nvml.NVML_TOPOLOGY_NODE
+    NVML_TOPOLOGY_SYSTEM = real_nvml.NVML_TOPOLOGY_SYSTEM
+    LINKS_PER_GPU = 18  # an H100's; past it NVML answers Invalid Argument
 
     def __init__(self, devices: list[FakeDevice], init_error: type[real_nvml.NVMLError] | None = None) -> None:
         self.devices = devices
@@ -167,6 +384,9 @@ class FakeNvml:
         self.count_error: type[real_nvml.NVMLError] | None = None
         self.inits = 0
         self.shutdowns = 0
+        self.ancestors: dict[frozenset[str], int] = {}  # {uuid, uuid} -> NVML_TOPOLOGY_*; missing: Not Supported
+        self.names: dict[int, str | type[real_nvml.NVMLError]] = {}  # pid -> name; missing: Not Found
+        self.calls: Counter[str] = Counter()
 
     def nvmlInit(self) -> None:
         if self.init_error is not None:
@@ -185,6 +405,7 @@ class FakeNvml:
         return len(self.devices)
 
     def _device(self, handle: FakeDevice, call: str) -> FakeDevice:
+        self.calls[call] += 1
         if call in handle.fail:
             raise handle.fail[call]()
         return handle
@@ -210,6 +431,37 @@ class FakeNvml:
 
     def nvmlDeviceGetPciInfo(self, handle: FakeDevice) -> SimpleNamespace:
         return SimpleNamespace(busId=self._device(handle, "nvmlDeviceGetPciInfo").bus_id)
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeDevice) -> list[SimpleNamespace]:
+        return self._device(handle, "nvmlDeviceGetGraphicsRunningProcesses").graphics
+
+    def nvmlSystemGetProcessName(self, pid: int) -> str:
+        name = self.names.get(pid, real_nvml.NVMLError_NotFound)
+        if isinstance(name, type):
+            raise name()
+        return name
+
+    def nvmlDeviceGetNvLinkState(self, handle: FakeDevice, link: int) -> int:
+        device = self._device(handle, "nvmlDeviceGetNvLinkState")
+        if not device.nvlinks:
+            raise real_nvml.NVMLError_NotSupported()  # a GPU without NVLink
+        if link >= self.LINKS_PER_GPU:
+            raise real_nvml.NVMLError_InvalidArgument()
+        return self.NVML_FEATURE_ENABLED if link in device.nvlinks else self.NVML_FEATURE_DISABLED
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, handle: FakeDevice, link: int) -> SimpleNamespace:
+        return SimpleNamespace(busId=self._device(handle, "nvmlDeviceGetNvLinkRemotePciInfo").nvlinks[link])
+
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, handle: FakeDevice, link: int) -> int:
+        return self._device(handle, "nvmlDeviceGetNvLinkRemoteDeviceType").nvlink_to
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, first: FakeDevice, second: FakeDevice) -> int:
+        self._device(first, "nvmlDeviceGetTopologyCommonAncestor")
+        self._device(second, "nvmlDeviceGetTopologyCommonAncestor")
+        pair = frozenset(str(d.uuid) for d in (first, second))
+        if pair not in self.ancestors:
+            raise real_nvml.NVMLError_NotSupported()
+        return self.ancestors[pair]
 
 
 def process(pid: int, used: int | None) -> SimpleNamespace:
@@ -262,6 +514,90 @@ def scenario_process_memory_unavailable() -> FakeNvml:
 def scenario_bytes_from_old_bindings() -> FakeNvml:
     """pynvml before 11.5 returned bytes for names, UUIDs and bus ids."""
     return FakeNvml([FakeDevice(b"GPU-cccc", b"Tesla T4", bus_id=b"00000000:3B:00.0")])
+
+
+def scenario_graphics_process_holds_memory() -> FakeNvml:
+    """A desktop's Xorg holds memory as a graphics process; listing compute processes alone hid it."""
+    nvml = scenario_two_healthy_gpus()
+    gpu = nvml.devices[0]
+    gpu.processes.append(process(4321, 2 * GiB))
+    gpu.graphics = [process(900, 512 * 2**20), process(1234, 4 * GiB)]  # a CUDA + GL process is in both lists
+    nvml.names = {1234: "python3", 900: "/usr/lib/xorg/Xorg", 4321: real_nvml.NVMLError_NoPermission}
+    return nvml
+
+
+BUS = ["00000000:17:00.0", "00000000:65:00.0", "00000000:CA:00.0", "00000000:E3:00.0"]
+
+
+def scenario_nvlink_pairs() -> FakeNvml:
+    """GPUs 0 and 1 joined by an NVLink bridge, 2 and 3 on one PCIe switch, the pairs on two sockets.
+
+    The bug it stands for: a 2-GPU job put on GPUs 1 and 2 (PCIe, across sockets) while 0 and 1
+    sat idle with an NVLink between them. GPU 1 names its peer in the legacy 4-digit-domain,
+    lower-case spelling; NVLink wins over the common ancestor NVML reports for the same pair.
+    """
+    nvml = FakeNvml(
+        [
+            FakeDevice("GPU-nv-0", "NVIDIA RTX A6000", bus_id=BUS[0], nvlinks={0: BUS[1], 1: BUS[1], 2: BUS[1]}),
+            FakeDevice("GPU-nv-1", "NVIDIA RTX A6000", bus_id=BUS[1], nvlinks={0: "0000:17:00.0", 3: "0000:17:00.0"}),
+            FakeDevice("GPU-pcie-2", "NVIDIA RTX A6000", bus_id=BUS[2]),
+            FakeDevice("GPU-pcie-3", "NVIDIA RTX A6000", bus_id=BUS[3]),
+        ]
+    )
+    nvml.ancestors = {frozenset({"GPU-nv-0", "GPU-nv-1"}): real_nvml.NVML_TOPOLOGY_NODE}
+    nvml.ancestors[frozenset({"GPU-pcie-2", "GPU-pcie-3"})] = real_nvml.NVML_TOPOLOGY_SINGLE
+    for a in ("GPU-nv-0", "GPU-nv-1"):
+        for b in ("GPU-pcie-2", "GPU-pcie-3"):
+            nvml.ancestors[frozenset({a, b})] = real_nvml.NVML_TOPOLOGY_SYSTEM
+    return nvml
+
+
+def scenario_nvlink_chain() -> FakeNvml:
+    """GPUs 0-1 and 1-2 linked, 0-2 not (a hybrid cube mesh in small): both reaching 1 makes no link."""
+    devices = [FakeDevice(f"GPU-chain-{i}", "Tesla V100", bus_id=BUS[i]) for i in range(3)]
+    devices[0].nvlinks = {0: BUS[1]}
+    devices[1].nvlinks = {0: BUS[0], 1: BUS[2]}
+    devices[2].nvlinks = {0: BUS[1]}
+    nvml = FakeNvml(devices)
+    nvml.ancestors = {frozenset({a.uuid, b.uuid}): real_nvml.NVML_TOPOLOGY_HOSTBRIDGE for a in devices for b in devices}
+    return nvml
+
+
+def scenario_nvswitch_fabric() -> FakeNvml:
+    """HGX H100: every NVLink ends at an NVSwitch, none at a GPU; all GPUs that share a switch are peers."""
+    switches = ["00000000:0A:00.0", "00000000:0B:00.0", "00000000:0C:00.0", "00000000:0D:00.0"]
+    switch = real_nvml.NVML_NVLINK_DEVICE_TYPE_SWITCH
+    links = {link: switches[link % 4] for link in range(18)}
+    return FakeNvml(
+        [FakeDevice(f"GPU-h100-{i}", "H100", bus_id=BUS[i], nvlinks=links, nvlink_to=switch) for i in range(4)]
+    )
+
+
+def scenario_topology_call_fails() -> FakeNvml:
+    """The bug: an exception from a topology query (vGPU, old driver, a GPU off the bus) took the tick down.
+
+    GPU a refuses every topology query, GPU 2 has no handle, GPU nomem answers topology but not memory.
+    """
+    nvml = FakeNvml(
+        [
+            FakeDevice(
+                "GPU-a",
+                "NVIDIA A10G",
+                bus_id=BUS[0],
+                fail={
+                    "nvmlDeviceGetTopologyCommonAncestor": real_nvml.NVMLError_NotSupported,
+                    "nvmlDeviceGetNvLinkState": real_nvml.NVMLError_Unknown,
+                },
+            ),
+            FakeDevice("GPU-b", "NVIDIA A10G", bus_id=BUS[1]),
+            FakeDevice("GPU-lost", "NVIDIA A10G", fail={"nvmlDeviceGetHandleByIndex": real_nvml.NVMLError_GpuIsLost}),
+            FakeDevice(
+                "GPU-nomem", "NVIDIA A10G", bus_id=BUS[3], fail={"nvmlDeviceGetMemoryInfo": real_nvml.NVMLError_Unknown}
+            ),
+        ]
+    )
+    nvml.ancestors = {frozenset({"GPU-b", "GPU-nomem"}): real_nvml.NVML_TOPOLOGY_SINGLE}
+    return nvml
 
 
 def scenario_driver_not_loaded() -> FakeNvml:
@@ -339,6 +675,77 @@ def test_process_memory_unavailable(use_nvml) -> None:
     assert gpu.processes == (GpuProcess(7, None), GpuProcess(8, None))
 
 
+def test_graphics_process_holds_memory(use_nvml) -> None:
+    use_nvml(scenario_graphics_process_holds_memory())
+    gpu = make_probe(None).snapshot()[0]
+    assert gpu.processes == (
+        GpuProcess(1234, 4 * GiB, "python3"),
+        GpuProcess(4321, 2 * GiB, None),  # NVML may not name it: not allowed to read it
+        GpuProcess(900, 512 * 2**20, "/usr/lib/xorg/Xorg"),
+    )
+    assert GpuProcess(7, None) == GpuProcess(pid=7, used_memory=None, name=None)  # the old constructor
+
+
+def test_nvlink_pairs(use_nvml) -> None:
+    use_nvml(scenario_nvlink_pairs())
+    probe = make_probe(None)
+    links = probe.topology()
+    assert len(links) == 12  # both orders of 6 pairs
+    assert links["GPU-nv-0", "GPU-nv-1"] == links["GPU-nv-1", "GPU-nv-0"] == LINK_NVLINK
+    assert links["GPU-pcie-2", "GPU-pcie-3"] == LINK_SINGLE
+    assert {links[a, b] for a in ("GPU-nv-0", "GPU-nv-1") for b in ("GPU-pcie-2", "GPU-pcie-3")} == {LINK_SYSTEM}
+    assert link_distance(links, "GPU-pcie-3", "GPU-pcie-2") == LINK_SINGLE
+
+
+def test_nvlink_seen_from_one_side_is_enough(use_nvml) -> None:
+    nvml = use_nvml(scenario_nvlink_pairs())
+    nvml.devices[1].fail["nvmlDeviceGetNvLinkRemotePciInfo"] = real_nvml.NVMLError_Unknown
+    assert make_probe(None).topology()["GPU-nv-1", "GPU-nv-0"] == LINK_NVLINK
+
+
+def test_nvlink_chain_is_not_transitive(use_nvml) -> None:
+    use_nvml(scenario_nvlink_chain())
+    links = make_probe(None).topology()
+    assert links["GPU-chain-0", "GPU-chain-1"] == links["GPU-chain-1", "GPU-chain-2"] == LINK_NVLINK
+    assert links["GPU-chain-0", "GPU-chain-2"] == LINK_HOSTBRIDGE
+
+
+def test_nvswitch_fabric_links_every_pair(use_nvml) -> None:
+    use_nvml(scenario_nvswitch_fabric())
+    links = make_probe(None).topology()
+    assert len(links) == 12 and set(links.values()) == {LINK_NVLINK}
+
+
+def test_topology_call_fails(use_nvml) -> None:
+    nvml = use_nvml(scenario_topology_call_fails())
+    probe = make_probe(None)
+    links = probe.topology()  # before any snapshot: no exception, unknown where unreadable
+    assert links["GPU-a", "GPU-b"] == links["GPU-b", "GPU-a"] == LINK_UNKNOWN
+    assert {d for pair, d in links.items() if "unknown-2" in pair} == {LINK_UNKNOWN}
+    assert links["GPU-b", "GPU-nomem"] == LINK_SINGLE  # not known to be unhealthy yet
+    assert not probe.snapshot()[3].healthy
+    assert probe.topology()["GPU-nomem", "GPU-b"] == LINK_UNKNOWN  # unhealthy now: not placeable together
+    nvml.count_error = real_nvml.NVMLError_GpuIsLost
+    fresh = NvmlProbe()
+    assert fresh.topology() == {}  # cannot count the GPUs: no links, still no exception
+
+
+def test_topology_is_read_once_and_again_when_the_gpus_change(use_nvml) -> None:
+    nvml = use_nvml(scenario_nvlink_pairs())
+    probe = make_probe(None)
+    first = probe.topology()
+    reads = nvml.calls["nvmlDeviceGetTopologyCommonAncestor"]
+    assert reads > 0
+    probe.snapshot()
+    assert probe.topology() == first and probe.topology() is not first  # a copy each time
+    assert nvml.calls["nvmlDeviceGetTopologyCommonAncestor"] == reads
+    nvml.devices.pop()  # a GPU went away
+    probe.snapshot()
+    assert len(probe.topology()) == 6 and nvml.calls["nvmlDeviceGetTopologyCommonAncestor"] > reads
+    probe.close()
+    assert NoGpuProbe("no GPUs").topology() == {}
+
+
 def test_bytes_from_old_bindings(use_nvml) -> None:
     use_nvml(scenario_bytes_from_old_bindings())
     (gpu,) = make_probe(None).snapshot()
@@ -384,6 +791,31 @@ def test_real_nvml_on_this_machine_never_crashes() -> None:
         assert gpus or probe.description.startswith("no GPUs") or probe.description.endswith(", 0 GPUs")
     finally:
         probe.close()
+
+
+def test_real_nvml_topology_on_this_machine_never_crashes() -> None:
+    probe = NvmlProbe()  # not make_probe: straight at the real library, driver or not
+    try:
+        links = probe.topology()
+        assert all(isinstance(d, int) and (a, b) != (b, a) for (a, b), d in links.items())
+    finally:
+        probe.close()
+
+
+def test_the_fake_and_the_real_binding_have_every_name_the_probe_uses() -> None:
+    """The fake answers for pynvml in these tests; a name it or pynvml lacks would only fail on a real GPU."""
+    import scheduler.probe
+
+    source = Path(scheduler.probe.__file__).read_text()
+    names = set(re.findall(r"\bnvml\.(\w+)", source)) | set(re.findall(r'"(NVML_TOPOLOGY_\w+)"', source))
+    assert {"nvmlDeviceGetTopologyCommonAncestor", "nvmlDeviceGetNvLinkState", "NVML_TOPOLOGY_SYSTEM"} <= names
+    assert [n for n in sorted(names) if not hasattr(real_nvml, n)] == []
+    assert [n for n in sorted(names) if not hasattr(FakeNvml, n)] == []
+
+
+def test_fake_probe_module_imports_first_too() -> None:
+    code = "import scheduler.fake_probe as f, scheduler.probe as p; assert p.FakeProbe is f.FakeProbe"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_importing_the_probe_imports_neither_torch_nor_pynvml() -> None:

@@ -1,0 +1,174 @@
+"""Admission: the memory a spec needs, whether this machine can ever run it, where it would fit now,
+and what would make it fit.
+
+The estimate comes from the model's config.json alone (no weights read); the
+decision from the GPUs the probe sees. A job that can never fit is refused at
+submit with the numbers and the changes that would make it fit, instead of
+waiting in the queue forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.estimate import MemoryEstimate, estimate_for_spec
+from scheduler.placement import GiB, Placement, QueuedJob, place
+from scheduler.probe import GpuInfo
+from server.errors import field_error
+from server.paths import read_json_object
+from worker.spec import JobSpec
+
+Z3 = {"zero_optimization": {"stage": 3}}
+Z3_CONFIG = "configs/deepspeed/ds_z3_config.json"
+
+
+@dataclass
+class Assessment:
+    need_bytes: int = 0  # per GPU, estimate only (the margin is added at placement)
+    estimate: dict[str, Any] | None = None
+    largest_offer: int | None = None  # memory of the best GPU set of the job's size, per GPU
+    fits_ever: bool = True
+    fits_now: Placement | None = None
+    suggestions: list[str] = field(default_factory=list)
+
+
+def estimate(spec: JobSpec) -> MemoryEstimate | None:
+    """The spec's per-GPU estimate; None when the model's config cannot be read as a transformer's."""
+    config = read_json_object(Path(spec.model_name_or_path) / "config.json")
+    if config is None:
+        return None
+    ds_config = read_json_object(Path(spec.deepspeed)) if spec.deepspeed else None
+    try:
+        return estimate_for_spec(config, spec, ds_config)
+    except ValueError:
+        return None
+
+
+def largest_offer(spec: JobSpec, gpus: list[GpuInfo]) -> int | None:
+    """Per-GPU memory of the best set of `spec.gpus` healthy GPUs the machine has (pinned: those)."""
+    healthy = {g.index: g for g in gpus if g.healthy and g.memory_total is not None}
+    if spec.gpu_ids is not None:
+        if any(i not in healthy for i in spec.gpu_ids):
+            return None
+        return min(healthy[i].memory_total or 0 for i in spec.gpu_ids)
+    totals = sorted((g.memory_total or 0 for g in healthy.values()), reverse=True)
+    return totals[spec.gpus - 1] if 0 < spec.gpus <= len(totals) else None
+
+
+def assess(spec: JobSpec, gpus: list[GpuInfo], leased: set[str], margin: int, topology: Any = None) -> Assessment:
+    if spec.gpus == 0:
+        return Assessment()
+    found = estimate(spec)
+    need = found.per_gpu if found is not None else 0
+    offer = largest_offer(spec, gpus)
+    result = Assessment(
+        need_bytes=need,
+        estimate=found.to_dict() if found is not None else None,
+        largest_offer=offer,
+        fits_ever=offer is not None and need + margin <= offer,
+    )
+    job = QueuedJob(0, 0, 0, spec.gpus, need, tuple(spec.gpu_ids) if spec.gpu_ids else None)
+    placed = place([job], gpus, leased, 0, margin, topology)
+    result.fits_now = placed[0] if placed else None
+    if not result.fits_ever and found is not None:
+        result.suggestions = suggestions(spec, gpus, margin)
+    return result
+
+
+def suggestions(spec: JobSpec, gpus: list[GpuInfo], margin: int, most: int = 4) -> list[str]:
+    """Changes that would make the job fit on this machine, each with the estimate it would have.
+
+    Single levers first (gradient checkpointing, LoRA), then the largest micro-batch that fits
+    (gradient accumulation keeps the effective batch), alone and with checkpointing, then ZeRO-3
+    over more GPUs.
+    """
+    config = read_json_object(Path(spec.model_name_or_path) / "config.json") or {}
+
+    def need_if(changes: dict[str, Any], ds_config: dict[str, Any] | None = None) -> int | None:
+        variant = spec.model_copy(update=changes)
+        offer = largest_offer(variant, gpus)
+        try:
+            need = estimate_for_spec(config, variant, ds_config or _ds_config(spec)).per_gpu
+        except ValueError:
+            return None
+        return need if offer is not None and need + margin <= offer else None
+
+    def smaller_batches(base: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+        batch, accumulation = spec.per_device_train_batch_size, spec.gradient_accumulation_steps
+        while batch > 1:
+            batch, accumulation = batch // 2, accumulation * 2
+            changes = {**base, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
+            need = need_if(changes)
+            if need is not None:
+                return changes, need
+        return None
+
+    found: list[tuple[dict[str, Any], int, str]] = []
+    checkpointing = {} if spec.gradient_checkpointing else {"gradient_checkpointing": True}
+    for changes in (checkpointing, {"finetuning_type": "lora"} if spec.finetuning_type == "full" else {}):
+        need = need_if(changes) if changes else None
+        if need is not None:
+            found.append((changes, need, ""))
+    for base in ({}, checkpointing) if checkpointing else ({},):
+        smaller = smaller_batches(base)
+        if smaller is not None:
+            found.append((*smaller, ""))
+    healthy = sum(g.healthy for g in gpus)
+    for n in (2, 4, 8, 16):
+        if spec.gpus < n <= healthy and spec.gpu_ids is None:
+            need = need_if({"gpus": n, **checkpointing}, Z3)
+            if need is not None:
+                found.append(({"gpus": n, **checkpointing}, need, f" with deepspeed: {Z3_CONFIG} (ZeRO-3)"))
+                break
+    lines = []
+    for changes, need, extra in found[:most]:
+        said = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in changes.items())
+        lines.append(f"{said}{extra} (about {need / GiB:.1f} GiB per GPU)")
+    return lines
+
+
+def _ds_config(spec: JobSpec) -> dict[str, Any] | None:
+    return read_json_object(Path(spec.deepspeed)) if spec.deepspeed else None
+
+
+def admission_errors(
+    spec: JobSpec, assessment: Assessment, gpus: list[GpuInfo], cpu_slots: int
+) -> list[dict[str, str]]:
+    """Why this machine can never run the job (empty when it can, now or later)."""
+    if spec.gpus == 0:
+        if cpu_slots == 0:
+            return [
+                field_error(
+                    "gpus",
+                    "0 asks for a CPU slot and this daemon has none (FTQ_CPU_SLOTS=0): "
+                    "ask for a GPU, or start the daemon with FTQ_CPU_SLOTS=1",
+                )
+            ]
+        return []
+    if spec.gpu_ids is not None:
+        indices = {g.index for g in gpus}
+        missing = [i for i in spec.gpu_ids if i not in indices]
+        if missing:
+            have = ", ".join(str(i) for i in sorted(indices)) or "none"
+            return [field_error("gpu_ids", f"GPU {', '.join(map(str, missing))} does not exist here (GPUs: {have})")]
+    if spec.gpus > len(gpus):
+        have = f"{len(gpus)} GPU" + ("" if len(gpus) == 1 else "s")
+        fix = f"ask for at most {len(gpus)}" if gpus else "set gpus: 0 to run on a CPU slot"
+        return [field_error("gpus", f"the job asks for {spec.gpus} and this daemon has {have}: {fix}")]
+    if not assessment.fits_ever:
+        need = assessment.need_bytes / GiB
+        offer = (assessment.largest_offer or 0) / GiB
+        where = "its pinned GPUs have" if spec.gpu_ids is not None else f"the best {spec.gpus} GPU(s) here have"
+        fixes = (
+            "; ".join(assessment.suggestions) or "a smaller micro-batch or cutoff_len, LoRA, or more GPUs with ZeRO-3"
+        )
+        return [
+            field_error(
+                "gpus",
+                f"the job needs about {need:.1f} GiB per GPU (estimate) and {where} {offer:.1f} GiB, "
+                f"less the margin: it can never fit. It would fit with: {fixes}",
+            )
+        ]
+    return []
