@@ -97,6 +97,18 @@ class TraceJob:
     gpus: int
     need_bytes: int
     duration: float
+    submit: float = 0.0
+
+
+def with_arrivals(trace: list[TraceJob], load: float, gpu_count: int, seed: int) -> list[TraceJob]:
+    """The same jobs arriving one by one (Poisson), offering `load` of the machine's capacity."""
+    rng = random.Random(seed)
+    rate = load * gpu_count / statistics.mean(j.gpus * j.duration for j in trace)  # jobs per second
+    t, out = 0.0, []
+    for job in trace:
+        out.append(TraceJob(job.name, job.spec, job.gpus, job.need_bytes, job.duration, round(t, 3)))
+        t += rng.expovariate(rate)
+    return out
 
 
 def make_trace(count: int, seed: int, scale: float, model_dirs: dict[str, Path], ds_path: Path) -> list[TraceJob]:
@@ -168,41 +180,60 @@ def makespan(runs: dict[str, Run]) -> float:
 def idle_fit_share(trace: Sequence[TraceJob], runs: dict[str, Run], gpus: list[GpuInfo]) -> float:
     """GPU-time left idle while a waiting job would have fit on the idle GPUs alone, over all GPU-time.
 
-    Every job is submitted at 0, so a job waits from 0 to its start.
+    A job waits from its submit time to its start.
     """
     moments = sorted({0.0, *(r.start for r in runs.values()), *(r.end for r in runs.values())})
     wasted = 0.0
     for t0, t1 in zip(moments, moments[1:], strict=False):
         held = {g for r in runs.values() if r.start <= t0 < r.end for g in r.resources}
         idle = [g for g in gpus if g.uuid not in held]
-        waiting = {(j.gpus, j.need_bytes) for j in trace if runs[j.name].start > t0}
+        waiting = {(j.gpus, j.need_bytes) for j in trace if j.submit <= t0 < runs[j.name].start}
         if idle and any(sum((g.memory_free or 0) >= need + MARGIN for g in idle) >= n for n, need in waiting):
             wasted += (t1 - t0) * len(idle)
     return wasted / (len(gpus) * makespan(runs))
 
 
 def simulate(trace: Sequence[TraceJob], policy: Policy, gpus: list[GpuInfo]) -> dict[str, Run]:
-    """Every job submitted at 0; the policy is asked again whenever a job ends."""
-    queue = {i: QueuedJob(i, 0, i, job.gpus, job.need_bytes) for i, job in enumerate(trace)}
+    """Jobs join the queue at their submit time; the policy is asked again at every arrival and end."""
+    arrivals = sorted(range(len(trace)), key=lambda i: trace[i].submit)
+    queue: dict[int, QueuedJob] = {}
     leases: dict[int, tuple[str, ...]] = {}
-    events: list[tuple[float, int]] = []
+    ends: list[tuple[float, int]] = []
     runs: dict[str, Run] = {}
-    now = 0.0
-    while queue or events:
+    now, next_arrival = 0.0, 0
+    while next_arrival < len(arrivals) or queue or ends:
+        while next_arrival < len(arrivals) and trace[arrivals[next_arrival]].submit <= now:
+            i = arrivals[next_arrival]
+            queue[i] = QueuedJob(i, 0, i, trace[i].gpus, trace[i].need_bytes)
+            next_arrival += 1
         leased = {r for rs in leases.values() for r in rs}
         for p in policy(list(queue.values()), gpus, leased, len(leases)):
             del queue[p.job_id]
             leases[p.job_id] = p.resources
             job = trace[p.job_id]
             runs[job.name] = Run(now, now + job.duration, p.resources)
-            heapq.heappush(events, (now + job.duration, p.job_id))
-        if not events:
+            heapq.heappush(ends, (now + job.duration, p.job_id))
+        upcoming = trace[arrivals[next_arrival]].submit if next_arrival < len(arrivals) else float("inf")
+        if not ends and upcoming == float("inf"):
             raise RuntimeError(f"{len(queue)} jobs can never start under this policy")
-        now, finished = heapq.heappop(events)
-        del leases[finished]
-        while events and events[0][0] == now:
-            del leases[heapq.heappop(events)[1]]
+        if ends and ends[0][0] <= upcoming:
+            now = ends[0][0]
+            while ends and ends[0][0] == now:
+                del leases[heapq.heappop(ends)[1]]
+        else:
+            now = upcoming
     return runs
+
+
+def greedy_policy(queue: list[QueuedJob], gpus: list[GpuInfo], leased: set[str], running: int) -> list[Placement]:
+    """Backfill without a reservation: whatever fits starts, in order (large jobs can starve)."""
+    placed: list[Placement] = []
+    taken = set(leased)
+    for job in sorted(queue, key=lambda j: j.seq):
+        got = place([job], gpus, taken, 0, MARGIN)
+        placed += got
+        taken |= {r for p in got for r in p.resources}
+    return placed
 
 
 def lower_bound(trace: Sequence[TraceJob], gpu_count: int) -> float:
@@ -314,10 +345,11 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def placement_pass_ms(jobs: int = 10_000, gpu_count: int = 64, repeat: int = 20) -> tuple[float, float]:
-    """Median and worst time of one `plan` pass over a big, varied queue on a busy 64-GPU machine."""
+    """Median and worst time of one `plan` pass over a big, varied queue on a busy 64-GPU machine
+    (NVLink islands of 8, as in HGX boxes), topology included."""
     rng = random.Random(1)
-    probe = FakeProbe(f"{gpu_count // 2}x80GiB,{gpu_count // 2}x40GiB")
-    gpus = probe.snapshot()
+    probe = FakeProbe(f"{gpu_count // 2}x80GiB,{gpu_count // 2}x40GiB@nvlink8/system")
+    gpus, topology = probe.snapshot(), probe.topology()
     leased = {g.uuid for g in gpus[: gpu_count - 6]}  # a busy machine: six GPUs free
     queue = [
         QueuedJob(i, rng.choice([0, 0, 0, 1]), i, rng.choice([1, 1, 1, 2, 4, 8]), rng.randrange(4, 75) * GiB)
@@ -326,7 +358,7 @@ def placement_pass_ms(jobs: int = 10_000, gpu_count: int = 64, repeat: int = 20)
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        plan(queue, gpus, leased, 0, MARGIN)
+        plan(queue, gpus, leased, 0, MARGIN, topology)
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times), max(times)
 
@@ -338,6 +370,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every duration")
     parser.add_argument("--probes", type=int, default=40, help="lone submits timed on an idle machine")
     parser.add_argument("--no-daemon", action="store_true", help="simulation and placement pass only")
+    parser.add_argument("--load", type=float, default=0.95, help="offered load of the arrivals scenario")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="ftq-bench-"))
@@ -363,6 +396,7 @@ def main() -> None:
             ("ftq (simulated)", ftq_policy),
             ("strict FIFO (simulated)", fifo_policy),
             ("one at a time (simulated)", serial_policy),
+            ("backfill, no reservation (simulated)", greedy_policy),
         ):
             rows.append(_row(label, simulate(trace, policy, gpus), bound, trace, gpus, None))
         if not args.no_daemon:
@@ -373,6 +407,19 @@ def main() -> None:
         print(f"\nmakespan ratio, strict FIFO / ftq: {fifo / ftq:.2f}x; one at a time / ftq: {serial / ftq:.2f}x")
         median, worst = placement_pass_ms()
         print(f"one placement pass, 10,000 queued jobs x 64 GPUs: median {median:.1f} ms, worst {worst:.1f} ms")
+        stream = with_arrivals(trace, args.load, len(gpus), args.seed)
+        print(f"\nthe same jobs arriving one by one at {args.load:.0%} load (simulated): waits from submit to start")
+        _print_stream(
+            [
+                (label, simulate(stream, policy, gpus))
+                for label, policy in (
+                    ("ftq", ftq_policy),
+                    ("strict FIFO", fifo_policy),
+                    ("backfill, no reservation", greedy_policy),
+                )
+            ],
+            stream,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -385,7 +432,7 @@ def _row(
     gpus: list[GpuInfo],
     latencies: list[float] | None,
 ) -> tuple[str, ...]:
-    multi = [runs[j.name].start for j in trace if j.gpus > 1]
+    multi = [runs[j.name].start - j.submit for j in trace if j.gpus > 1]
     span = makespan(runs)
     lat = f"{1000 * percentile(latencies, 50):.0f} / {1000 * percentile(latencies, 99):.0f} ms" if latencies else "-"
     return (
@@ -396,6 +443,26 @@ def _row(
         lat,
         f"{max(multi):.1f} s" if multi else "-",
     )
+
+
+def _print_stream(results: list[tuple[str, dict[str, Run]]], trace: Sequence[TraceJob]) -> None:
+    header = ("policy", "1-GPU p50 / p99", "multi-GPU p50 / p99", "longest multi-GPU wait", "makespan")
+    rows = [header]
+    for label, runs in results:
+        single = [runs[j.name].start - j.submit for j in trace if j.gpus == 1]
+        multi = [runs[j.name].start - j.submit for j in trace if j.gpus > 1]
+        rows.append(
+            (
+                label,
+                f"{percentile(single, 50):.1f} / {percentile(single, 99):.1f} s",
+                f"{percentile(multi, 50):.1f} / {percentile(multi, 99):.1f} s",
+                f"{max(multi):.1f} s",
+                f"{makespan(runs):.1f} s",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

@@ -1,7 +1,13 @@
-"""`python -m worker RUN_DIR`: run the job in RUN_DIR and exit with the recipe's code."""
+"""`python -m worker RUN_DIR`: run the job in RUN_DIR and exit with the recipe's code.
 
+A multi-GPU job (or a DeepSpeed one) is started again under torchrun by
+worker.launch; each rank then comes back here and runs the recipe.
+"""
+
+import os
 import signal
 import sys
+from pathlib import Path
 
 _cancelled_early = False
 
@@ -14,6 +20,19 @@ def _note_sigterm(signum: int, frame: object) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _note_sigterm)
+    from worker.launch import die_with_parent, launch, launch_plan, read_spec
+    from worker.ranks import RANKS_DIR_ENV, is_rank
+
+    if is_rank(os.environ):
+        if RANKS_DIR_ENV in os.environ:
+            # torchrun gives each rank a session of its own, out of reach of the daemon's signals to the
+            # job's process group: if torchrun is killed outright, its ranks must not outlive it.
+            die_with_parent(signal.SIGKILL)
+    elif len(sys.argv) == 2:
+        nproc = launch_plan(read_spec(Path(sys.argv[1])), os.environ)
+        if nproc is not None:
+            sys.exit(launch(Path(sys.argv[1]), nproc, cancel_requested=lambda: _cancelled_early))
+
     from worker.train import main
 
     sys.exit(main(sys.argv[1:], cancelled_early=_cancelled_early))

@@ -34,7 +34,15 @@ def pick_dtype(spec: JobSpec, cuda: bool) -> torch.dtype:
     weights stay float32 as master weights and bf16/fp16 come from autocast
     (LLaMA-Factory does the same unless pure_bf16). With LoRA the frozen base is
     loaded in half precision and peft keeps the adapter weights in float32.
+
+    pure_bf16 (LLaMA-Factory's meaning) loads bfloat16 everywhere, full
+    fine-tuning included, and trains without an fp32 master copy. CPUs do
+    bfloat16 arithmetic too, so it holds there as well.
     """
+    if spec.pure_bf16:
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ValueError("pure_bf16 is true but this GPU does not support bfloat16; use fp16: true instead")
+        return torch.bfloat16
     if not cuda or spec.finetuning_type == "full":
         return torch.float32
     if spec.bf16:

@@ -25,7 +25,9 @@ from transformers.utils import logging as hf_logging
 
 from worker.data import DataError, build_datasets, resolve_datasets
 from worker.model import load_model, load_tokenizer
-from worker.sink import GIB, MetricsCallback, MetricsSink, hms, utc_timestamp
+from worker.ranks import rank_report_path, write_rank_report
+from worker.records import make_record
+from worker.sink import GIB, MetricsCallback, MetricsSink, NullSink, hms, utc_timestamp
 from worker.spec import (
     CHECKPOINT_DIR,
     EXIT_BAD_INPUT,
@@ -40,6 +42,7 @@ from worker.spec import (
 
 log = logging.getLogger("worker")
 
+INSTALL_DEEPSPEED = "pip install 'ftq[deepspeed]'"
 
 
 class Cancelled(Exception):
@@ -81,22 +84,34 @@ def main(argv: list[str], cancelled_early: bool = False) -> int:
 
 def run(run_dir: Path, cancel: CancelFlag) -> int:
     started = time.monotonic()
-    sink = MetricsSink(run_dir / METRICS_FILE)
+    # Under torchrun (worker.launch) every rank runs this recipe; rank 0 alone writes metrics.jsonl.
+    rank = int(os.environ.get("RANK", "0"))
+    report_path = rank_report_path(os.environ)
+    sink = MetricsSink(run_dir / METRICS_FILE) if rank == 0 else NullSink()
     cuda = torch.cuda.is_available()
     trainer: Trainer | None = None
 
     def end(status: str, code: int, **fields: Any) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the end record must not be cut in half
         state = trainer.state if trainer is not None else None
-        sink.write(
+        record = make_record(
             "end",
-            status=status,
-            current_steps=state.global_step if state else 0,
-            total_steps=state.max_steps if state and state.max_steps else None,
-            elapsed_time=hms(time.monotonic() - started),
-            peak_vram_reserved=round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
-            **fields,
+            dict(
+                status=status,
+                current_steps=state.global_step if state else 0,
+                total_steps=state.max_steps if state and state.max_steps else None,
+                elapsed_time=hms(time.monotonic() - started),
+                peak_vram_reserved=round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
+                **fields,
+            ),
         )
+        if report_path is not None:
+            # The launcher writes the run's one end record from every rank's report: a rank that torchrun
+            # stopped because another failed cannot tell that from a cancel, and rank 0 alone cannot say
+            # that rank 1 ran out of memory.
+            write_rank_report(report_path, {**record, "rank": rank, "exit_code": code})
+        else:
+            sink.write_record(record)
         sink.close()
         return code
 
@@ -109,7 +124,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
             for problem in problems:
                 log.error("bad input: %s", problem)
             return end("failed", EXIT_BAD_INPUT, error="; ".join(problems))
-        sink.write_record(  # written as it is: cuda_visible_devices is meaningful as null
+        sink.write_record(  # written as it is: cuda_visible_devices is meaningful as null (rank 0 only)
             {
                 "kind": "start",
                 "timestamp": utc_timestamp(),
@@ -121,13 +136,14 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
             }
         )
 
-        # 2. set up: seed, tokenizer, data (cheap, and the likelier to be wrong), then the model
+        # 2. set up: seed, arguments (under torchrun they join the process group, and DeepSpeed ZeRO-3 must
+        # know of its config before the model is loaded, to load it partitioned), tokenizer, data, model
         set_seed(spec.seed)
+        args = training_arguments(spec, run_dir, cuda)
         tokenizer = load_tokenizer(spec)
         train_set, eval_set, collator = build_datasets(spec, tokenizer)
         model = load_model(spec, cuda)
-        args = training_arguments(spec, run_dir, cuda)
-        callback = MetricsCallback(sink, run_dir, should_stop=lambda: cancel.requested, cuda=cuda)
+        callback = MetricsCallback(sink, run_dir, should_stop=stop_check(cancel, args), cuda=cuda)
         trainer = Trainer(
             model=model,
             args=args,
@@ -148,11 +164,13 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         if cancel.requested:
             raise Cancelled()
 
-        # 4. save the adapter (LoRA) or the whole model (full), with the tokenizer beside it
+        # 4. save the adapter (LoRA) or the whole model (full), with the tokenizer beside it. Every rank
+        # calls save_model (ZeRO-3 gathers the weights from all of them); the main process writes.
         output = run_dir / OUTPUT_DIR
         trainer.save_model(str(output))
-        tokenizer.save_pretrained(str(output))
-        log.info("saved %s to %s", "adapter" if spec.finetuning_type == "lora" else "model", output)
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(output))
+            log.info("saved %s to %s", "adapter" if spec.finetuning_type == "lora" else "model", output)
         return end("succeeded", 0, output=OUTPUT_DIR, final_loss=_final_loss(result, callback))
     except BaseException as exc:  # every way out must leave an end record
         return _classify(exc, cancel, end)
@@ -205,6 +223,8 @@ def read_and_validate(run_dir: Path) -> tuple[JobSpec | None, list[str]]:
             resolve_datasets(names, raw.get("dataset_dir") or "data")
         except DataError as exc:
             problems.append(str(exc))
+    if isinstance(raw.get("deepspeed"), str) and raw["deepspeed"]:
+        problems += check_deepspeed(Path(raw["deepspeed"]), pure_bf16=raw.get("pure_bf16") is True)
     return spec, problems
 
 
@@ -222,9 +242,84 @@ def check_model_dir(path: Path) -> list[str]:
     return problems
 
 
+def check_deepspeed(path: Path, pure_bf16: bool) -> list[str]:
+    """The DeepSpeed config is a JSON object, fits the spec, and DeepSpeed itself can be imported."""
+    problems = []
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"deepspeed: {path} does not exist")
+    except OSError as exc:
+        problems.append(f"deepspeed: {path} cannot be read ({exc.strerror})")
+    except json.JSONDecodeError as exc:
+        problems.append(f"deepspeed: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}")
+    else:
+        if not isinstance(config, dict):
+            problems.append(f"deepspeed: {path} must hold a JSON object (a DeepSpeed config)")
+        elif pure_bf16 and _zero_stage(config) == 3:
+            problems.append(
+                "pure_bf16 is incompatible with DeepSpeed ZeRO-3 (as in LLaMA-Factory); "
+                "use a ZeRO-0/2 config or drop pure_bf16"
+            )
+    try:
+        import deepspeed  # noqa: F401 - the optional extra; transformers imports it again when it needs it
+    except ImportError as exc:
+        problems.append(
+            f"deepspeed: the spec names a DeepSpeed config but DeepSpeed is not installed ({exc}); "
+            f"install the extra with {INSTALL_DEEPSPEED}"
+        )
+    except Exception as exc:  # a broken install fails in many ways (CUDA toolkit, ops): say so now
+        problems.append(
+            f"deepspeed: importing DeepSpeed failed ({type(exc).__name__}: {exc}); "
+            f"reinstall it with {INSTALL_DEEPSPEED}"
+        )
+    return problems
+
+
+def _zero_stage(config: dict[str, Any]) -> Any:
+    zero = config.get("zero_optimization")
+    return zero.get("stage") if isinstance(zero, dict) else None
+
+
+def stop_check(cancel: CancelFlag, args: TrainingArguments) -> Any:
+    """The callback's should_stop: this process's cancel flag, agreed on by every rank.
+
+    Ranks get torchrun's SIGTERM a moment apart; if one left the loop a step
+    before the others, they would wait in a collective for it for good. So at
+    every step end all ranks all-reduce their flags (one number) and stop
+    together; a rank told to stop by another takes it as its own cancel.
+    """
+    if args.world_size <= 1 or not torch.distributed.is_initialized():
+        return lambda: cancel.requested
+
+    def agreed() -> bool:
+        flag = torch.tensor([1.0 if cancel.requested else 0.0], device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            cancel.requested = True
+        return cancel.requested
+
+    return agreed
+
+
 def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool) -> TrainingArguments:
     if not cuda and (spec.bf16 or spec.fp16):
         log.info("no CUDA device: mixed precision (bf16/fp16) is skipped, training in float32")
+    if spec.pure_bf16 and spec.deepspeed is None:
+        # LLaMA-Factory's pure_bf16: the weights are loaded in bf16 (worker.model) and trained as they are,
+        # so gradients and AdamW states are bf16 too; AMP would add nothing but casts.
+        bf16 = False
+        if spec.finetuning_type == "full":
+            log.info("pure_bf16: weights, gradients and optimizer states in bfloat16, no fp32 master copy")
+        else:  # peft makes its adapters float32 by itself; LLaMA-Factory leaves them so
+            log.info("pure_bf16: base model in bfloat16 without autocast; peft keeps the LoRA adapters in float32")
+    elif spec.pure_bf16:
+        # DeepSpeed's own precision mode must match the bf16 weights; it keeps its optimizer partitions in fp32.
+        bf16 = cuda
+        log.info("pure_bf16 with DeepSpeed: model loaded in bfloat16, DeepSpeed's bf16 mode on")
+    else:
+        bf16 = cuda and spec.bf16
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     # transformers 5 renamed gradient_checkpointing; use whichever this version has without a warning.
     fields = TrainingArguments.__dataclass_fields__
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
@@ -241,7 +336,7 @@ def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool) -> TrainingArgu
         lr_scheduler_type=spec.lr_scheduler_type,
         # transformers 5 has no warmup_ratio: warmup_steps below 1 is read as a ratio.
         warmup_steps=spec.warmup_ratio if spec.warmup_ratio > 0 else spec.warmup_steps,
-        bf16=cuda and spec.bf16,
+        bf16=bf16,
         fp16=cuda and spec.fp16,
         **{checkpointing: spec.gradient_checkpointing},
         logging_steps=spec.logging_steps,
@@ -253,6 +348,10 @@ def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool) -> TrainingArgu
         seed=spec.seed,
         dataloader_num_workers=spec.dataloader_num_workers,
         ddp_timeout=spec.ddp_timeout,
+        # Every trainable parameter takes part in each step (LoRA or full); as LLaMA-Factory sets for LoRA,
+        # this spares DDP a walk of the autograd graph per step and its warning.
+        ddp_find_unused_parameters=False if distributed else None,
+        deepspeed=spec.deepspeed,
         report_to="none",
         use_cpu=not cuda,
         include_num_input_tokens_seen="non_padding",

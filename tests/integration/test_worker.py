@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -190,3 +191,49 @@ def test_bad_spec_reports_every_problem_at_once(tmp_path: Path, spawn) -> None:
     assert proc.wait(timeout=120) == EXIT_BAD_INPUT, log_of(run_dir)
     error = records(run_dir)[-1]["error"]
     assert "lora_rnk" in error and "learning_rate" in error and "no-model" in error
+
+
+def test_pure_bf16_trains_weights_gradients_and_adam_states_in_bf16_on_cpu(tmp_path: Path, spawn) -> None:
+    import torch
+    from safetensors import safe_open
+
+    run_dir = make_run_dir(
+        tmp_path, finetuning_type="full", pure_bf16=True, cutoff_len=128, max_steps=4, save_steps=4, learning_rate=1e-3
+    )
+
+    proc = spawn(run_dir)
+    assert proc.wait(timeout=300) == 0, log_of(run_dir)
+
+    end = records(run_dir)[-1]
+    assert end["kind"] == "end" and end["status"] == "succeeded" and end["current_steps"] == 4
+    # No fp32 master copy anywhere: the saved weights and AdamW's moments are bf16.
+    with safe_open(run_dir / "output" / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}
+    optimizer = torch.load(run_dir / "checkpoints" / "checkpoint-4" / "optimizer.pt", weights_only=True)
+    moments = [state[key] for state in optimizer["state"].values() for key in ("exp_avg", "exp_avg_sq")]
+    assert moments and {moment.dtype for moment in moments} == {torch.bfloat16}
+
+
+def test_deepspeed_config_is_checked_before_anything_loads(tmp_path: Path) -> None:
+    from worker.train import INSTALL_DEEPSPEED, check_deepspeed
+
+    not_object = tmp_path / "list.json"
+    not_object.write_text("[1, 2]")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"zero_optimization": ')
+    zero3 = REPO / "configs" / "deepspeed" / "ds_z3_config.json"
+    deepspeed_missing = importlib.util.find_spec("deepspeed") is None
+
+    for path, pure_bf16, expected in [
+        (tmp_path / "nope.json", False, "does not exist"),
+        (not_object, False, "must hold a JSON object"),
+        (broken, False, "is not valid JSON (line 1"),
+        (zero3, True, "pure_bf16 is incompatible with DeepSpeed ZeRO-3"),
+    ]:
+        problems = check_deepspeed(path, pure_bf16=pure_bf16)
+        assert any(expected in problem for problem in problems), problems
+        assert any(INSTALL_DEEPSPEED in problem for problem in problems) == deepspeed_missing
+
+    for name in ("ds_z0", "ds_z2", "ds_z2_offload", "ds_z3", "ds_z3_offload"):
+        config = REPO / "configs" / "deepspeed" / f"{name}_config.json"
+        assert len(check_deepspeed(config, pure_bf16=False)) == int(deepspeed_missing), name

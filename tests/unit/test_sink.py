@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from worker.sink import MetricsCallback, MetricsSink, hms
+from worker.records import append_record
+from worker.sink import MetricsCallback, MetricsSink, NullSink, hms
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HMS = re.compile(r"^\d+:\d\d:\d\d$")
@@ -124,3 +125,34 @@ def test_stop_request_stops_training_at_the_next_step(tmp_path: Path) -> None:
     stop = True
     callback.on_substep_end(SimpleNamespace(), state, control)
     assert control.should_training_stop
+
+
+def test_append_record_never_glues_onto_a_line_a_killed_writer_left(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "start"}\n{"kind": "metric", "current_st')  # rank 0 killed mid-line
+
+    append_record(path, "end", status="failed", error="rank 0 was killed", output=None)
+
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 3 and all(line.endswith("\n") for line in lines)
+    end = json.loads(lines[-1])
+    assert end["kind"] == "end" and end["status"] == "failed" and "output" not in end
+    assert TIMESTAMP.match(end["timestamp"])
+
+
+def test_append_record_to_a_clean_or_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    append_record(path, "end", status="cancelled")
+    append_record(path, "end", status="cancelled")
+    assert [r["status"] for r in read_records(path)] == ["cancelled", "cancelled"]
+
+
+def test_ranks_other_than_zero_write_nothing(tmp_path: Path) -> None:
+    sink = NullSink()
+    callback = MetricsCallback(sink, tmp_path, cuda=False)
+    state = TrainerState(max_steps=20, is_world_process_zero=True)
+    state.global_step = 2
+    callback.on_log(SimpleNamespace(), state, TrainerControl(), logs={"loss": 1.0})
+    sink.write("end", status="succeeded")
+    sink.close()
+    assert list(tmp_path.iterdir()) == []
