@@ -62,4 +62,5 @@ def classify(exit_code: int | None, end: dict[str, Any] | None, cancel_requested
     if exit_code == EXIT_FAILED and error:
         return Outcome(JobState.FAILED, f"training failed: {error}")
     detail = f"; its last record said: {error}" if error else ""
-    return Outcome(JobState.FAILED, f"the worker {describe_exit(exit_code)}{detail}")
+    was = "was " if exit_code is not None and exit_code < 0 else ""
+    return Outcome(JobState.FAILED, f"the worker {was}{describe_exit(exit_code)}{detail}")

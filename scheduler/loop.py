@@ -20,15 +20,23 @@ from typing import Any, Protocol
 
 from scheduler.exits import Outcome, classify
 from scheduler.placement import Placement, QueuedJob, plan
-from scheduler.probe import GpuProbe
+from scheduler.probe import GpuProbe, descendant_pids
 from scheduler.states import JobState
-from scheduler.supervisor import WorkerProcess, group_alive, same_process, signal_group, spawn_worker
+from scheduler.supervisor import (
+    WorkerProcess,
+    group_alive,
+    process_start_time,
+    same_process,
+    signal_group,
+    spawn_worker,
+)
 from scheduler.tail import last_lines, read_new_records
 from worker.spec import LOG_FILE, METRICS_FILE
 
 log = logging.getLogger("ftq.scheduler")
 
 LOG_TAIL_LINES = 30
+DESCENDANTS_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class Store(Protocol):
     def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None: ...
     def cancelling_attempts(self) -> list[int]: ...
     def live_attempts(self) -> list[LiveAttempt]: ...
+    def attempt_adopted(self, attempt_id: int) -> None: ...
     def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None: ...
 
 
@@ -73,6 +82,10 @@ class Tracked:
     term_sent_at: float | None = None
     kill_sent_at: float | None = None
     waiter: threading.Thread | None = field(default=None, repr=False)
+    # Processes the worker started outside its own group (torchrun and its ranks), pid -> start time,
+    # so that none of them outlives the attempt.
+    descendants: dict[int, int | None] = field(default_factory=dict)
+    descendants_seen_at: float = 0.0
 
 
 class Scheduler:
@@ -137,29 +150,24 @@ class Scheduler:
     def recover(self) -> None:
         """Settle every attempt a previous daemon left live, before the API opens.
 
-        A worker that ended while no daemon watched is classified from its `end`
-        record. This version does not re-adopt a worker that is still running: it
-        stops it (so no GPU is used by a job the database no longer tracks), keeps
-        its metrics, and ends the attempt with a reason that says so.
+        A worker still running (the same pid and process start time, so a reused pid is
+        never taken for ours) is adopted: tailed from the stored offset and reaped like
+        our own. One that ended while no daemon watched is classified from its `end`
+        record. Nothing is started twice and no lease is given twice: the leases in the
+        database stay with their attempts throughout.
         """
         for live in self.store.live_attempts():
+            if live.pid is not None and same_process(live.pid, live.pid_start_time):
+                proc = WorkerProcess(live.attempt_id, live.pid, live.run_dir, live.pid_start_time)
+                self._tracked[live.attempt_id] = Tracked(proc, offset=live.metrics_offset)
+                self.store.attempt_adopted(live.attempt_id)
+                log.info("attempt %s: re-adopted its running worker, pid %s", live.attempt_id, live.pid)
+                continue
             metrics_path = live.run_dir / METRICS_FILE
-            still_running = live.pid is not None and same_process(live.pid, live.pid_start_time)
-            if still_running:
-                signal_group(live.pid, signal.SIGKILL)
-                _wait_until(lambda pid=live.pid: not group_alive(pid), timeout=10.0)
             records, offset = read_new_records(metrics_path, live.metrics_offset)
             if records:
                 self.store.add_records(live.attempt_id, records, offset)
-            if still_running:
-                outcome = Outcome(
-                    JobState.FAILED,
-                    "the daemon restarted while this attempt ran; ftq stopped its worker "
-                    "(this version does not re-adopt running workers)",
-                )
-            else:
-                end = next((r for r in reversed(read_new_records(metrics_path, 0)[0]) if r.get("kind") == "end"), None)
-                outcome = classify(None, end, cancel_requested=live.cancelling)
+            outcome = classify(None, _last_end_record(metrics_path), cancel_requested=live.cancelling)
             tail = last_lines(live.run_dir / LOG_FILE, LOG_TAIL_LINES)
             self.store.finish_attempt(live.attempt_id, outcome, None, tail)
 
@@ -167,15 +175,18 @@ class Scheduler:
 
     def _reap(self) -> None:
         for attempt_id, tracked in list(self._tracked.items()):
-            exit_code = tracked.proc.popen.poll()
-            if exit_code is None:
+            ended, exit_code = tracked.proc.poll()
+            if not ended:
                 continue
             self._tail(attempt_id, tracked)
-            # Whatever the leader left behind (data loader workers, ranks) goes too.
+            # Whatever the leader left behind (data loader workers, torchrun, ranks) goes too.
             if group_alive(tracked.proc.pid):
                 signal_group(tracked.proc.pid, signal.SIGKILL)
                 _wait_until(lambda pid=tracked.proc.pid: not group_alive(pid), timeout=5.0)
+            kill_leftovers(tracked.descendants)
             cancel = tracked.term_sent_at is not None or attempt_id in self.store.cancelling_attempts()
+            if exit_code is None and tracked.end is None:
+                tracked.end = _last_end_record(tracked.proc.run_dir / METRICS_FILE)
             outcome = classify(exit_code, tracked.end, cancel_requested=cancel)
             tail = last_lines(tracked.proc.run_dir / LOG_FILE, LOG_TAIL_LINES)
             self.store.finish_attempt(attempt_id, outcome, exit_code, tail)
@@ -183,8 +194,13 @@ class Scheduler:
             log.info("attempt %s ended: %s (%s)", attempt_id, outcome.state.value, outcome.reason)
 
     def _tail_all(self) -> None:
+        now = time.monotonic()
         for attempt_id, tracked in self._tracked.items():
             self._tail(attempt_id, tracked)
+            if now - tracked.descendants_seen_at >= DESCENDANTS_EVERY_S:
+                tracked.descendants_seen_at = now
+                for pid in descendant_pids({tracked.proc.pid}):
+                    tracked.descendants.setdefault(pid, process_start_time(pid))
 
     def _tail(self, attempt_id: int, tracked: Tracked) -> None:
         records, offset = read_new_records(tracked.proc.run_dir / METRICS_FILE, tracked.offset)
@@ -260,12 +276,40 @@ class Scheduler:
         )
 
     def _wait_exit(self, proc: WorkerProcess) -> None:
-        proc.popen.wait()
-        self.wake()
+        if proc.popen is not None:
+            proc.popen.wait()
+            self.wake()
 
     def live_pids(self) -> dict[int, int]:
         """attempt id -> worker pid, for the processes this daemon supervises."""
         return {attempt_id: t.proc.pid for attempt_id, t in self._tracked.items()}
+
+
+def kill_leftovers(processes: dict[int, int | None]) -> None:
+    """SIGKILL every remembered process of an attempt that is still the same process, and its group."""
+    ours = os.getpgid(0)
+    for pid, start_time in processes.items():
+        if not same_process(pid, start_time):
+            continue
+        pgid = _pgid(pid)
+        if pgid is not None and pgid != ours:
+            signal_group(pgid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _wait_until(lambda: not any(same_process(p, t) for p, t in processes.items()), timeout=5.0)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _last_end_record(path: Path) -> dict[str, Any] | None:
+    return next((r for r in reversed(read_new_records(path, 0)[0]) if r.get("kind") == "end"), None)
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -15,25 +15,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.spec import LOG_FILE, SPEC_FILE
+from worker.spec import CHECKPOINT_DIR, LOG_FILE, SPEC_FILE
+
+# FTQ_FAULT injects failures (e.g. oom@step:3) into workers; only tests set it.
+PASSED_TO_WORKERS = ("FTQ_FAULT",)
 
 
 @dataclass
 class WorkerProcess:
+    """A worker this daemon started (with its Popen) or adopted from a daemon that died (without)."""
+
     attempt_id: int
-    popen: subprocess.Popen[bytes]
+    pid: int
     run_dir: Path
     start_time: int | None
+    popen: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    def poll(self) -> tuple[bool, int | None]:
+        """(ended, exit code); the exit code of a process we did not start is not ours to know."""
+        if self.popen is not None:
+            code = self.popen.poll()
+            return code is not None, code
+        return not same_process(self.pid, self.start_time), None
 
 
 def worker_env(cuda_visible_devices: str, cpu_threads: int | None) -> dict[str, str]:
     """The worker's environment: ours, plus the GPUs it may see and nothing it may not."""
     env = dict(os.environ)
-    for key in [k for k in env if k.startswith("FTQ_")]:
+    for key in [k for k in env if k.startswith("FTQ_") and k not in PASSED_TO_WORKERS]:
         del env[key]  # the worker takes nothing from the daemon's settings; its spec is its input
     env.update(
         CUDA_VISIBLE_DEVICES=cuda_visible_devices,
@@ -59,6 +68,11 @@ def spawn_worker(
     """Write the spec into the run dir and start `python -m worker RUN_DIR` in a new session."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    # Checkpoints belong to the job, not the attempt, so a requeued attempt resumes from them.
+    shared = run_dir.parent / CHECKPOINT_DIR
+    shared.mkdir(exist_ok=True)
+    if not (run_dir / CHECKPOINT_DIR).exists():
+        (run_dir / CHECKPOINT_DIR).symlink_to(shared, target_is_directory=True)
     with (run_dir / LOG_FILE).open("ab") as log:
         popen = subprocess.Popen(
             [sys.executable, "-m", module, str(run_dir)],
@@ -70,7 +84,7 @@ def spawn_worker(
             start_new_session=True,
             close_fds=True,
         )
-    return WorkerProcess(attempt_id, popen, run_dir, process_start_time(popen.pid))
+    return WorkerProcess(attempt_id, popen.pid, run_dir, process_start_time(popen.pid), popen)
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -53,12 +53,18 @@ def load_spec(path: Path, overrides: list[str]) -> dict[str, Any]:
         raise SystemExit(f"ftq: cannot read {path}: {exc}") from exc
     if not isinstance(spec, dict):
         raise SystemExit(f"ftq: {path} must hold a mapping of keys to values")
-    for item in overrides:
+    return {**spec, **parse_overrides(overrides)}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE pairs, each value read as YAML (numbers, booleans, lists)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"ftq: --set {item!r}: expected KEY=VALUE, e.g. --set gpus=0")
-        spec[key.strip()] = yaml.safe_load(value)
-    return spec
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
 def _fmt_loss(value: Any) -> str:
@@ -142,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     logs.add_argument("--tail", type=int, default=200)
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_ids", nargs="+", type=int)
+    requeue = sub.add_parser("requeue", help="requeue a failed / oom / cancelled job, resuming from its checkpoint")
+    requeue.add_argument("job_id", type=int)
+    requeue.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("gpus", help="the GPUs and who holds them")
     demo = sub.add_parser("demo", help="start a daemon, run the shipped customer-service jobs, report")
     demo.add_argument("--jobs", nargs="*", type=Path, default=None)
@@ -175,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         for job_id in args.job_ids:
             job = client.request("POST", f"/jobs/{job_id}/cancel")
             print(f"job {job_id}: {job['state']}")
+    elif args.command == "requeue":
+        job = client.request("POST", f"/jobs/{args.job_id}/requeue", json=parse_overrides(args.overrides))
+        print(f"job {args.job_id}: {job['state']} ({job['reason']})")
     elif args.command == "gpus":
         info = client.request("GET", "/gpus")
         print(f"probe: {info['probe']}")

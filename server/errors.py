@@ -48,7 +48,7 @@ def field_error(field: str, message: str) -> dict[str, Any]:
     return {"field": field, "message": message}
 
 
-def _describe(error: dict[str, Any]) -> dict[str, Any]:
+def describe_error(error: Any) -> dict[str, Any]:
     """One pydantic error as {field, message}, with a fix where we know one."""
     loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
     field = ".".join(loc) or "body"
@@ -73,7 +73,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [_describe(e) for e in exc.errors()]
+        errors = [describe_error(e) for e in exc.errors()]
         summary = "; ".join(
             f"{e['field']}: {e['message']}" if e["field"] not in e["message"] else e["message"] for e in errors
         )

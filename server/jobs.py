@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from scheduler.placement import GiB, QueuedJob, cpu_slot_names, explain_wait
+from scheduler.retry import memory_settings
 from scheduler.states import ACTIVE, JobState
 from scheduler.tail import last_lines
 from server.admission import Assessment, admission_errors, assess
-from server.errors import Conflict, InvalidSpec
+from server.errors import Conflict, InvalidSpec, describe_error
 from server.machine import Machine
 from server.models import (
     Attempt,
@@ -184,14 +186,64 @@ def cancel(session: Session, job: Job) -> Job:
     raise Conflict(f"job {job.id} kept changing state; try the cancel again")
 
 
-def metrics(session: Session, job_id: int, since: int | None, kind: str | None, limit: int) -> list[dict[str, Any]]:
+def metrics(
+    session: Session, job_id: int, since: int | None, kind: str | None, limit: int, superseded: bool = False
+) -> list[dict[str, Any]]:
+    """The job's records in the order they were written; without `superseded`, each step once."""
     query = select(MetricRecord).where(MetricRecord.job_id == job_id)
+    if not superseded:
+        query = query.where(col(MetricRecord.superseded).is_(False))
     if since is not None:
         query = query.where(MetricRecord.step > since)
     if kind is not None:
         query = query.where(MetricRecord.kind == kind)
     rows = session.exec(query.order_by(col(MetricRecord.id)).limit(limit)).all()
     return [row.data for row in rows]
+
+
+REQUEUEABLE = (JobState.FAILED, JobState.OOM, JobState.CANCELLED)
+
+
+def requeue(session: Session, job: Job, overrides: dict[str, Any], input_dirs: list[Path], machine: Machine) -> Job:
+    """A new attempt for a failed / oom / cancelled job, resuming from its last checkpoint."""
+    assert job.id is not None
+    if JobState(job.state) not in REQUEUEABLE:
+        raise Conflict(f"job {job.id} is {job.state}; only a failed, oom or cancelled job can be requeued")
+    merged = {**job.spec, **overrides}
+    if overrides.get("gpu_ids") and "gpus" not in overrides:
+        merged["gpus"] = len(overrides["gpu_ids"])
+    if "gpus" in overrides and "gpu_ids" not in overrides:
+        merged.pop("gpu_ids", None)  # a new GPU count unpins the job
+    try:
+        spec = JobSpec.model_validate(merged)
+    except ValidationError as exc:
+        raise InvalidSpec.from_errors([describe_error(e) for e in exc.errors()]) from None
+    resolved = resolve_spec_paths(spec, input_dirs)
+    assessment = assess(resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology)
+    errors = admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
+    if errors:
+        raise InvalidSpec.from_errors(errors)
+    need = assessment.need_bytes
+    last = current_attempt(session, job.id)
+    if last is not None and last.settings == memory_settings(resolved.model_dump()) and last.peak_memory_gib:
+        need = max(need, int(last.peak_memory_gib * GiB))  # the same settings needed at least that much
+    changed = ", ".join(f"{k}: {v}" for k, v in overrides.items()) or "unchanged settings"
+    done = transition(
+        session,
+        job.id,
+        JobState.QUEUED,
+        spec=resolved.model_dump(mode="json", exclude_none=True),
+        need_bytes=need or None,
+        estimate=assessment.estimate,
+        gpu_ids=resolved.gpu_ids,
+        ended_at=None,
+        reason=f"requeued on request with {changed}",
+    )
+    session.commit()
+    session.refresh(job)
+    if not done:
+        raise Conflict(f"job {job.id} is {job.state}; only a failed, oom or cancelled job can be requeued")
+    return job
 
 
 def logs(session: Session, job: Job, tail: int, attempt_number: int | None) -> str:

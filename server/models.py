@@ -37,6 +37,8 @@ class Job(SQLModel, table=True):
     need_bytes: int | None = Field(default=None, sa_type=BigInteger)
     estimate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     gpu_ids: list[int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    oom_retries: int = 0
+    tried: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
 
 
 class Attempt(SQLModel, table=True):
@@ -62,6 +64,9 @@ class Attempt(SQLModel, table=True):
     peak_memory_gib: float | None = None
     metrics_offset: int = 0
     cancel_requested_at: datetime | None = None
+    settings: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    resumed_from_step: int | None = None
+    adopted: bool = False
 
 
 class MetricRecord(SQLModel, table=True):
@@ -73,6 +78,7 @@ class MetricRecord(SQLModel, table=True):
     kind: str
     step: int = Field(default=0, index=True)
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    superseded: bool = Field(default=False, index=True)  # a later attempt resumed from an earlier step
 
 
 class Lease(SQLModel, table=True):
@@ -114,6 +120,9 @@ class AttemptPublic(_Public):
     last_step: int | None
     total_steps: int | None
     peak_memory_gib: float | None
+    settings: dict[str, Any] | None = None
+    resumed_from_step: int | None = None
+    adopted: bool = False
 
 
 class Progress(SQLModel):
@@ -184,3 +193,17 @@ class GpusPublic(SQLModel):
     gpus: list[GpuPublic]
     cpu_slots: int
     cpu_slots_bound: dict[str, int]
+
+
+class RequeueRequest(SQLModel):
+    """What a requeue may change; everything else stays as submitted."""
+
+    model_config = {"extra": "forbid"}  # type: ignore[assignment]
+
+    per_device_train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    gradient_checkpointing: bool | None = None
+    cutoff_len: int | None = None
+    gpus: int | None = None
+    gpu_ids: list[int] | None = None
+    deepspeed: str | None = None

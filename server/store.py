@@ -17,9 +17,12 @@ from sqlmodel import Session, col, select
 
 from scheduler.exits import Outcome
 from scheduler.loop import LiveAttempt, StartedAttempt
-from scheduler.placement import Placement, QueuedJob
+from scheduler.placement import GiB, Placement, QueuedJob
+from scheduler.retry import memory_settings, next_after_oom
 from scheduler.states import ACTIVE, JobState, allowed_from
+from server.admission import estimate
 from server.models import Attempt, Job, Lease, MetricRecord, utcnow
+from worker.spec import JobSpec
 
 
 def transition(session: Session, job_id: int, to: JobState, **values: Any) -> bool:
@@ -73,6 +76,7 @@ class SqlStore:
                 resources=list(placement.resources),
                 cuda_visible_devices=placement.cuda_visible_devices,
                 run_dir=str(run_dir),
+                settings=memory_settings(job.spec),
             )
             session.add(attempt)
             session.flush()
@@ -93,6 +97,11 @@ class SqlStore:
             session.execute(
                 update(Attempt).where(col(Attempt.id) == attempt_id).values(pid=pid, pid_start_time=pid_start_time)
             )
+            session.commit()
+
+    def attempt_adopted(self, attempt_id: int) -> None:
+        with Session(self.engine) as session:
+            session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(adopted=True))
             session.commit()
 
     def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None:
@@ -122,8 +131,14 @@ class SqlStore:
                     changes["peak_memory_gib"] = max(
                         peak, changes.get("peak_memory_gib") or attempt.peak_memory_gib or 0
                     )
-                if record.get("kind") == "start" and attempt.state == JobState.STARTING.value:
-                    if transition(session, attempt.job_id, JobState.RUNNING):
+                if record.get("kind") == "start":
+                    resumed = _as_int(record.get("resumed_from_step"))
+                    if resumed is not None:
+                        changes["resumed_from_step"] = resumed
+                        _supersede(session, attempt.job_id, attempt_id, resumed)
+                    if attempt.state == JobState.STARTING.value and transition(
+                        session, attempt.job_id, JobState.RUNNING
+                    ):
                         changes["state"] = JobState.RUNNING.value
             session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**changes))
             session.commit()
@@ -159,18 +174,27 @@ class SqlStore:
         ]
 
     def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None:
-        """End the attempt, move the job to its outcome and release its leases: one transaction."""
+        """End the attempt, move the job to its outcome and release its leases: one transaction.
+
+        An out-of-memory ending is retried here, in the same transaction, when the
+        job's `oom_retry` budget allows: the job goes back to the queue with smaller
+        settings and a memory requirement of at least the peak this attempt reached.
+        """
         with Session(self.engine) as session:
             attempt = session.get(Attempt, attempt_id)
-            if attempt is None or attempt.ended_at is not None:
+            job = session.get(Job, attempt.job_id) if attempt is not None else None
+            if attempt is None or job is None or attempt.ended_at is not None:
                 return
             now = utcnow()
-            target = outcome.state
-            job = session.get(Job, attempt.job_id)
-            if job is not None and job.state == JobState.CANCELLING.value:
+            target, reason = outcome.state, outcome.reason
+            if job.state == JobState.CANCELLING.value:
                 target = JobState.CANCELLED  # a cancel asked for wins over how the process happened to end
+            retry = None
+            if target == JobState.OOM:
+                retry = next_after_oom(job.spec, job.tried, job.oom_retries, int(job.spec.get("oom_retry", 3)))
+                reason = f"{outcome.reason}; {retry.reason}"
             # Should the job not be in a live state, the attempt still ends and its GPUs are freed.
-            transition(session, attempt.job_id, target, ended_at=now, reason=outcome.reason)
+            transition(session, job.id, target, ended_at=now, reason=reason)
             session.execute(
                 update(Attempt)
                 .where(col(Attempt.id) == attempt_id)
@@ -183,6 +207,19 @@ class SqlStore:
                 )
             )
             session.execute(delete(Lease).where(col(Lease.attempt_id) == attempt_id))
+            if retry is not None and retry.overrides is not None:
+                spec = {**job.spec, **retry.overrides}
+                peak = int((attempt.peak_memory_gib or 0) * GiB)
+                transition(
+                    session,
+                    job.id,
+                    JobState.QUEUED,
+                    spec=spec,
+                    need_bytes=max(estimate_need(spec), peak, job.need_bytes or 0) or None,
+                    tried=[*job.tried, memory_settings(job.spec)],
+                    oom_retries=job.oom_retries + 1,
+                    ended_at=None,
+                )
             session.commit()
 
     # ---- reads for the API ----
@@ -190,6 +227,29 @@ class SqlStore:
     def bound_resources(self, session: Session) -> dict[str, int]:
         """resource -> job id, for every lease held."""
         return {lease.resource: lease.job_id for lease in session.exec(select(Lease)).all()}
+
+
+def _supersede(session: Session, job_id: int, attempt_id: int, resumed_from_step: int) -> None:
+    """Hide earlier attempts' records past the step this attempt resumed from: those steps are trained again."""
+    session.execute(
+        update(MetricRecord)
+        .where(
+            col(MetricRecord.job_id) == job_id,
+            col(MetricRecord.attempt_id) != attempt_id,
+            col(MetricRecord.step) > resumed_from_step,
+            col(MetricRecord.kind).in_(["metric", "eval", "checkpoint"]),
+        )
+        .values(superseded=True)
+    )
+
+
+def estimate_need(spec: dict[str, Any]) -> int:
+    """The per-GPU estimate of a stored spec (0 when it cannot be made)."""
+    try:
+        found = estimate(JobSpec.model_validate(spec))
+    except ValueError:
+        return 0
+    return found.per_gpu if found is not None and int(spec.get("gpus", 1)) > 0 else 0
 
 
 def _as_int(value: Any) -> int | None:

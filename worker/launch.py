@@ -58,7 +58,9 @@ TAIL_LINES = 400  # torchrun output kept in memory to read its failure table
 # How long torchrun lets the ranks stop on its SIGTERM before it kills them. A rank blocked in a collective or in
 # the rendezvous (waiting for a peer that was cancelled before it joined) cannot run its handler at all; this
 # bound, below the daemon's default cancel grace (FTQ_CANCEL_GRACE_S, 10 s), leaves the launcher time to write
-# the end record before the daemon's SIGKILL. A cancel saves nothing, so a rank killed here loses nothing.
+# the end record before the daemon's SIGKILL. A cancel saves a checkpoint at the ranks' next step boundary: a LoRA
+# adapter fits well within this; the optimizer state of a large full fine-tune may not, and a save cut short here
+# leaves a checkpoint without its trainer_state.json, which the next attempt passes over for the one before.
 RANK_SHUTDOWN_S = 5
 LOG_TAIL_BYTES = 16 << 10
 

@@ -24,14 +24,22 @@ from worker.spec import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM
 RANKS_DIR = "ranks"  # RUN_DIR/ranks: each rank's report, and torchrun's per-rank logs under */attempt_0/<rank>/
 RANKS_DIR_ENV = "FTQ_RANKS_DIR"  # set by the launcher: where a rank writes its report instead of an `end` record
 
-# Text that means a rank ran out of GPU memory, whichever layer said it (PyTorch, cuBLAS, NCCL).
+# Text that means a process ran out of GPU memory, whichever layer said it: PyTorch's caching allocator
+# (torch.OutOfMemoryError, or the driver error behind expandable segments), a raw CUDA call, cuBLAS / cuDNN
+# failing to allocate their workspace, or NCCL (whose "out of memory" may come a line or two after "NCCL").
+# Host memory (Python's MemoryError, DefaultCPUAllocator) is deliberately not here: a smaller micro-batch is
+# not the cure for it, and the daemon retries an OOM with one.
 OOM_PATTERNS = (
-    re.compile(r"CUDA out of memory", re.IGNORECASE),
+    re.compile(r"\b(?:CUDA|HIP) out of memory", re.IGNORECASE),
     re.compile(r"\bOutOfMemoryError\b"),
-    re.compile(r"CUDA error: out of memory", re.IGNORECASE),
-    re.compile(r"CUBLAS_STATUS_ALLOC_FAILED"),
-    re.compile(r"NCCL.*\bout of memory\b", re.IGNORECASE),
+    re.compile(r"CUDA (?:driver )?error: out of memory", re.IGNORECASE),
+    re.compile(r"cudaErrorMemoryAllocation"),
+    re.compile(r"CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED"),
+    re.compile(r"NCCL(?:.|\n){0,400}?\bout of memory\b", re.IGNORECASE),
 )
+# PyTorch's allocator says how much it wanted: "Tried to allocate 2.00 GiB", "... 512.00 KiB", "... 96 bytes".
+_TRIED_TO_ALLOCATE = re.compile(r"Tried to allocate (\d+(?:\.\d+)?) ?(bytes|B|KiB|MiB|GiB|TiB)\b", re.IGNORECASE)
+_UNIT_BYTES = {"bytes": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 # One entry of the table torchrun prints when a rank fails (torch.distributed.elastic ChildFailedError).
 _FAILURE_ENTRY = re.compile(
@@ -69,8 +77,40 @@ def write_rank_report(path: Path, report: dict[str, Any]) -> None:
 
 
 def is_oom(text: str) -> bool:
-    """Whether a rank's error or log says it ran out of GPU memory."""
+    """Whether an error message or a log says the process ran out of GPU memory.
+
+    The one test for "out of memory" in ftq: the recipe applies it to the
+    exception that ended a run (exception_is_oom), the launcher to the log of a
+    rank that died without reporting.
+    """
     return any(pattern.search(text) for pattern in OOM_PATTERNS)
+
+
+def exception_is_oom(exc: BaseException) -> bool:
+    """Whether an exception, or one it was raised from or while handling, says GPU memory ran out.
+
+    By class name as well as by message, so that this module needs no torch:
+    torch.OutOfMemoryError (torch.cuda.OutOfMemoryError) is caught whatever its
+    message, and an OOM that a library re-raised as its own error still counts.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ == "OutOfMemoryError" for cls in type(current).__mro__):
+            return True
+        if is_oom(f"{type(current).__name__}: {current}"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def tried_to_allocate_bytes(text: str) -> int | None:
+    """The allocation that failed, in bytes, from PyTorch's "Tried to allocate 2.00 GiB"; None when not said."""
+    match = _TRIED_TO_ALLOCATE.search(text)
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _UNIT_BYTES[match.group(2).lower()])
 
 
 def parse_torchrun_failures(text: str) -> dict[int, int]:
@@ -120,9 +160,13 @@ def decide_end(
     reports = sorted(reports, key=lambda r: r.rank)
     first = next((r.outcome for r in reports if r.rank == 0 and r.outcome), {})
     fields: dict[str, Any] = {key: first[key] for key in _CARRIED if key in first}
-    peaks = [r.outcome["peak_vram_reserved"] for r in reports if r.outcome and "peak_vram_reserved" in r.outcome]
-    if peaks:  # the rank closest to running out is the one that matters
-        fields["peak_vram_reserved"] = max(peaks)
+    if "current_steps" not in fields:  # rank 0 died without a word: the ranks step together, another one knows
+        other = next((r.outcome for r in reports if r.outcome and "current_steps" in r.outcome), {})
+        fields.update((key, other[key]) for key in ("current_steps", "total_steps") if key in other)
+    for peak in ("peak_vram_reserved", "peak_vram_allocated"):
+        peaks = [r.outcome[peak] for r in reports if r.outcome and isinstance(r.outcome.get(peak), (int, float))]
+        if peaks:  # the rank closest to running out is the one that matters
+            fields[peak] = max(peaks)
 
     # Every rank said it succeeded: torchrun failing after that (say, in its own teardown) undoes nothing.
     if first.get("status") == "succeeded" and (torchrun_rc == 0 or all(r.status == "succeeded" for r in reports)):
@@ -143,8 +187,26 @@ def decide_end(
         last = _last_line(torchrun_tail)
         if last:
             error += f"; its output ends: {last}"
-    status, code = ("oom", EXIT_OOM) if oom else ("failed", EXIT_FAILED)
-    return {"status": status, **fields, "error": error[:2000]}, code
+    if oom:
+        wanted = _tried_to_allocate(unsuccessful)
+        if wanted is not None:
+            fields["tried_to_allocate_bytes"] = wanted
+        return {"status": "oom", **fields, "error": error[:2000]}, EXIT_OOM
+    return {"status": "failed", **fields, "error": error[:2000]}, EXIT_FAILED
+
+
+def _tried_to_allocate(reports: list[RankReport]) -> int | None:
+    """The failed allocation of the first rank that ran out of memory: from its report, else from its log."""
+    for r in reports:
+        said = r.said("tried_to_allocate_bytes")
+        if isinstance(said, int):
+            return said
+    for r in reports:
+        if r.status != "oom" and is_oom(r.log_tail):
+            wanted = tried_to_allocate_bytes(r.log_tail)
+            if wanted is not None:
+                return wanted
+    return None
 
 
 def failure_causes(reports: Iterable[RankReport]) -> list[str]:

@@ -26,7 +26,16 @@ GIB = 1024**3
 
 
 class MetricsCallback(TrainerCallback):
-    """Turns the Trainer's events into metric / eval / checkpoint records; also stops on request."""
+    """Turns the Trainer's events into metric / eval / checkpoint records; also stops, with a checkpoint, on request.
+
+    A stop (a graceful cancel) sets should_save with should_training_stop, so
+    the Trainer saves checkpoint-<step> at that step boundary (on_save then
+    writes its record) before it leaves the loop: a requeued attempt resumes
+    there. When the cancel comes between the micro-batches of a gradient
+    accumulation, the loop breaks and the Trainer saves at its epoch end, still
+    as of the last completed step; the half-accumulated gradients are dropped,
+    and a resume skips exactly the micro-batches of the completed steps.
+    """
 
     def __init__(
         self,
@@ -43,16 +52,22 @@ class MetricsCallback(TrainerCallback):
         self.start_step = 0
         self.start_tokens = 0
         self.final_loss: float | None = None
+        self.saved_step = 0  # the last step a checkpoint holds: a stop there need not save it again
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         # On a resume the state already holds the checkpoint's step: time only this attempt's steps.
         self.start_time = time.monotonic()
         self.start_step = state.global_step
         self.start_tokens = state.num_input_tokens_seen or 0
+        self.saved_step = state.global_step  # 0, or the checkpoint this attempt resumed from
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        # Every rank calls should_stop at the same points (it is a collective under torchrun), and they saved at
+        # the same steps, so they all stop, and save, at the same boundary.
         if self.should_stop():
             control.should_training_stop = True
+            if state.global_step > self.saved_step:
+                control.should_save = True
 
     on_substep_end = on_step_end  # a long gradient accumulation should not delay a cancel
 
@@ -109,10 +124,13 @@ class MetricsCallback(TrainerCallback):
         )
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        if not state.is_world_process_zero:
-            return
-        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        self.sink.write("checkpoint", current_steps=state.global_step, path=_relative(path, self.run_dir))
+        self.saved_step = state.global_step
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            self.sink.write("checkpoint", current_steps=state.global_step, path=_relative(path, self.run_dir))
+        # A cancel that came during this save stops here: what it would save next step is already saved.
+        if self.should_stop():
+            control.should_training_stop = True
 
     def _vram(self) -> dict[str, float]:
         if not self.cuda:
@@ -132,7 +150,9 @@ def _round(value: float | None) -> float | None:
 
 
 def _relative(path: Path, run_dir: Path) -> str:
+    # Not resolved: RUN_DIR/checkpoints is a link to the job's shared directory, and the record names the
+    # checkpoint as the run dir sees it (checkpoints/checkpoint-6, not ../checkpoints/checkpoint-6).
     try:
-        return os.path.relpath(path.resolve(), run_dir.resolve())
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(run_dir))
     except ValueError:  # another drive on Windows; keep it absolute
         return str(path)

@@ -58,6 +58,13 @@ class JobSpec(BaseModel):
     )
     gpus: int = Field(default=1, ge=0, le=64, description="GPUs the job needs; 0 runs it on a CPU slot.")
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first; ties go by submit order.")
+    oom_retry: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Automatic retries after CUDA out-of-memory (true = 3, false = 0): halve the micro-batch "
+        "and double accumulation, then gradient checkpointing, then halve again.",
+    )
     gpu_ids: list[int] | None = Field(
         default=None,
         min_length=1,
@@ -107,7 +114,7 @@ class JobSpec(BaseModel):
         default=False, description="Weights, gradients and optimizer states all in bf16 (no fp32 master copy)."
     )
     deepspeed: str | None = Field(
-        default=None, min_length=1, description="A DeepSpeed JSON config, e.g. configs/deepspeed/ds_z3.json."
+        default=None, min_length=1, description="A DeepSpeed JSON config, e.g. configs/deepspeed/ds_z3_config.json."
     )
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=10, ge=1)
@@ -154,7 +161,9 @@ class JobSpec(BaseModel):
     @classmethod
     def _gpus_follow_gpu_ids(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("gpu_ids"), list) and "gpus" not in data:
-            return {**data, "gpus": len(data["gpu_ids"])}
+            data = {**data, "gpus": len(data["gpu_ids"])}
+        if isinstance(data, dict) and isinstance(data.get("oom_retry"), bool):
+            data = {**data, "oom_retry": 3 if data["oom_retry"] else 0}
         return data
 
     @model_validator(mode="after")

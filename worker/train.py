@@ -3,12 +3,14 @@
 Read it top to bottom like torchtune's LoRA recipe: everything that can be
 checked before loading a model is checked first and reported at once; the run
 always ends with one `end` record in metrics.jsonl and an exit code from
-worker.spec, so the daemon never has to parse the log.
+worker.spec, so the daemon never has to parse the log. An attempt resumes from
+the job's newest usable checkpoint (worker.checkpoints), and a graceful cancel
+leaves one behind (worker.sink), so requeueing loses nothing.
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import logging
 import os
 import signal
@@ -18,15 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
-from transformers import Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
-from worker.data import DataError, build_datasets, resolve_datasets
+from worker.cancel import CancelFlag, Cancelled, stop_check
+from worker.checkpoints import (
+    Checkpoint,
+    Expected,
+    ResumePlan,
+    TrainingShape,
+    compare_shapes,
+    mark_unusable,
+    move_aside,
+    plan_resume,
+    read_shape,
+)
+from worker.data import DataError, build_datasets
+from worker.faults import FaultInjector, faults_from_env
 from worker.model import load_model, load_tokenizer
-from worker.ranks import rank_report_path, write_rank_report
+from worker.ranks import exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
 from worker.records import make_record
+from worker.resume import CheckpointLoadError, ResumingTrainer, ShapeCallback
 from worker.sink import GIB, MetricsCallback, MetricsSink, NullSink, hms, utc_timestamp
 from worker.spec import (
     CHECKPOINT_DIR,
@@ -36,33 +50,17 @@ from worker.spec import (
     EXIT_OOM,
     METRICS_FILE,
     OUTPUT_DIR,
-    SPEC_FILE,
     JobSpec,
 )
+from worker.validate import INSTALL_DEEPSPEED, check_deepspeed, check_model_dir, read_and_validate
+
+# Moved to their own modules; still importable from here.
+__all__ = [
+    "INSTALL_DEEPSPEED", "CancelFlag", "Cancelled", "check_deepspeed", "check_model_dir", "main",
+    "read_and_validate", "run", "stop_check", "training_arguments",
+]  # fmt: skip
 
 log = logging.getLogger("worker")
-
-INSTALL_DEEPSPEED = "pip install 'ftq[deepspeed]'"
-
-
-class Cancelled(Exception):
-    """Raised by the SIGTERM handler while there is no training step to stop at."""
-
-
-class CancelFlag:
-    """SIGTERM handler: stop at the next step while training, at once otherwise."""
-
-    def __init__(self, requested: bool = False) -> None:
-        self.requested = requested
-        self.training = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        already = self.requested
-        self.requested = True
-        # Raising inside a training step could leave CUDA state half-done; a flag is checked after each
-        # step. Before training (loading the model) nothing is worth finishing; a second SIGTERM insists.
-        if not self.training or already:
-            raise Cancelled()
 
 
 def main(argv: list[str], cancelled_early: bool = False) -> int:
@@ -86,10 +84,11 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
     started = time.monotonic()
     # Under torchrun (worker.launch) every rank runs this recipe; rank 0 alone writes metrics.jsonl.
     rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     report_path = rank_report_path(os.environ)
     sink = MetricsSink(run_dir / METRICS_FILE) if rank == 0 else NullSink()
     cuda = torch.cuda.is_available()
-    trainer: Trainer | None = None
+    trainer: ResumingTrainer | None = None
 
     def end(status: str, code: int, **fields: Any) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the end record must not be cut in half
@@ -102,6 +101,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                 total_steps=state.max_steps if state and state.max_steps else None,
                 elapsed_time=hms(time.monotonic() - started),
                 peak_vram_reserved=round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
+                peak_vram_allocated=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
                 **fields,
             ),
         )
@@ -115,53 +115,89 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         sink.close()
         return code
 
+    def start_record(resume: Checkpoint | None, plan: ResumePlan, **extra: Any) -> None:
+        sink.write_record(  # written as it is: cuda_visible_devices is meaningful as null (rank 0 only)
+            {
+                "kind": "start",
+                "timestamp": utc_timestamp(),
+                "current_steps": resume.step if resume else 0,
+                "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "device": describe_device(cuda),
+                "world_size": world_size,
+                # Only when earlier progress exists: the daemon hides earlier attempts' records past this step.
+                # 0 means this attempt starts over although checkpoints were there.
+                **({"resumed_from_step": resume.step if resume else 0} if plan.found_any else {}),
+                **extra,
+            }
+        )
+
     try:
         if cancel.requested:
             raise Cancelled()
-        # 1. validate everything that can be checked without loading a model
+        # 1. validate everything that can be checked without loading a model, and pick the checkpoint to
+        # resume from (cheaply: the start record says which before the model loads)
         spec, problems = read_and_validate(run_dir)
         if spec is None or problems:
             for problem in problems:
                 log.error("bad input: %s", problem)
             return end("failed", EXIT_BAD_INPUT, error="; ".join(problems))
-        sink.write_record(  # written as it is: cuda_visible_devices is meaningful as null (rank 0 only)
-            {
-                "kind": "start",
-                "timestamp": utc_timestamp(),
-                "current_steps": 0,
-                "pid": os.getpid(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "device": describe_device(cuda),
-                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-            }
-        )
+        expected = Expected(spec.finetuning_type, spec.lora_rank, spec.deepspeed is not None, world_size)
+        plan = plan_resume(run_dir / CHECKPOINT_DIR, expected, set_aside=rank == 0)
+        resume = plan.checkpoint
+        _log_plan(plan)
+        start_record(resume, plan)
 
         # 2. set up: seed, arguments (under torchrun they join the process group, and DeepSpeed ZeRO-3 must
-        # know of its config before the model is loaded, to load it partitioned), tokenizer, data, model
+        # know of its config before the model is loaded, to load it partitioned), tokenizer, data
         set_seed(spec.seed)
         args = training_arguments(spec, run_dir, cuda)
         tokenizer = load_tokenizer(spec)
         train_set, eval_set, collator = build_datasets(spec, tokenizer)
-        model = load_model(spec, cuda)
-        callback = MetricsCallback(sink, run_dir, should_stop=stop_check(cancel, args), cuda=cuda)
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            data_collator=collator,
-            processing_class=tokenizer,
-            callbacks=[callback],
-        )
+        shape = TrainingShape(
+            spec.per_device_train_batch_size, spec.gradient_accumulation_steps, world_size, len(train_set),
+            spec.cutoff_len, spec.gradient_checkpointing, spec.deepspeed is not None,
+        )  # fmt: skip
+        faults = faults_from_env(os.environ)
 
-        # 3. train, resuming from this run dir's last checkpoint when a requeue left one
-        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-        if resume:
-            log.info("resuming from %s", resume)
-        cancel.training = True
-        result = trainer.train(resume_from_checkpoint=resume)
+        # 3. the model and the Trainer, then train from the checkpoint. One that passed the cheap checks but
+        # fails to load is set aside, and the attempt falls back to the one before it, or to a fresh start,
+        # with a second start record that corrects resumed_from_step (nothing has trained yet).
+        while True:
+            set_seed(spec.seed)  # a fallback starts from the same random state as a first try
+            if resume is not None:
+                why, same = compare_shapes(read_shape(resume.path), shape, resume.step)
+                (log.info if same else log.warning)("resuming from %s: %s", resume.path.name, why)
+            callback = MetricsCallback(sink, run_dir, should_stop=stop_check(cancel, args), cuda=cuda)
+            callbacks: list[Any] = [ShapeCallback(shape), callback]  # the checkpoint record comes once all is written
+            if faults:
+                callbacks.append(FaultInjector(faults, rank))
+            trainer = ResumingTrainer(
+                model=load_model(spec, cuda),
+                args=args,
+                train_dataset=train_set,
+                eval_dataset=eval_set,
+                data_collator=collator,
+                processing_class=tokenizer,
+                callbacks=callbacks,
+            )
+            cancel.training = True
+            try:
+                result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+                break
+            except CheckpointLoadError as exc:
+                cancel.training = False
+                if cancel.requested:
+                    raise Cancelled() from exc
+                assert resume is not None
+                resume = _fall_back(exc, resume, expected, rank)
+                start_record(resume, plan, resume_error=str(exc)[:2000])
+                trainer = None
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
         cancel.training = False
-        if cancel.requested:
+        if cancel.requested:  # stopped at a step boundary, with a checkpoint saved there
             raise Cancelled()
 
         # 4. save the adapter (LoRA) or the whole model (full), with the tokenizer beside it. Every rank
@@ -176,6 +212,33 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         return _classify(exc, cancel, end)
 
 
+def _log_plan(plan: ResumePlan) -> None:
+    for checkpoint, why in plan.rejected:
+        log.warning("not resuming from %s: %s", checkpoint.path.name, why)
+    if plan.checkpoint is not None:
+        log.info("resuming from %s (step %d)", plan.checkpoint.path, plan.checkpoint.step)
+    elif plan.found_any:
+        log.warning("no usable checkpoint: starting over from step 0")
+
+
+def _fall_back(exc: CheckpointLoadError, failed: Checkpoint, expected: Expected, rank: int) -> Checkpoint | None:
+    """The usable checkpoint before `failed`, once `failed` is out of the way of every later attempt.
+
+    Every rank reads the same files, so every rank fails on the same
+    checkpoint and falls back to the same one. Rank 0 moves it aside (a rank
+    still reading it then fails too, the same way); when it cannot be moved, a
+    mark in it tells later attempts to pass it over.
+    """
+    log.warning("%s could not be loaded (%s); falling back", failed.path.name, exc.why)
+    if rank == 0 and move_aside(failed, f"it could not be loaded: {exc.why}") is None:
+        mark_unusable(failed, exc.why)
+    plan = plan_resume(failed.path.parent, expected, below=failed.step, set_aside=rank == 0)
+    _log_plan(plan)
+    if plan.checkpoint is None:
+        log.warning("no older usable checkpoint: starting over from step 0")
+    return plan.checkpoint
+
+
 def _classify(exc: BaseException, cancel: CancelFlag, end: Any) -> int:
     """Map an exception to the end record and exit code the supervisor expects."""
     if isinstance(exc, Cancelled) or cancel.requested:
@@ -187,119 +250,26 @@ def _classify(exc: BaseException, cancel: CancelFlag, end: Any) -> int:
         log.error("bad input: %s", exc)
         return end("failed", EXIT_BAD_INPUT, error=error)
     log.error("training failed", exc_info=exc)
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
-        return end("oom", EXIT_OOM, error=error)
+    if exception_is_oom(exc):
+        # In a step, an evaluation or a checkpoint save alike; the daemon may retry with a smaller micro-batch.
+        return end("oom", EXIT_OOM, error=error, tried_to_allocate_bytes=_tried_to_allocate(exc))
     if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: record, then let it go on
         end("failed", EXIT_FAILED, error=error or type(exc).__name__)
         raise exc
     return end("failed", EXIT_FAILED, error=error)
 
 
-def read_and_validate(run_dir: Path) -> tuple[JobSpec | None, list[str]]:
-    """The spec and every problem found in it, its model directory and its datasets."""
-    path = run_dir / SPEC_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, [f"{path} does not exist"]
-    except json.JSONDecodeError as exc:
-        return None, [f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"]
-    if not isinstance(raw, dict):
-        return None, [f"{path} must hold a JSON object"]
-    problems: list[str] = []
-    spec = None
-    try:
-        spec = JobSpec.model_validate(raw)
-    except ValidationError as exc:
-        for err in exc.errors():
-            where = ".".join(str(part) for part in err["loc"]) or "spec"
-            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    # The paths are checked from the raw dict so that a bad field elsewhere does not hide a missing model.
-    if isinstance(raw.get("model_name_or_path"), str):
-        problems += check_model_dir(Path(raw["model_name_or_path"]))
-    if isinstance(raw.get("dataset"), str):
-        names = [name.strip() for name in raw["dataset"].split(",") if name.strip()]
-        try:
-            resolve_datasets(names, raw.get("dataset_dir") or "data")
-        except DataError as exc:
-            problems.append(str(exc))
-    if isinstance(raw.get("deepspeed"), str) and raw["deepspeed"]:
-        problems += check_deepspeed(Path(raw["deepspeed"]), pure_bf16=raw.get("pure_bf16") is True)
-    return spec, problems
-
-
-def check_model_dir(path: Path) -> list[str]:
-    if not path.is_dir():
-        return [f"model_name_or_path: {path} is not a directory (ftq loads local models only)"]
-    problems = []
-    if not (path / "config.json").is_file():
-        problems.append(f"model_name_or_path: {path} has no config.json")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-        problems.append(f"model_name_or_path: {path} has no weights (*.safetensors or pytorch_model*.bin)")
-    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    if not any((path / name).is_file() for name in tokenizer_files):
-        problems.append(f"model_name_or_path: {path} has no tokenizer files")
-    return problems
-
-
-def check_deepspeed(path: Path, pure_bf16: bool) -> list[str]:
-    """The DeepSpeed config is a JSON object, fits the spec, and DeepSpeed itself can be imported."""
-    problems = []
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"deepspeed: {path} does not exist")
-    except OSError as exc:
-        problems.append(f"deepspeed: {path} cannot be read ({exc.strerror})")
-    except json.JSONDecodeError as exc:
-        problems.append(f"deepspeed: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}")
-    else:
-        if not isinstance(config, dict):
-            problems.append(f"deepspeed: {path} must hold a JSON object (a DeepSpeed config)")
-        elif pure_bf16 and _zero_stage(config) == 3:
-            problems.append(
-                "pure_bf16 is incompatible with DeepSpeed ZeRO-3 (as in LLaMA-Factory); "
-                "use a ZeRO-0/2 config or drop pure_bf16"
-            )
-    try:
-        import deepspeed  # noqa: F401 - the optional extra; transformers imports it again when it needs it
-    except ImportError as exc:
-        problems.append(
-            f"deepspeed: the spec names a DeepSpeed config but DeepSpeed is not installed ({exc}); "
-            f"install the extra with {INSTALL_DEEPSPEED}"
-        )
-    except Exception as exc:  # a broken install fails in many ways (CUDA toolkit, ops): say so now
-        problems.append(
-            f"deepspeed: importing DeepSpeed failed ({type(exc).__name__}: {exc}); "
-            f"reinstall it with {INSTALL_DEEPSPEED}"
-        )
-    return problems
-
-
-def _zero_stage(config: dict[str, Any]) -> Any:
-    zero = config.get("zero_optimization")
-    return zero.get("stage") if isinstance(zero, dict) else None
-
-
-def stop_check(cancel: CancelFlag, args: TrainingArguments) -> Any:
-    """The callback's should_stop: this process's cancel flag, agreed on by every rank.
-
-    Ranks get torchrun's SIGTERM a moment apart; if one left the loop a step
-    before the others, they would wait in a collective for it for good. So at
-    every step end all ranks all-reduce their flags (one number) and stop
-    together; a rank told to stop by another takes it as its own cancel.
-    """
-    if args.world_size <= 1 or not torch.distributed.is_initialized():
-        return lambda: cancel.requested
-
-    def agreed() -> bool:
-        flag = torch.tensor([1.0 if cancel.requested else 0.0], device=args.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() > 0:
-            cancel.requested = True
-        return cancel.requested
-
-    return agreed
+def _tried_to_allocate(exc: BaseException) -> int | None:
+    """The failed allocation, from the exception or the one it was raised from."""
+    current: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not hang the end record
+        if current is None:
+            return None
+        wanted = tried_to_allocate_bytes(str(current))
+        if wanted is not None:
+            return wanted
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool) -> TrainingArguments:

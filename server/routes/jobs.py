@@ -8,7 +8,7 @@ from fastapi.responses import PlainTextResponse
 from scheduler.states import JobState
 from server import jobs as service
 from server.deps import JobDep, MachineDep, SessionDep, SettingsDep
-from server.models import JobCreate, JobPublic, JobsPublic, MetricsPublic
+from server.models import JobCreate, JobPublic, JobsPublic, MetricsPublic, RequeueRequest
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -46,6 +46,21 @@ def cancel_job(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
     return service.describe(session, job)
 
 
+@router.post("/{job_id}/requeue", response_model=JobPublic)
+def requeue_job(
+    job: JobDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    machine: MachineDep,
+    request: Request,
+    overrides: RequeueRequest | None = None,
+) -> JobPublic:
+    changes = overrides.model_dump(exclude_unset=True) if overrides else {}
+    job = service.requeue(session, job, changes, settings.input_dirs, machine)
+    request.app.state.scheduler.wake()
+    return service.describe(session, job, machine)
+
+
 @router.get("/{job_id}/metrics", response_model=MetricsPublic)
 def get_metrics(
     job: JobDep,
@@ -53,9 +68,10 @@ def get_metrics(
     since: int | None = Query(default=None, description="only records after this step"),
     kind: str | None = Query(default=None, description="start, metric, eval, checkpoint or end"),
     limit: int = Query(default=10_000, ge=1, le=100_000),
+    superseded: bool = Query(default=False, description="also the records of steps a later attempt trained again"),
 ) -> MetricsPublic:
     assert job.id is not None
-    data = service.metrics(session, job.id, since, kind, limit)
+    data = service.metrics(session, job.id, since, kind, limit, superseded)
     return MetricsPublic(data=data, count=len(data))
 
 

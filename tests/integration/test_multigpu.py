@@ -20,7 +20,7 @@ import pytest
 from tests.integration import test_worker as worker_tests
 from tests.integration.test_worker import REPO, kinds, log_of, make_run_dir, records, wait_for
 from worker.ranks import RANKS_DIR, RANKS_DIR_ENV
-from worker.spec import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, LOG_FILE
+from worker.spec import CHECKPOINT_DIR, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, LOG_FILE
 
 pytestmark = [
     pytest.mark.integration,
@@ -193,3 +193,56 @@ def test_deepspeed_without_deepspeed_installed_is_bad_input_with_the_install_hin
     (end,) = records(run_dir)  # nothing starts on bad input
     assert end["kind"] == "end" and end["status"] == "failed"
     assert "DeepSpeed is not installed" in end["error"] and "pip install 'ftq[deepspeed]'" in end["error"]
+
+
+# ---- a lifecycle that loses nothing, with several ranks ----
+
+
+def test_an_oom_on_rank_1_ends_the_whole_run_oom(tmp_path: Path, spawn, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTQ_FAULT", "oom@step:3@rank:1")  # rank 0 is fine: it learns of it from the broken collective
+    run_dir = two_rank_run_dir(tmp_path, logging_steps=1)
+
+    proc = spawn(run_dir)
+
+    assert proc.wait(timeout=300) == EXIT_OOM, log_of(run_dir)
+    assert kinds(run_dir).count("end") == 1 and kinds(run_dir)[-1] == "end", kinds(run_dir)
+    end = records(run_dir)[-1]
+    assert end["status"] == "oom" and end["current_steps"] == 2
+    assert end["error"].startswith("rank 1: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"), end
+    assert end["tried_to_allocate_bytes"] == 2 << 30
+    assert_nothing_left(proc, run_dir)
+
+
+def test_a_cancel_checkpoints_every_rank_and_a_new_attempt_resumes_it(tmp_path: Path, spawn) -> None:
+    (tmp_path / CHECKPOINT_DIR).mkdir()
+
+    def attempt(name: str, **overrides: Any) -> Path:
+        job = dict(max_steps=5000, save_steps=1000, logging_steps=1)
+        run_dir = two_rank_run_dir(tmp_path / name, **{**job, **overrides})
+        (run_dir / CHECKPOINT_DIR).symlink_to(tmp_path / CHECKPOINT_DIR, target_is_directory=True)
+        return run_dir
+
+    first = attempt("attempt-1")
+    proc = spawn(first)
+    wait_for(lambda: kinds(first).count("metric") >= 3 or proc.poll() is not None, timeout=240)
+    assert proc.poll() is None, log_of(first)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == EXIT_CANCELLED, log_of(first)
+
+    assert kinds(first)[-2:] == ["checkpoint", "end"] and kinds(first).count("end") == 1, kinds(first)
+    saved, end = records(first)[-2:]
+    steps = end["current_steps"]
+    assert end["status"] == "cancelled" and saved["current_steps"] == steps
+    checkpoint = first / saved["path"]
+    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "trainer_state.json"} <= {
+        p.name for p in checkpoint.iterdir()
+    }  # every rank saved its part, at the same step
+    assert_nothing_left(proc, first)
+
+    second = attempt("attempt-2", max_steps=steps + 3, per_device_train_batch_size=1, gradient_accumulation_steps=2)
+    proc = spawn(second)
+    assert proc.wait(timeout=300) == 0, log_of(second)
+    start = records(second)[0]
+    assert start["kind"] == "start" and start["resumed_from_step"] == steps
+    assert [r["current_steps"] for r in records(second) if r["kind"] == "metric"] == [steps + 1, steps + 2, steps + 3]
+    assert records(second)[-1]["status"] == "succeeded"

@@ -1,8 +1,9 @@
-"""A daemon killed with -9 while jobs run: at start it settles every attempt before serving."""
+"""A daemon killed with -9 while jobs train: at start it re-adopts them and loses nothing."""
 
 from __future__ import annotations
 
 import signal
+from collections import Counter
 
 import pytest
 
@@ -12,24 +13,42 @@ from tests.integration.daemon import Daemon, process_group_alive
 pytestmark = pytest.mark.integration
 
 
-def test_restart_settles_what_the_dead_daemon_left(daemon: Daemon):
-    short = daemon.submit(tiny_spec(name="short", max_steps=6))["id"]
-    long = daemon.submit(tiny_spec(name="long", max_steps=100_000))["id"]
-    wait_for(lambda: daemon.metrics(long, kind="metric"), timeout=120, what="the long job to train")
-    pids = {i: daemon.job(i)["attempts"][0]["pid"] for i in (short, long)}
+def test_kill_9_the_daemon_while_jobs_train(daemon: Daemon):
+    short = daemon.submit(tiny_spec(name="short", gpus=0, max_steps=6))["id"]
+    trainers = [daemon.submit(tiny_spec(name=f"train-{i}", max_steps=40))["id"] for i in range(2)]
+    for job_id in trainers:
+        wait_for(lambda j=job_id: daemon.metrics(j, kind="metric"), timeout=120, what=f"job {job_id} to train")
+    pids = {i: daemon.job(i)["attempts"][0]["pid"] for i in (short, *trainers)}
 
     daemon.stop(signal.SIGKILL)
-    # The short job's worker finishes while no daemon watches; the long one trains on.
+    # The short job's worker finishes while no daemon watches; the others train on.
     wait_for(lambda: not process_group_alive(pids[short]), timeout=120, what="the short worker to end")
-    assert process_group_alive(pids[long])
+    assert all(process_group_alive(pids[i]) for i in trainers)
 
     daemon.start()
-    done, stopped = daemon.job(short), daemon.job(long)
+    done = daemon.job(short)
     assert done["state"] == "succeeded", done
-    assert daemon.metrics(short)[-1]["status"] == "succeeded"
-    assert stopped["state"] == "failed" and "daemon restarted" in stopped["reason"]
-    assert not process_group_alive(pids[long])
+    for job_id in trainers:
+        job = wait_for(lambda j=job_id: daemon.ended(j), timeout=300, interval=0.5, what=f"job {job_id} to end")
+        assert job["state"] == "succeeded", job
+        assert len(job["attempts"]) == 1 and job["attempts"][0]["adopted"], job["attempts"]
+        assert not process_group_alive(pids[job_id])
+        # Every step's record exactly once, whether read before the kill or after the restart.
+        steps = Counter(r["current_steps"] for r in daemon.metrics(job_id, kind="metric"))
+        assert sorted(steps) == list(range(2, 41, 2)) and set(steps.values()) == {1}, steps
+        kinds = [r["kind"] for r in daemon.metrics(job_id)]
+        assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("end") == 1
     assert [g["bound_job"] for g in daemon.http.get("/gpus").json()["gpus"]] == [None, None]
-    # Every record the worker wrote is stored once, whether read before or after the restart.
-    steps = [r["current_steps"] for r in daemon.metrics(short, kind="metric")]
-    assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_an_adopted_worker_can_be_cancelled(daemon: Daemon):
+    job_id = daemon.submit(tiny_spec(name="long", max_steps=100_000))["id"]
+    wait_for(lambda: daemon.metrics(job_id, kind="metric"), timeout=120, what="the job to train")
+    pid = daemon.job(job_id)["attempts"][0]["pid"]
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    assert daemon.job(job_id)["state"] == "running"
+    assert daemon.http.post(f"/jobs/{job_id}/cancel").status_code == 200
+    job = wait_for(lambda: daemon.ended(job_id), timeout=60, what="the cancel")
+    assert job["state"] == "cancelled" and not process_group_alive(pid)
+    assert daemon.http.get("/gpus").json()["gpus"][0]["bound_job"] is None

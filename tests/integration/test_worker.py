@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from worker.spec import EXIT_BAD_INPUT, LOG_FILE, METRICS_FILE, SPEC_FILE
+from worker.spec import (
+    CHECKPOINT_DIR,
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    EXIT_OOM,
+    LOG_FILE,
+    METRICS_FILE,
+    SPEC_FILE,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +245,121 @@ def test_deepspeed_config_is_checked_before_anything_loads(tmp_path: Path) -> No
     for name in ("ds_z0", "ds_z2", "ds_z2_offload", "ds_z3", "ds_z3_offload"):
         config = REPO / "configs" / "deepspeed" / f"{name}_config.json"
         assert len(check_deepspeed(config, pure_bf16=False)) == int(deepspeed_missing), name
+
+
+# ---- a lifecycle that loses nothing: OOM, a graceful cancel with a checkpoint, a resume ----
+
+
+def attempt_dir(job_dir: Path, name: str, **overrides: Any) -> Path:
+    """RUN_DIR of one attempt as the daemon lays it out: its `checkpoints` a link to the job's shared directory."""
+    (job_dir / name).mkdir(parents=True)
+    (job_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    run_dir = make_run_dir(job_dir / name, **overrides)
+    (run_dir / CHECKPOINT_DIR).symlink_to(job_dir / CHECKPOINT_DIR, target_is_directory=True)
+    return run_dir
+
+
+def metric_steps(run_dir: Path) -> list[int]:
+    return [r["current_steps"] for r in records(run_dir) if r["kind"] == "metric"]
+
+
+def cancel_after(run_dir: Path, spawn, steps: int) -> dict[str, Any]:
+    """Start a worker, SIGTERM its group once `steps` steps are logged, and return its end record."""
+    proc = spawn(run_dir)
+    wait_for(lambda: max(metric_steps(run_dir), default=0) >= steps or proc.poll() is not None, timeout=240)
+    assert proc.poll() is None, log_of(run_dir)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=10) == EXIT_CANCELLED, log_of(run_dir)
+    return records(run_dir)[-1]
+
+
+def test_an_injected_oom_ends_oom_with_the_steps_done_and_what_it_tried_to_allocate(
+    tmp_path: Path, spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FTQ_FAULT", "oom@step:3")  # the spawn fixture passes our environment on, as the daemon does
+    run_dir = make_run_dir(tmp_path, logging_steps=1)
+
+    proc = spawn(run_dir)
+
+    assert proc.wait(timeout=300) == EXIT_OOM, log_of(run_dir)
+    assert kinds(run_dir).count("end") == 1 and kinds(run_dir)[-1] == "end"
+    end = records(run_dir)[-1]
+    assert end["status"] == "oom" and end["current_steps"] == 2 and end["total_steps"] == 20
+    assert end["error"].startswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert end["tried_to_allocate_bytes"] == 2 << 30
+    assert "peak_vram_reserved" not in end  # no CUDA here: nothing to say, rather than a made-up 0
+    assert metric_steps(run_dir) == [1, 2]  # the third step never completed
+
+
+def test_a_bad_ftq_fault_is_bad_input(tmp_path: Path, spawn, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTQ_FAULT", "oom@step:three")
+    run_dir = make_run_dir(tmp_path)
+
+    proc = spawn(run_dir)
+
+    assert proc.wait(timeout=120) == EXIT_BAD_INPUT, log_of(run_dir)
+    (end,) = records(run_dir)
+    assert end["status"] == "failed" and "FTQ_FAULT='oom@step:three'" in end["error"]
+    assert "KIND@step:N" in end["error"]
+
+
+def test_sigterm_saves_a_checkpoint_at_the_step_boundary_then_ends_cancelled(tmp_path: Path, spawn) -> None:
+    # Accumulation 2: the SIGTERM may come between the micro-batches of a step; the checkpoint is still whole steps.
+    run_dir = make_run_dir(tmp_path, max_steps=5000, save_steps=1000, logging_steps=1, gradient_accumulation_steps=2)
+
+    end = cancel_after(run_dir, spawn, steps=3)
+
+    assert end["kind"] == "end" and end["status"] == "cancelled" and kinds(run_dir).count("end") == 1
+    assert kinds(run_dir)[-2:] == ["checkpoint", "end"], kinds(run_dir)
+    (saved,) = [r for r in records(run_dir) if r["kind"] == "checkpoint"]
+    steps = end["current_steps"]
+    assert 3 <= steps < 5000 and saved["current_steps"] == steps
+    assert saved["path"] == f"checkpoints/checkpoint-{steps}"
+    checkpoint = run_dir / saved["path"]
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == steps
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
+
+
+def test_a_new_attempt_resumes_with_half_the_micro_batch_and_gradient_checkpointing(tmp_path: Path, spawn) -> None:
+    job = dict(max_steps=30, save_steps=1000, logging_steps=1)
+    first = attempt_dir(tmp_path, "attempt-1", **job)
+    stopped_at = cancel_after(first, spawn, steps=3)["current_steps"]
+
+    # What the daemon's OOM retry does: the same effective batch of 4 in smaller pieces, and less memory.
+    second = attempt_dir(
+        tmp_path, "attempt-2", **job, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        gradient_checkpointing=True,
+    )  # fmt: skip
+    proc = spawn(second)
+    assert proc.wait(timeout=300) == 0, log_of(second)
+
+    start, *rest = records(second)
+    assert start["kind"] == "start" and start["resumed_from_step"] == stopped_at == start["current_steps"]
+    assert metric_steps(second) == list(range(stopped_at + 1, 31))
+    metrics = [r for r in rest if r["kind"] == "metric"]
+    assert {m["total_steps"] for m in metrics} == {30} and rest[-1]["total_steps"] == 30
+    # The data position carried over: 4 examples a step out of 128, wherever the steps were made.
+    assert metrics[0]["epoch"] == pytest.approx((stopped_at + 1) * 4 / 128, abs=1e-3)
+    assert rest[-1]["status"] == "succeeded" and rest[-1]["current_steps"] == 30
+    log = (second / LOG_FILE).read_text(errors="replace")
+    assert "the same effective batch of 4, so the data position and total steps carry over" in log
+
+
+def test_a_checkpoint_that_cannot_be_loaded_falls_back_to_the_one_before(tmp_path: Path, spawn) -> None:
+    import torch
+
+    first = attempt_dir(tmp_path, "attempt-1", max_steps=4, save_steps=2, logging_steps=1)
+    assert spawn(first).wait(timeout=300) == 0, log_of(first)
+    shared = tmp_path / CHECKPOINT_DIR
+    # A whole file, so it passes the cheap checks, but the optimizer state of some other model.
+    torch.save({"state": {}, "param_groups": []}, shared / "checkpoint-4" / "optimizer.pt")
+
+    second = attempt_dir(tmp_path, "attempt-2", max_steps=6, save_steps=2, logging_steps=1)
+    assert spawn(second).wait(timeout=300) == 0, log_of(second)
+
+    starts = [r for r in records(second) if r["kind"] == "start"]
+    assert [s["resumed_from_step"] for s in starts] == [4, 2]  # said before loading; corrected when it failed
+    assert starts[1]["resume_error"].startswith("checkpoint-4: loading the optimizer or scheduler state failed")
+    assert metric_steps(second) == [3, 4, 5, 6]
+    assert "could not be loaded" in (shared / "unusable" / "checkpoint-4" / "why-unusable.txt").read_text()
+    assert sorted(p.name for p in shared.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]

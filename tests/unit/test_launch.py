@@ -16,11 +16,13 @@ from worker.ranks import (
     RankReport,
     decide_end,
     describe_exit,
+    exception_is_oom,
     is_oom,
     is_rank,
     parse_torchrun_failures,
     rank_report_path,
     ranks_killed_by_torchrun,
+    tried_to_allocate_bytes,
     write_rank_report,
 )
 from worker.spec import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, SPEC_FILE, JobSpec
@@ -322,3 +324,95 @@ def test_every_rank_succeeded_but_torchrun_stumbled_after() -> None:
     assert decide_end(reports, torchrun_rc=1, cancelled=False)[1] == 0
     # ...but not when a rank never said so
     assert decide_end([said(0, "succeeded", 0), RankReport(1, None, -9)], torchrun_rc=1, cancelled=False)[1] == 1
+
+
+# ---- out of memory, said by any layer (the one test for it: worker.ranks.is_oom) ----
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "RuntimeError: CUDA driver error: out of memory",  # the caching allocator with expandable segments
+        "RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error "
+        "(run with NCCL_DEBUG=INFO for details), NCCL version 2.21.5\nncclSystemError: System call (e.g. socket, "
+        "malloc) or external library call failed or device error.\nLast error:\nCuda failure 'out of memory'",
+        "HIP out of memory. Tried to allocate 20.00 MiB",
+        "RuntimeError: CUDA error: cudaErrorMemoryAllocation",
+    ],
+)
+def test_more_layers_that_run_out_of_gpu_memory(text: str) -> None:
+    assert is_oom(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes",  # host memory
+        "MemoryError",
+        "NCCL WARN Connection closed by remote peer",
+    ],
+)
+def test_host_memory_and_other_nccl_errors_are_not_gpu_oom(text: str) -> None:
+    assert not is_oom(text)
+
+
+def test_an_oom_is_found_by_class_or_message_through_the_chain() -> None:
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError, as this module sees it: by name
+        pass
+
+    assert exception_is_oom(OutOfMemoryError("whatever it says"))
+    assert exception_is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    try:
+        try:
+            raise OutOfMemoryError("CUDA out of memory")
+        except OutOfMemoryError as inner:
+            raise ValueError("the library's own error while saving") from inner
+    except ValueError as outer:
+        assert exception_is_oom(outer)
+    assert not exception_is_oom(RuntimeError("Connection closed by peer"))
+    assert not exception_is_oom(ValueError("memory_limit must be > 0"))
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB", 2 << 30),
+        ("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.78 GiB total capacity)", 20 << 20),
+        ("Tried to allocate 512.00 KiB", 512 << 10),
+        ("Tried to allocate 1.50 GiB", 3 << 29),
+        ("Tried to allocate 96 bytes", 96),
+        ("CUDA error: out of memory", None),
+        ("", None),
+    ],
+)
+def test_tried_to_allocate_bytes(text: str, size: int | None) -> None:
+    assert tried_to_allocate_bytes(text) == size
+
+
+def test_an_oom_on_rank_1_carries_what_it_tried_to_allocate_and_the_peaks() -> None:
+    error = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of 79 GiB"
+    reports = [
+        said(0, "failed", EXIT_FAILED, error="RuntimeError: Connection closed by peer", total_steps=10,
+             peak_vram_reserved=30.0, peak_vram_allocated=28.0),
+        said(1, "oom", EXIT_OOM, error=error, tried_to_allocate_bytes=2 << 30, peak_vram_reserved=78.5,
+             peak_vram_allocated=77.0),
+    ]  # fmt: skip
+    fields, code = decide_end(reports, torchrun_rc=1, cancelled=False)
+    assert code == EXIT_OOM and fields["status"] == "oom"
+    assert fields["tried_to_allocate_bytes"] == 2 << 30
+    assert fields["peak_vram_reserved"] == 78.5 and fields["peak_vram_allocated"] == 77.0
+    assert fields["current_steps"] == 7 and fields["total_steps"] == 10
+
+
+def test_an_oom_known_only_from_a_log_still_says_what_it_tried_to_allocate() -> None:
+    log = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 64.00 MiB. GPU 1 has a total capacity\n"
+    reports = [said(0, "cancelled", EXIT_CANCELLED), RankReport(1, None, exit_code=-signal.SIGABRT, log_tail=log)]
+    fields, code = decide_end(reports, torchrun_rc=1, cancelled=False)
+    assert code == EXIT_OOM and fields["tried_to_allocate_bytes"] == 64 << 20
+
+
+def test_steps_come_from_another_rank_when_rank_0_never_reported() -> None:
+    reports = [RankReport(0, None, exit_code=-signal.SIGKILL), said(1, "oom", EXIT_OOM, total_steps=12)]
+    fields, _ = decide_end(reports, torchrun_rc=1, cancelled=False)
+    assert fields["current_steps"] == 7 and fields["total_steps"] == 12

@@ -1,0 +1,112 @@
+"""Everything about a job that can be checked before a model loads, reported at once (litgpt's validate_args).
+
+The spec itself (worker.spec), its model directory, its datasets, its DeepSpeed
+config and the test-only FTQ_FAULT: a person fixing a spec should see every
+problem in one go, not one per attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from worker.data import DataError, resolve_datasets
+from worker.faults import FaultSpecError, faults_from_env
+from worker.spec import SPEC_FILE, JobSpec
+
+INSTALL_DEEPSPEED = "pip install 'ftq[deepspeed]'"
+
+
+def read_and_validate(run_dir: Path, env: Mapping[str, str] = os.environ) -> tuple[JobSpec | None, list[str]]:
+    """The spec and every problem found in it, its model directory, its datasets and FTQ_FAULT."""
+    path = run_dir / SPEC_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, [f"{path} does not exist"]
+    except json.JSONDecodeError as exc:
+        return None, [f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"]
+    if not isinstance(raw, dict):
+        return None, [f"{path} must hold a JSON object"]
+    problems: list[str] = []
+    spec = None
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "spec"
+            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    # The paths are checked from the raw dict so that a bad field elsewhere does not hide a missing model.
+    if isinstance(raw.get("model_name_or_path"), str):
+        problems += check_model_dir(Path(raw["model_name_or_path"]))
+    if isinstance(raw.get("dataset"), str):
+        names = [name.strip() for name in raw["dataset"].split(",") if name.strip()]
+        try:
+            resolve_datasets(names, raw.get("dataset_dir") or "data")
+        except DataError as exc:
+            problems.append(str(exc))
+    if isinstance(raw.get("deepspeed"), str) and raw["deepspeed"]:
+        problems += check_deepspeed(Path(raw["deepspeed"]), pure_bf16=raw.get("pure_bf16") is True)
+    try:
+        faults_from_env(env)
+    except FaultSpecError as exc:
+        problems.append(str(exc))
+    return spec, problems
+
+
+def check_model_dir(path: Path) -> list[str]:
+    if not path.is_dir():
+        return [f"model_name_or_path: {path} is not a directory (ftq loads local models only)"]
+    problems = []
+    if not (path / "config.json").is_file():
+        problems.append(f"model_name_or_path: {path} has no config.json")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        problems.append(f"model_name_or_path: {path} has no weights (*.safetensors or pytorch_model*.bin)")
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((path / name).is_file() for name in tokenizer_files):
+        problems.append(f"model_name_or_path: {path} has no tokenizer files")
+    return problems
+
+
+def check_deepspeed(path: Path, pure_bf16: bool) -> list[str]:
+    """The DeepSpeed config is a JSON object, fits the spec, and DeepSpeed itself can be imported."""
+    problems = []
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"deepspeed: {path} does not exist")
+    except OSError as exc:
+        problems.append(f"deepspeed: {path} cannot be read ({exc.strerror})")
+    except json.JSONDecodeError as exc:
+        problems.append(f"deepspeed: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}")
+    else:
+        if not isinstance(config, dict):
+            problems.append(f"deepspeed: {path} must hold a JSON object (a DeepSpeed config)")
+        elif pure_bf16 and _zero_stage(config) == 3:
+            problems.append(
+                "pure_bf16 is incompatible with DeepSpeed ZeRO-3 (as in LLaMA-Factory); "
+                "use a ZeRO-0/2 config or drop pure_bf16"
+            )
+    try:
+        import deepspeed  # noqa: F401 - the optional extra; transformers imports it again when it needs it
+    except ImportError as exc:
+        problems.append(
+            f"deepspeed: the spec names a DeepSpeed config but DeepSpeed is not installed ({exc}); "
+            f"install the extra with {INSTALL_DEEPSPEED}"
+        )
+    except Exception as exc:  # a broken install fails in many ways (CUDA toolkit, ops): say so now
+        problems.append(
+            f"deepspeed: importing DeepSpeed failed ({type(exc).__name__}: {exc}); "
+            f"reinstall it with {INSTALL_DEEPSPEED}"
+        )
+    return problems
+
+
+def _zero_stage(config: dict[str, Any]) -> Any:
+    zero = config.get("zero_optimization")
+    return zero.get("stage") if isinstance(zero, dict) else None
