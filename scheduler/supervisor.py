@@ -106,14 +106,28 @@ def group_alive(pgid: int) -> bool:
 
 def process_start_time(pid: int) -> int | None:
     """The kernel's start time of `pid` in clock ticks, so a reused pid is never taken for ours."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None  # field 22 of proc(5), counted from field 3
+
+
+def same_process(pid: int, start_time: int | None) -> bool:
+    """Whether `pid` is still the live process that started at `start_time`.
+
+    A zombie is not: an adopted worker's parent is init (or whichever subreaper
+    took it when the daemon died), which may be slow to reap it, and the worker
+    has ended all the same.
+    """
+    if start_time is None:
+        return False
+    fields = _stat_fields(pid)
+    return fields is not None and int(fields[19]) == start_time and fields[0] not in ("Z", "X")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from its third field (the state) on; None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name may hold spaces and parentheses: fields start after the last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[19])  # field 22 of proc(5), counted from field 3
-
-
-def same_process(pid: int, start_time: int | None) -> bool:
-    return start_time is not None and process_start_time(pid) == start_time
+    return stat[stat.rfind(")") + 2 :].split()

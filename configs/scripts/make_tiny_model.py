@@ -153,8 +153,10 @@ def main() -> None:
         loss = loaded(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
     params = sum(p.numel() for p in loaded.parameters())
     size = sum(f.stat().st_size for f in OUT_DIR.iterdir())
-    print(f"wrote {OUT_DIR}: vocab {len(loaded_tok)}, {params:,} parameters, {size / 1e6:.2f} MB; "
-          f"first conversation: {len(ids)} tokens, loss {loss:.3f}")
+    print(
+        f"wrote {OUT_DIR}: vocab {len(loaded_tok)}, {params:,} parameters, {size / 1e6:.2f} MB; "
+        f"first conversation: {len(ids)} tokens, loss {loss:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def steps_of(daemon: Daemon, job_id: int, **params) -> Counter:
 
 def test_oom_is_retried_with_the_same_effective_batch_and_resumes(oom_above_batch_2: Daemon):
     d = oom_above_batch_2
-    spec = tiny_spec(per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=12, save_steps=3,
-                     logging_steps=1)
+    spec = tiny_spec(
+        per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=12, save_steps=3, logging_steps=1
+    )
     job_id = d.submit(spec)["id"]
     job = wait_for(lambda: d.ended(job_id), timeout=300, interval=0.5, what="the job to end")
 
@@ -53,8 +54,8 @@ def test_oom_is_retried_with_the_same_effective_batch_and_resumes(oom_above_batc
     first, second = job["attempts"]
     assert first["state"] == "oom" and "out of memory" in first["reason"].lower()
     assert first["settings"]["per_device_train_batch_size"] == 4
-    assert (second["settings"]["per_device_train_batch_size"], second["settings"]["gradient_accumulation_steps"]) \
-        == (2, 2)
+    halved = second["settings"]
+    assert (halved["per_device_train_batch_size"], halved["gradient_accumulation_steps"]) == (2, 2)
     assert second["resumed_from_step"] == 3
     oom_end = [r for r in d.metrics(job_id, kind="end", superseded=True) if r["status"] == "oom"]
     assert oom_end and oom_end[0]["current_steps"] == 4
@@ -69,8 +70,9 @@ def test_oom_gives_up_saying_what_was_tried(always_oom: Daemon):
     job_id = d.submit(tiny_spec(per_device_train_batch_size=2, max_steps=10, save_steps=100))["id"]
     job = wait_for(lambda: d.ended(job_id), timeout=300, interval=0.5, what="the job to give up")
     assert job["state"] == "oom"
-    settings = [(a["settings"]["per_device_train_batch_size"], a["settings"]["gradient_checkpointing"])
-                for a in job["attempts"]]
+    settings = [
+        (a["settings"]["per_device_train_batch_size"], a["settings"]["gradient_checkpointing"]) for a in job["attempts"]
+    ]
     assert settings == [(2, False), (1, False), (1, True)]
     assert "nothing smaller to try" in job["reason"] and "micro-batch 2 x accumulation 1" in job["reason"]
     assert d.http.get("/gpus").json()["gpus"][0]["bound_job"] is None
@@ -89,8 +91,9 @@ def test_cancel_checkpoints_and_requeue_resumes_where_it_left_off(daemon: Daemon
 
     bad = daemon.http.post(f"/jobs/{job_id}/requeue", json={"learning_rate": 1})
     assert bad.status_code == 422 and "learning_rate" in bad.text
-    response = daemon.http.post(f"/jobs/{job_id}/requeue",
-                                json={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2})
+    response = daemon.http.post(
+        f"/jobs/{job_id}/requeue", json={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
+    )
     assert response.status_code == 200 and response.json()["state"] == "queued"
     job = wait_for(lambda: daemon.ended(job_id), timeout=300, interval=0.5, what="the requeued job to end")
     assert job["state"] == "succeeded" and len(job["attempts"]) == 2

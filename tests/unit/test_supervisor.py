@@ -37,6 +37,18 @@ def test_a_reused_pid_is_not_taken_for_ours():
     assert not same_process(proc.pid, None)
 
 
+def test_a_worker_that_ended_but_is_not_reaped_yet_is_not_taken_for_live():
+    # An adopted worker's parent is init, which may reap it late: a zombie has still ended.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    try:
+        start = process_start_time(proc.pid)
+        assert same_process(proc.pid, start)
+        wait_for(lambda: not same_process(proc.pid, start), timeout=10, what="the child to end")
+        assert process_start_time(proc.pid) == start  # still there, unreaped: a zombie
+    finally:
+        proc.wait(timeout=10)
+
+
 def test_the_worker_sees_its_gpus_and_none_of_the_daemons_settings(monkeypatch):
     monkeypatch.setenv("FTQ_API_TOKEN", "secret")
     env = worker_env("1,3", cpu_threads=2)
