@@ -1,0 +1,112 @@
+"""The store's OOM retry on a real SQLite database (migrated by Alembic): no daemon, no processes.
+
+A CUDA out-of-memory needs a GPU, and on a CPU no attempt has a peak; here the
+attempt's peak is set as the tailer would set it from the worker's records, so
+that raising the next attempt's memory requirement to it can be checked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from scheduler.exits import Outcome
+from scheduler.placement import GiB, Placement
+from scheduler.states import JobState
+from server.db import make_engine, upgrade_database
+from server.models import Attempt, Job
+from server.settings import Settings
+from server.store import SqlStore, estimate_need
+from tests.helpers import REPO, tiny_spec
+from worker.spec import EXIT_OOM, JobSpec
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqlStore:
+    engine = make_engine(Settings(data_dir=tmp_path))
+    upgrade_database(engine)
+    return SqlStore(engine)
+
+
+def submit(store: SqlStore, **overrides) -> int:
+    spec = JobSpec.model_validate(tiny_spec(model_name_or_path=str(REPO / "configs/models/tiny-chat"), **overrides))
+    with Session(store.engine) as session:
+        job = Job(
+            name=spec.name,
+            state=JobState.QUEUED.value,
+            gpus=spec.gpus,
+            spec=spec.model_dump(mode="json", exclude_none=True),
+            need_bytes=GiB,
+        )
+        session.add(job)
+        session.commit()
+        assert job.id is not None
+        return job.id
+
+
+def run_out_of_memory(store: SqlStore, job_id: int, tmp_path: Path, peak_gib: float) -> None:
+    """One attempt of the job that reached `peak_gib` and ended with CUDA out of memory."""
+    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0"), tmp_path / "runs")
+    assert started is not None
+    with Session(store.engine) as session:
+        values = {"state": JobState.RUNNING.value, "peak_memory_gib": peak_gib}
+        session.execute(update(Attempt).where(col(Attempt.id) == started.attempt_id).values(**values))
+        session.execute(update(Job).where(col(Job.id) == job_id).values(state=JobState.RUNNING.value))
+        session.commit()
+    store.finish_attempt(started.attempt_id, Outcome(JobState.OOM, "CUDA out of memory at step 4"), EXIT_OOM, "")
+
+
+def job_of(store: SqlStore, job_id: int) -> Job:
+    with Session(store.engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_an_oom_requeues_with_half_the_micro_batch_and_at_least_the_peak_it_reached(store, tmp_path):
+    job_id = submit(store, per_device_train_batch_size=8, gradient_accumulation_steps=2)
+
+    run_out_of_memory(store, job_id, tmp_path, peak_gib=20.5)
+
+    job = job_of(store, job_id)
+    assert job.state == JobState.QUEUED.value
+    assert (job.spec["per_device_train_batch_size"], job.spec["gradient_accumulation_steps"]) == (4, 4)
+    assert job.need_bytes == int(20.5 * GiB) > estimate_need(job.spec)  # the peak, not the smaller estimate
+    assert job.oom_retries == 1
+    assert [t["per_device_train_batch_size"] for t in job.tried] == [8]
+    assert "retrying with micro-batch 8 -> 4, gradient accumulation 2 -> 4" in (job.reason or "")
+    assert store.leased_resources() == set()  # the retry waits for placement like any queued job
+
+
+def test_the_ladder_ends_in_oom_saying_what_was_tried_and_never_repeats_settings(store, tmp_path):
+    job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+
+    seen = []
+    for _ in range(4):
+        spec = job_of(store, job_id).spec
+        seen.append({k: spec[k] for k in ("per_device_train_batch_size", "gradient_checkpointing")})
+        run_out_of_memory(store, job_id, tmp_path, peak_gib=3.0)
+        if job_of(store, job_id).state != JobState.QUEUED.value:
+            break
+
+    job = job_of(store, job_id)
+    assert seen == [
+        {"per_device_train_batch_size": 2, "gradient_checkpointing": False},
+        {"per_device_train_batch_size": 1, "gradient_checkpointing": False},
+        {"per_device_train_batch_size": 1, "gradient_checkpointing": True},
+    ]
+    assert job.state == JobState.OOM.value and job.oom_retries == 2
+    assert "nothing smaller to try" in (job.reason or "") and "micro-batch 2 x accumulation 1" in (job.reason or "")
+
+
+def test_oom_retry_off_leaves_the_job_oom(store, tmp_path):
+    job_id = submit(store, oom_retry=False)
+
+    run_out_of_memory(store, job_id, tmp_path, peak_gib=3.0)
+
+    job = job_of(store, job_id)
+    assert job.state == JobState.OOM.value and job.oom_retries == 0
+    assert "after 0 automatic retries" in (job.reason or "")
