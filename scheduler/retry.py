@@ -4,7 +4,7 @@ Pure: from the spec that ran out of memory and the settings already tried, to th
 overrides of the next attempt, or None with the reason to give up. First halve the
 micro-batch and double gradient accumulation (the effective batch stays the same),
 then turn on gradient checkpointing, then halve again; each step keeps what the
-ones before changed.
+ones before changed. A requeue by hand starts the ladder over from its settings.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def next_after_oom(
         "(same effective batch)",
     )
     checkpointing = ({"gradient_checkpointing": True}, "gradient checkpointing on")
-    halved_before = any(t.get("per_device_train_batch_size") != batch for t in tried)
+    # Where on the ladder this job stands: a person's requeue (retries_used back to 0) starts it over, while
+    # everything tried before stays out of reach.
+    halved_before = retries_used > 0 and any(t.get("per_device_train_batch_size") != batch for t in tried)
     candidates: list[tuple[dict[str, Any], str]] = []
     if batch > 1 and not halved_before:
         candidates.append(halve)

@@ -238,6 +238,9 @@ def requeue(session: Session, job: Job, overrides: dict[str, Any], input_dirs: l
         gpu_ids=resolved.gpu_ids,
         ended_at=None,
         reason=f"requeued on request with {changed}",
+        # A person chose these settings: automatic OOM retries start afresh from them. What was tried is
+        # kept, so no retry repeats settings that already ran out of memory.
+        oom_retries=0,
     )
     session.commit()
     session.refresh(job)

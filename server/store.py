@@ -189,12 +189,14 @@ class SqlStore:
             target, reason = outcome.state, outcome.reason
             if job.state == JobState.CANCELLING.value:
                 target = JobState.CANCELLED  # a cancel asked for wins over how the process happened to end
-            retry = None
+            retry, ran_out = None, {}
             if target == JobState.OOM:
                 retry = next_after_oom(job.spec, job.tried, job.oom_retries, int(job.spec.get("oom_retry", 3)))
                 reason = f"{outcome.reason}; {retry.reason}"
+                # Kept even when giving up, so that a later retry never comes back to these settings.
+                ran_out = {"tried": [*job.tried, memory_settings(job.spec)]}
             # Should the job not be in a live state, the attempt still ends and its GPUs are freed.
-            transition(session, job.id, target, ended_at=now, reason=reason)
+            transition(session, job.id, target, ended_at=now, reason=reason, **ran_out)
             session.execute(
                 update(Attempt)
                 .where(col(Attempt.id) == attempt_id)
@@ -216,7 +218,6 @@ class SqlStore:
                     JobState.QUEUED,
                     spec=spec,
                     need_bytes=max(estimate_need(spec), peak, job.need_bytes or 0) or None,
-                    tried=[*job.tried, memory_settings(job.spec)],
                     oom_retries=job.oom_retries + 1,
                     ended_at=None,
                 )

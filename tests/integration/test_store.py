@@ -14,9 +14,12 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from scheduler.exits import Outcome
+from scheduler.fake_probe import FakeProbe
 from scheduler.placement import GiB, Placement
 from scheduler.states import JobState
+from server import jobs
 from server.db import make_engine, upgrade_database
+from server.machine import Machine
 from server.models import Attempt, Job
 from server.settings import Settings
 from server.store import SqlStore, estimate_need
@@ -110,3 +113,24 @@ def test_oom_retry_off_leaves_the_job_oom(store, tmp_path):
     job = job_of(store, job_id)
     assert job.state == JobState.OOM.value and job.oom_retries == 0
     assert "after 0 automatic retries" in (job.reason or "")
+
+
+def test_a_requeue_by_hand_gives_automatic_retries_afresh_and_never_repeats_what_ran_out(store, tmp_path):
+    job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    for _ in range(3):  # 2 -> 1 -> gradient checkpointing -> gives up
+        run_out_of_memory(store, job_id, tmp_path, peak_gib=3.0)
+    assert job_of(store, job_id).state == JobState.OOM.value and job_of(store, job_id).oom_retries == 2
+    machine = Machine(FakeProbe("2x24GiB").snapshot(), holders={}, cpu_slots=1, margin_bytes=GiB)
+
+    with Session(store.engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        overrides = {"per_device_train_batch_size": 2, "gradient_checkpointing": False, "cutoff_len": 64}
+        jobs.requeue(session, job, overrides, [REPO], machine)
+    assert job_of(store, job_id).oom_retries == 0
+    run_out_of_memory(store, job_id, tmp_path, peak_gib=3.0)
+
+    job = job_of(store, job_id)
+    assert job.state == JobState.QUEUED.value and job.oom_retries == 1
+    assert (job.spec["per_device_train_batch_size"], job.spec["cutoff_len"]) == (1, 64)
+    assert len(job.tried) == 4  # the three that ran out before the requeue, and the one after it

@@ -48,3 +48,16 @@ def test_settings_tried_by_hand_are_not_tried_again():
         3,
     )
     assert decision.overrides == {"gradient_checkpointing": True}
+
+
+def test_a_requeue_by_hand_starts_the_ladder_over_but_skips_what_was_tried():
+    before = [memory_settings({**SPEC, "per_device_train_batch_size": b, "gradient_accumulation_steps": a})
+              for b, a in ((8, 2), (4, 4))]  # fmt: skip
+    # The person put the micro-batch back to 8 with a shorter cutoff_len: halving comes first again.
+    requeued = {**SPEC, "cutoff_len": 512}
+    assert next_after_oom(requeued, before, 0, 3).overrides == {
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 4,
+    }
+    # Without a cutoff change, halving again would repeat (4, 4) with checkpointing off: that ran out already.
+    assert next_after_oom(SPEC, before, 0, 3).overrides == {"gradient_checkpointing": True}
