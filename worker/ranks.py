@@ -14,7 +14,7 @@ import json
 import os
 import re
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,16 +93,20 @@ def exception_is_oom(exc: BaseException) -> bool:
     torch.OutOfMemoryError (torch.cuda.OutOfMemoryError) is caught whatever its
     message, and an OOM that a library re-raised as its own error still counts.
     """
+    return any(
+        any(cls.__name__ == "OutOfMemoryError" for cls in type(e).__mro__) or is_oom(f"{type(e).__name__}: {e}")
+        for e in exception_chain(exc)
+    )
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, then the one it was raised from or while handling, and so on; a cycle ends it."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if any(cls.__name__ == "OutOfMemoryError" for cls in type(current).__mro__):
-            return True
-        if is_oom(f"{type(current).__name__}: {current}"):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
 
 
 def tried_to_allocate_bytes(text: str) -> int | None:

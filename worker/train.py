@@ -38,7 +38,7 @@ from worker.checkpoints import (
 from worker.data import DataError, build_datasets
 from worker.faults import FaultInjector, faults_from_env
 from worker.model import load_model, load_tokenizer
-from worker.ranks import exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
+from worker.ranks import exception_chain, exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
 from worker.records import make_record
 from worker.resume import CheckpointLoadError, ResumingTrainer, ShapeCallback
 from worker.sink import GIB, MetricsCallback, MetricsSink, NullSink, hms, utc_timestamp
@@ -52,13 +52,7 @@ from worker.spec import (
     OUTPUT_DIR,
     JobSpec,
 )
-from worker.validate import INSTALL_DEEPSPEED, check_deepspeed, check_model_dir, read_and_validate
-
-# Moved to their own modules; still importable from here.
-__all__ = [
-    "INSTALL_DEEPSPEED", "CancelFlag", "Cancelled", "check_deepspeed", "check_model_dir", "main",
-    "read_and_validate", "run", "stop_check", "training_arguments",
-]  # fmt: skip
+from worker.validate import read_and_validate
 
 log = logging.getLogger("worker")
 
@@ -261,15 +255,8 @@ def _classify(exc: BaseException, cancel: CancelFlag, end: Any) -> int:
 
 def _tried_to_allocate(exc: BaseException) -> int | None:
     """The failed allocation, from the exception or the one it was raised from."""
-    current: BaseException | None = exc
-    for _ in range(8):  # a chain is short; a cycle must not hang the end record
-        if current is None:
-            return None
-        wanted = tried_to_allocate_bytes(str(current))
-        if wanted is not None:
-            return wanted
-        current = current.__cause__ or current.__context__
-    return None
+    said = (tried_to_allocate_bytes(str(e)) for e in exception_chain(exc))
+    return next((wanted for wanted in said if wanted is not None), None)
 
 
 def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool) -> TrainingArguments:
