@@ -67,6 +67,8 @@ class Attempt(SQLModel, table=True):
     settings: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     resumed_from_step: int | None = None
     adopted: bool = False
+    last_record_at: datetime | None = None  # when the daemon last read a record of this attempt
+    record_interval_s: float | None = None  # the usual time between its records (a moving average)
 
 
 class MetricRecord(SQLModel, table=True):
@@ -90,6 +92,17 @@ class Lease(SQLModel, table=True):
     job_id: int = Field(foreign_key="jobs.id", index=True)
     attempt_id: int = Field(foreign_key="attempts.id", index=True)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Daemon(SQLModel, table=True):
+    """The one row the running daemon rewrites every few seconds, proving the database still takes writes."""
+
+    __tablename__ = "daemon"
+
+    id: int = Field(default=1, primary_key=True)
+    pid: int
+    started_at: datetime = Field(default_factory=utcnow)
+    beat_at: datetime = Field(default_factory=utcnow)
 
 
 # ---- the API's schemas ----
