@@ -21,7 +21,23 @@ class Settings(BaseSettings):
     fake_gpus: str | None = Field(default=None, description="e.g. 2x24GiB: simulate GPUs instead of NVML.")
     cpu_slots: int = Field(default=1, ge=0, le=256, description="Jobs with gpus: 0 run this many at once.")
     cancel_grace_s: float = Field(default=10.0, ge=0, le=3600, description="SIGTERM, then SIGKILL after this.")
-    api_token: str | None = Field(default=None, description="When set, every route but /healthz needs it.")
+    api_token: str | None = Field(
+        default=None,
+        description="When set, every route but /healthz and the API docs needs it as a Bearer token.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the API answers to besides localhost, 127.0.0.1 and ::1 (comma-separated; "
+        "'*' for any): a request by another name is refused, so a DNS-rebinding web page cannot reach the daemon.",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host[:port], comma-separated) whose pages may send writes to the API, "
+        "besides the daemon's own origin.",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, le=1 << 30, description="A request body larger than this is refused with 413."
+    )
     input_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path.cwd()],
         description="Directories a spec may read models and data from (os.pathsep-separated); "
@@ -57,10 +73,34 @@ class Settings(BaseSettings):
             resolved.append(d.resolve())
         return resolved
 
-    @field_validator("fake_gpus")
+    @field_validator("fake_gpus", "api_token")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if "/" in host or " " in host:
+                raise ValueError(f"{host!r} is not a host name; write names like gpu-box or 10.0.0.5, without a scheme")
+        return hosts
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
+                raise ValueError(f"{origin!r} is not an origin; write scheme://host[:port], e.g. https://ui.example")
+        return [origin.rstrip("/").lower() for origin in origins]
 
     @property
     def resolved_database_url(self) -> str:
