@@ -10,13 +10,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from scheduler.loop import Scheduler
 from scheduler.probe import GpuProbe, make_probe
 from server.db import make_engine, upgrade_database
-from server.deps import require_token
+from server.docs import install_docs
 from server.errors import install_handlers
+from server.guard import Guard, Policy
+from server.openapi import error_responses, install_openapi
 from server.routes import jobs, system
 from server.settings import Settings
 from server.store import SqlStore
@@ -24,7 +27,10 @@ from server.store import SqlStore
 log = logging.getLogger("ftq")
 
 
-def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, probe: GpuProbe | None = None, extra_hosts: tuple[str, ...] = ()
+) -> FastAPI:
+    """The app; `extra_hosts` are names it answers to beyond the settings' (`ftq serve --host ADDRESS` adds it)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -65,14 +71,26 @@ def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) 
         version="0.1.0",
         lifespan=lifespan,
         description="Runs many LLM fine-tunes at once on the GPUs of a machine.",
+        docs_url=None,  # server.docs serves the pages with local assets
+        redoc_url=None,
+        generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     install_handlers(app)
-    app.include_router(jobs.router, dependencies=[Depends(require_token)])
-    app.include_router(system.router, dependencies=[Depends(require_token)])
+    app.include_router(jobs.router)
+    app.include_router(system.router)
 
-    @app.get("/healthz", tags=["system"])
+    @app.get("/healthz", tags=["system"], responses=error_responses(413, 500))
     def healthz() -> dict[str, str]:
+        """Public, whatever the token: 200 while the daemon serves."""
         return {"status": "ok"}
 
+    install_docs(app)
+    install_openapi(app, settings)
+    app.add_middleware(Guard, policy=Policy.from_settings(settings, extra_hosts))
     return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Operation ids are the route functions' names (get_job, cancel_job ...), which links refer to."""
+    return route.name

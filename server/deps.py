@@ -1,14 +1,17 @@
-"""Dependencies the routes share: the session, the settings, the job by id, the token check."""
+"""Dependencies the routes share: the session, the settings, the job by id, the machine.
+
+The token is checked before any of these, in `server.guard` (FastAPI reads the body before dependencies run).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlmodel import Session
 
-from server.errors import NotFound, Unauthorized
+from server.errors import NotFound
 from server.jobs import leases_by_resource
 from server.machine import Machine
 from server.models import Job
@@ -30,7 +33,12 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_job_or_404(job_id: int, session: SessionDep) -> Job:
+INT64_MAX = (1 << 63) - 1  # SQLite's INTEGER: ids, steps and offsets beyond it cannot be stored or compared
+
+JobIdPath = Annotated[int, Path(ge=1, le=INT64_MAX, description="The job's id, as POST /jobs returned it.")]
+
+
+def get_job_or_404(job_id: JobIdPath, session: SessionDep) -> Job:
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound(f"job {job_id} does not exist; GET /jobs lists the jobs")
@@ -54,9 +62,3 @@ def get_machine(request: Request, session: SessionDep, settings: SettingsDep) ->
 
 
 MachineDep = Annotated[Machine, Depends(get_machine)]
-
-
-def require_token(request: Request) -> None:
-    token = request.app.state.settings.api_token
-    if token and request.headers.get("authorization") != f"Bearer {token}":
-        raise Unauthorized("this daemon needs its API token: send 'Authorization: Bearer <FTQ_API_TOKEN>'")

@@ -1,16 +1,45 @@
 """The named errors of the service layer, and how each becomes a JSON response.
 
-Every error body has `detail`: a sentence a person can act on; a spec error
-also has `errors`: one entry per field, with the field's name and the fix.
+Every error body has `detail`: a sentence a person can act on; a 422 also has
+`errors`: one entry per field or parameter, with its name and the fix. Nothing
+leaves as plain text: a full disk is a 507, a locked database a 503, anything
+unforeseen a 500 with a sentence (and its traceback in the daemon's log).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import sqlite3
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger("ftq")
+
+
+class Problem(BaseModel):
+    """Every error body: a sentence saying what went wrong and what to do."""
+
+    detail: str = Field(description="What went wrong and what to do about it.")
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="The spec field or request parameter, e.g. cutoff_len or job_id.")
+    message: str = Field(description="Why it is wrong and how to fix it.")
+
+
+class InvalidRequest(Problem):
+    """A 422: every problem of the request at once, one entry per field or parameter."""
+
+    errors: list[FieldProblem]
 
 
 class FtqError(Exception):
@@ -40,22 +69,31 @@ class InvalidSpec(FtqError):
         return cls("invalid job spec — " + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
 
-class Unauthorized(FtqError):
-    status_code = 401
-
-
 def field_error(field: str, message: str) -> dict[str, Any]:
     return {"field": field, "message": message}
 
 
-def describe_error(error: Any) -> dict[str, Any]:
-    """One pydantic error as {field, message}, with a fix where we know one."""
-    loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
-    field = ".".join(loc) or "body"
+LOCATIONS = ("body", "path", "query", "header", "cookie")
+RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "int_parsing", "int_from_float")
+
+
+def describe_error(error: Any, ranges: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One pydantic error as {field, message}, with a fix where we know one.
+
+    `ranges` names the range of each bounded request parameter ("an integer from 1 to ..."), so a
+    value out of range (or no integer at all) gets a message that says which values are taken.
+    """
+    loc = list(error.get("loc", ()))
+    where = loc.pop(0) if loc and loc[0] in LOCATIONS else "body"
+    field = ".".join(str(part) for part in loc) or "body"
+    if error.get("type") == "json_invalid":
+        return field_error("body", f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'invalid')})")
     if error.get("type") == "extra_forbidden":
         message = f"unknown key {field!r}: ftq does not know it; remove it or check its spelling"
     elif error.get("type") == "missing":
         message = f"{field} is required"
+    elif where != "body" and ranges and field in ranges and error.get("type") in RANGE_ERRORS:
+        message = f"{field} must be {ranges[field]}; got {error.get('input')!r}"
     else:
         message = str(error.get("msg", "invalid"))
         if message.startswith("Value error, "):
@@ -63,18 +101,110 @@ def describe_error(error: Any) -> dict[str, Any]:
     return field_error(field, message)
 
 
+def parameter_ranges(route: Any) -> dict[str, str]:
+    """'an integer from LO to HI' for each bounded path and query parameter of a route."""
+    ranges: dict[str, str] = {}
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return ranges
+    for param in get_flat_params(dependant):
+        bounds = {name: getattr(m, name, None) for m in param.field_info.metadata for name in ("ge", "gt", "le", "lt")}
+        bounds = {k: v for k, v in bounds.items() if v is not None}
+        if not bounds:
+            continue
+        low = bounds["ge"] if "ge" in bounds else bounds["gt"] + 1 if "gt" in bounds else None
+        high = bounds["le"] if "le" in bounds else bounds["lt"] - 1 if "lt" in bounds else None
+        if low is not None and high is not None:
+            ranges[param.alias] = f"an integer from {low} to {high}"
+        elif low is not None:
+            ranges[param.alias] = f"an integer of at least {low}"
+        elif high is not None:
+            ranges[param.alias] = f"an integer of at most {high}"
+    return ranges
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what it wraps (SQLAlchemy's `.orig`) and what caused it, each once."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        todo += [current.__cause__, current.__context__, orig if isinstance(orig, BaseException) else None]
+
+
+def storage_problem(exc: BaseException, data_dir: str) -> tuple[int, str] | None:
+    """507 for a full disk, 503 for a locked database, None for anything else."""
+    for cause in _causes(exc):
+        text = str(cause).lower()
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = cause.filename or data_dir
+            return 507, f"the daemon's disk is full: no space left for {where}; free space there (or raise the quota)"
+        if isinstance(cause, sqlite3.DatabaseError) and "database or disk is full" in text:
+            return 507, f"the daemon's disk is full: the database in {data_dir} cannot grow; free space there"
+        if isinstance(cause, sqlite3.OperationalError) and "database is locked" in text:
+            return 503, "the database is busy (locked by another writer); retry in a moment"
+    return None
+
+
 def install_handlers(app: FastAPI) -> None:
+    def data_dir(request: Request) -> str:
+        settings = getattr(request.app.state, "settings", None)
+        return str(settings.data_dir.resolve()) if settings is not None else "the data dir"
+
     @app.exception_handler(FtqError)
     async def _ftq_error(_request: Request, exc: FtqError) -> JSONResponse:
         body: dict[str, Any] = {"detail": exc.detail}
-        if exc.errors:
-            body["errors"] = exc.errors
+        if exc.errors or exc.status_code == 422:
+            body["errors"] = exc.errors or []
         return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [describe_error(e) for e in exc.errors()]
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        ranges = parameter_ranges(request.scope.get("route"))
+        errors = [describe_error(e, ranges) for e in exc.errors()]
         summary = "; ".join(
             f"{e['field']}: {e['message']}" if e["field"] not in e["message"] else e["message"] for e in errors
         )
-        return JSONResponse({"detail": f"invalid job spec — {summary}", "errors": errors}, status_code=422)
+        in_body = all((e.get("loc") or ("body",))[0] == "body" for e in exc.errors())
+        what = "invalid job spec" if in_body else "invalid request"
+        return JSONResponse({"detail": f"{what} — {summary}", "errors": errors}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"there is no {request.url.path} in this API; /docs lists what there is"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not a method of {request.url.path}; /docs lists the methods it takes"
+        return JSONResponse({"detail": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+        found = storage_problem(exc, data_dir(request))
+        if found is None:
+            return await _unexpected(request, exc, logged=False)
+        status, detail = found
+        log.error("%s %s: %s (%s)", request.method, request.url.path, detail, exc)
+        return JSONResponse(
+            {"detail": detail}, status_code=status, headers={"retry-after": "1"} if status == 503 else {}
+        )
+
+    app.add_exception_handler(DBAPIError, _storage_error)
+    app.add_exception_handler(OSError, _storage_error)
+
+    async def _unexpected(request: Request, exc: Exception, logged: bool = True) -> JSONResponse:
+        # Starlette re-raises what reaches this last handler, and uvicorn logs its traceback; what the
+        # storage handler passes on is logged here, as it goes no further.
+        if not logged:
+            log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        detail = (
+            f"the daemon failed on {request.method} {request.url.path} ({type(exc).__name__}); "
+            "the traceback is in its log — please report it"
+        )
+        return JSONResponse({"detail": detail}, status_code=500)
+
+    app.add_exception_handler(Exception, _unexpected)

@@ -8,9 +8,10 @@ and leave the API as ISO 8601 with a `Z`.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any, get_args
 
-from pydantic import field_serializer
+from pydantic import ConfigDict, create_model, field_serializer
+from pydantic import Field as PydanticField
 from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -208,15 +209,31 @@ class GpusPublic(SQLModel):
     cpu_slots_bound: dict[str, int]
 
 
-class RequeueRequest(SQLModel):
-    """What a requeue may change; everything else stays as submitted."""
+# What a requeue may change; everything else stays as submitted. Each field takes what the same
+# JobSpec field takes (its type and limits come from JobSpec itself, so the two never drift), or null.
+REQUEUE_FIELDS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "gradient_checkpointing",
+    "cutoff_len",
+    "gpus",
+    "gpu_ids",
+    "deepspeed",
+)
 
-    model_config = {"extra": "forbid"}  # type: ignore[assignment]
 
-    per_device_train_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    gradient_checkpointing: bool | None = None
-    cutoff_len: int | None = None
-    gpus: int | None = None
-    gpu_ids: list[int] | None = None
-    deepspeed: str | None = None
+def _like_spec_field(name: str) -> Any:
+    spec_field = JobSpec.model_fields[name]
+    annotation = spec_field.annotation
+    args = [a for a in get_args(annotation) if a is not type(None)] if type(None) in get_args(annotation) else []
+    base = args[0] if len(args) == 1 else annotation
+    constrained = Annotated[(base, *spec_field.metadata)] if spec_field.metadata else base
+    return (constrained | None, PydanticField(default=None, description=spec_field.description))
+
+
+RequeueRequest = create_model(  # type: ignore[call-overload]
+    "RequeueRequest",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="What a requeue may change (each as in the job spec); everything else stays as submitted.",
+    **{name: _like_spec_field(name) for name in REQUEUE_FIELDS},
+)

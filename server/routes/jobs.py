@@ -2,51 +2,84 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from scheduler.states import JobState
 from server import jobs as service
-from server.deps import JobDep, MachineDep, SessionDep, SettingsDep
+from server.deps import INT64_MAX, JobDep, MachineDep, SessionDep, SettingsDep
 from server.models import JobCreate, JobPublic, JobsPublic, MetricsPublic, RequeueRequest
+from server.openapi import ANY, JOB_EXAMPLES, WRITE, error_responses, links_to_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
+ON_A_JOB = (*ANY, 404, 422)
+MetricKind = Literal["start", "metric", "eval", "checkpoint", "end"]
 
-@router.post("", status_code=201, response_model=JobPublic)
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    responses={**error_responses(*ANY, *WRITE, 422), 201: {"description": "The job, queued.", "links": links_to_job()}},
+)
 def submit_job(
-    spec: JobCreate, request: Request, session: SessionDep, settings: SettingsDep, machine: MachineDep
+    spec: Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)],
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    machine: MachineDep,
 ) -> JobPublic:
     job = service.submit(session, spec, settings.input_dirs, machine)
     request.app.state.scheduler.wake()
     return service.describe(session, job, machine)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=error_responses(*ANY, 422))
 def list_jobs(
     session: SessionDep,
     machine: MachineDep,
     state: JobState | None = None,
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=INT64_MAX),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> JobsPublic:
     data, count = service.list_jobs(session, state, offset, limit, machine)
     return JobsPublic(data=data, count=count, offset=offset, limit=limit)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={**error_responses(*ON_A_JOB), 200: {"description": "The job.", "links": links_to_job()}},
+)
 def get_job(job: JobDep, session: SessionDep, machine: MachineDep) -> JobPublic:
     return service.describe(session, job, machine)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={
+        **error_responses(*ON_A_JOB, *WRITE, 409),
+        200: {"description": "The job, cancelling or cancelled.", "links": links_to_job()},
+    },
+)
 def cancel_job(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
     job = service.cancel(session, job)
     request.app.state.scheduler.wake()
     return service.describe(session, job)
 
 
-@router.post("/{job_id}/requeue", response_model=JobPublic)
+@router.post(
+    "/{job_id}/requeue",
+    response_model=JobPublic,
+    responses={
+        **error_responses(*ON_A_JOB, *WRITE, 409),
+        200: {"description": "The job, queued again.", "links": links_to_job()},
+    },
+)
 def requeue_job(
     job: JobDep,
     session: SessionDep,
@@ -61,12 +94,12 @@ def requeue_job(
     return service.describe(session, job, machine)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=error_responses(*ON_A_JOB))
 def get_metrics(
     job: JobDep,
     session: SessionDep,
-    since: int | None = Query(default=None, description="only records after this step"),
-    kind: str | None = Query(default=None, description="start, metric, eval, checkpoint or end"),
+    since: int | None = Query(default=None, ge=-1, le=INT64_MAX, description="only records after this step"),
+    kind: Annotated[MetricKind | None, Query(description="only records of this kind")] = None,
     limit: int = Query(default=10_000, ge=1, le=100_000),
     superseded: bool = Query(default=False, description="also the records of steps a later attempt trained again"),
 ) -> MetricsPublic:
@@ -75,11 +108,15 @@ def get_metrics(
     return MetricsPublic(data=data, count=len(data))
 
 
-@router.get("/{job_id}/logs", response_class=PlainTextResponse)
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    responses={**error_responses(*ON_A_JOB), 200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def get_logs(
     job: JobDep,
     session: SessionDep,
     tail: int = Query(default=200, ge=1, le=100_000),
-    attempt: int | None = Query(default=None, ge=1, description="attempt number; the latest by default"),
+    attempt: int | None = Query(default=None, ge=1, le=INT64_MAX, description="attempt number; the latest by default"),
 ) -> str:
     return service.logs(session, job, tail, attempt)

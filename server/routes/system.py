@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 
 from server import jobs as service
 from server.deps import MachineDep, SessionDep, SettingsDep
 from server.machine import gpus_view
 from server.models import GpusPublic, JobCreate
+from server.openapi import ANY, JOB_EXAMPLES, error_responses
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/gpus", response_model=GpusPublic)
+@router.get("/gpus", response_model=GpusPublic, responses=error_responses(*ANY))
 def get_gpus(request: Request, session: SessionDep, settings: SettingsDep, machine: MachineDep) -> GpusPublic:
     """Each GPU: memory, utilization, processes (foreign ones marked), links, and the job holding it."""
     probe = request.app.state.probe
@@ -27,7 +28,9 @@ def get_gpus(request: Request, session: SessionDep, settings: SettingsDep, machi
     )
 
 
-@router.post("/estimate")
-def estimate(spec: JobCreate, settings: SettingsDep, machine: MachineDep) -> dict[str, Any]:
+@router.post("/estimate", responses=error_responses(*ANY, 403, 415, 422))
+def estimate(
+    spec: Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)], settings: SettingsDep, machine: MachineDep
+) -> dict[str, Any]:
     """The memory estimate of a spec, where it would fit now, and what would make it fit."""
     return service.estimate(spec, settings.input_dirs, machine)
