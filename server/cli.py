@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="run the daemon (settings from FTQ_* variables)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback --host without FTQ_API_TOKEN (only where no one untrusted can reach it)",
+    )
     submit = sub.add_parser("submit", help="submit job files (LLaMA-Factory YAML or JSON)")
     submit.add_argument("files", nargs="+", type=Path)
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         from server.serve import serve as run_daemon
 
-        run_daemon(args.host, args.port)
+        run_daemon(args.host, args.port, insecure=args.insecure)
         return
     if args.command == "demo":
         from server.demo import run_demo

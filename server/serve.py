@@ -1,7 +1,8 @@
-"""`ftq serve`: settings, logging, uvicorn."""
+"""`ftq serve`: settings, the rule for non-loopback addresses, logging, uvicorn."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import uvicorn
@@ -19,7 +20,37 @@ def load_settings() -> Settings:
         raise SystemExit(f"ftq: bad setting — {problems}") from exc
 
 
-def serve(host: str, port: int) -> None:
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(host: str, settings: Settings, insecure: bool) -> str | None:
+    """Why serving on `host` would be unsafe with these settings, or None: anyone reaching it could run jobs."""
+    if is_loopback(host) or settings.api_token or insecure:
+        return None
+    return (
+        f"ftq: refusing to serve on {host}, an address other machines can reach, without FTQ_API_TOKEN: "
+        "anyone who reaches it could submit, cancel and read jobs. Set a token, e.g. "
+        "`export FTQ_API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')` (clients send it "
+        "from the same variable), or serve on 127.0.0.1, or pass --insecure if only people you trust can reach "
+        "this address (e.g. a container port published on the host's loopback only)."
+    )
+
+
+def serve(host: str, port: int, insecure: bool = False) -> None:
     settings = load_settings()
+    problem = exposure_problem(host, settings, insecure)
+    if problem:
+        raise SystemExit(problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    wildcard = host.strip("[]") in ("", "0.0.0.0", "::")
+    # An address it is asked to listen on is a name it answers to; a wildcard names none.
+    app = create_app(settings, extra_hosts=() if wildcard else (host,))
+    if not is_loopback(host) and not settings.api_token:
+        logging.getLogger("ftq").warning("serving on %s without FTQ_API_TOKEN (--insecure)", host)
+    uvicorn.run(app, host=host, port=port, log_level="info")
