@@ -17,7 +17,7 @@ from scheduler.loop import Scheduler
 from scheduler.probe import GpuProbe, make_probe
 from server.db import make_engine, upgrade_database
 from server.docs import install_docs
-from server.errors import install_handlers
+from server.errors import JsonErrors, install_handlers
 from server.guard import Guard, Policy
 from server.openapi import error_responses, install_openapi
 from server.routes import jobs, system
@@ -88,6 +88,7 @@ def create_app(
     install_docs(app)
     install_openapi(app, settings)
     app.add_middleware(Guard, policy=Policy.from_settings(settings, extra_hosts))
+    app.add_middleware(JsonErrors)  # outermost of ours: what the guard or a route raises still answers JSON
     return app
 
 

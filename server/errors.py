@@ -179,6 +179,8 @@ def install_handlers(app: FastAPI) -> None:
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"there is no {request.url.path} in this API; /docs lists what there is"
+        elif exc.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the body could not be read: send a JSON object, encoded as UTF-8"
         elif exc.status_code == 405:
             detail = f"{request.method} is not a method of {request.url.path}; /docs lists the methods it takes"
         return JSONResponse({"detail": str(detail)}, status_code=exc.status_code, headers=exc.headers)
@@ -186,7 +188,8 @@ def install_handlers(app: FastAPI) -> None:
     async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
         found = storage_problem(exc, data_dir(request))
         if found is None:
-            return await _unexpected(request, exc, logged=False)
+            log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+            return JSONResponse({"detail": unexpected_detail(request.method, request.url.path, exc)}, status_code=500)
         status, detail = found
         log.error("%s %s: %s (%s)", request.method, request.url.path, detail, exc)
         return JSONResponse(
@@ -196,15 +199,39 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, _storage_error)
     app.add_exception_handler(OSError, _storage_error)
 
-    async def _unexpected(request: Request, exc: Exception, logged: bool = True) -> JSONResponse:
-        # Starlette re-raises what reaches this last handler, and uvicorn logs its traceback; what the
-        # storage handler passes on is logged here, as it goes no further.
-        if not logged:
-            log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        detail = (
-            f"the daemon failed on {request.method} {request.url.path} ({type(exc).__name__}); "
-            "the traceback is in its log — please report it"
-        )
-        return JSONResponse({"detail": detail}, status_code=500)
 
-    app.add_exception_handler(Exception, _unexpected)
+def unexpected_detail(method: str, path: str, exc: BaseException) -> str:
+    return (
+        f"the daemon failed on {method} {path} ({type(exc).__name__}); the traceback is in its log — please report it"
+    )
+
+
+class JsonErrors:
+    """ASGI middleware: an exception nothing else handled becomes a JSON 500, its traceback logged.
+
+    Starlette's own last resort answers plain text and re-raises, which makes uvicorn drop the
+    connection a client may be about to reuse; this answers and keeps the connection.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            if started:  # too late for an answer of our own
+                raise
+            detail = unexpected_detail(scope["method"], scope["path"], exc)
+            await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)

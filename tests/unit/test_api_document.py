@@ -168,7 +168,7 @@ def test_a_full_disk_is_507_a_locked_database_503_and_the_rest_is_not_ours_to_na
     assert storage_problem(OSError(errno.EACCES, "Permission denied"), "/data") is None
 
 
-def test_unexpected_failures_answer_json_never_plain_text():
+def test_unexpected_failures_answer_json_never_plain_text(caplog):
     app = create_app(Settings())
 
     @app.get("/boom-disk")
@@ -191,5 +191,7 @@ def test_unexpected_failures_answer_json_never_plain_text():
     other = client.get("/boom")
     assert other.status_code == 500 and other.headers["content-type"] == "application/json"
     assert "ZeroDivisionError" in other.json()["detail"] and "log" in other.json()["detail"]
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert logged and "GET /boom failed" in logged[0].getMessage()  # with its traceback
     unknown = client.get("/nope")
     assert unknown.status_code == 404 and "/docs" in unknown.json()["detail"]
