@@ -13,4 +13,6 @@ RUN pip install --no-cache-dir -e .
 COPY configs configs
 ENV FTQ_DATA_DIR=/var/lib/ftq FTQ_INPUT_DIRS=/srv/ftq
 EXPOSE 8000
+# 0.0.0.0, so that a published port reaches it: ftq serve then needs FTQ_API_TOKEN (docker run -e
+# FTQ_API_TOKEN=...), and says so if it is missing; docker-compose.yml requires it.
 CMD ["ftq", "serve", "--host", "0.0.0.0", "--port", "8000"]
