@@ -10,6 +10,7 @@ import pytest
 
 from server import guard
 from server.guard import Guard, Head, Policy, check_head, host_name, same_origin, token_matches
+from server.serve import exposure_problem
 from server.settings import Settings
 
 OPEN = Policy()
@@ -187,3 +188,31 @@ def test_a_streamed_body_is_counted_and_cut_at_the_limit():
     assert status == 413 and "1024 bytes" in body["detail"] and seen is None  # the app never ran
     status, _, seen = run_guard(policy, [b"{", b"}"], **chunked)
     assert status == 200 and seen == b"{}"  # what was read reaches the app whole
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"])
+def test_loopback_addresses_serve_without_a_token(host):
+    assert exposure_problem(host, Settings(), insecure=False) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "gpu-box"])
+def test_a_reachable_address_needs_a_token_or_insecure(host):
+    problem = exposure_problem(host, Settings(), insecure=False)
+    assert problem and f"refusing to serve on {host}" in problem
+    assert "FTQ_API_TOKEN" in problem and "--insecure" in problem
+    assert exposure_problem(host, Settings(api_token="t"), insecure=False) is None
+    assert exposure_problem(host, Settings(), insecure=True) is None
+    assert exposure_problem(host, Settings(api_token="  "), insecure=False)  # a blank token is no token
+
+
+def test_the_settings_read_comma_lists_and_refuse_what_is_not_a_host_or_an_origin(monkeypatch):
+    monkeypatch.setenv("FTQ_ALLOWED_HOSTS", "gpu-box, 10.0.0.5")
+    monkeypatch.setenv("FTQ_ALLOWED_ORIGINS", "https://UI.example/")
+    monkeypatch.setenv("FTQ_API_TOKEN", "")  # compose passes an unset variable as empty: no token
+    settings = Settings()
+    assert settings.allowed_hosts == ["gpu-box", "10.0.0.5"] and settings.allowed_origins == ["https://ui.example"]
+    assert settings.api_token is None and settings.max_body_bytes == 1 << 20
+    with pytest.raises(ValueError, match="not an origin"):
+        Settings(allowed_origins="ui.example")
+    with pytest.raises(ValueError, match="not a host name"):
+        Settings(allowed_hosts="http://gpu-box/")
