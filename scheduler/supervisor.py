@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.gate import GATE_ENV, GO
 from worker.spec import CHECKPOINT_DIR, LOG_FILE, SPEC_FILE
 
 # FTQ_FAULT injects failures (e.g. oom@step:3) into workers; only tests set it.
@@ -52,6 +53,7 @@ def worker_env(cuda_visible_devices: str, cpu_threads: int | None) -> dict[str, 
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
+    env[GATE_ENV] = "stdin"  # wait for release(): the pid is in the database before the worker does anything
     if cpu_threads:
         env["OMP_NUM_THREADS"] = str(cpu_threads)
     return env
@@ -65,7 +67,11 @@ def spawn_worker(
     cpu_threads: int | None = None,
     module: str = "worker",
 ) -> WorkerProcess:
-    """Write the spec into the run dir and start `python -m worker RUN_DIR` in a new session."""
+    """Write the spec into the run dir and start `python -m worker RUN_DIR` in a new session.
+
+    The worker waits at its start gate (worker.gate) until `release` says go: the caller stores the
+    pid first, so that a daemon killed at any instant leaves no worker that trains untracked.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     # Checkpoints belong to the job, not the attempt, so a requeued attempt resumes from them.
@@ -78,13 +84,26 @@ def spawn_worker(
             [sys.executable, "-m", module, str(run_dir)],
             cwd=run_dir,
             env=worker_env(cuda_visible_devices, cpu_threads),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
         )
     return WorkerProcess(attempt_id, popen.pid, run_dir, process_start_time(popen.pid), popen)
+
+
+def release(proc: WorkerProcess) -> bool:
+    """Tell a worker waiting at its start gate to go; False when it is gone already (it then starts nothing)."""
+    pipe = proc.popen.stdin if proc.popen is not None else None
+    if pipe is None:
+        return False
+    try:
+        pipe.write(GO + b"\n")
+        pipe.close()
+        return True
+    except (BrokenPipeError, ValueError, OSError):
+        return False
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -7,16 +7,20 @@ running, starts the scheduling loop, and only then serves (STYLE.md 7).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from scheduler.loop import Scheduler
 from scheduler.probe import GpuProbe, make_probe
 from server.db import make_engine, upgrade_database
 from server.deps import require_token
 from server.errors import install_handlers
+from server.health import health_problems
+from server.lock import DataDirLock
 from server.routes import jobs, system
 from server.settings import Settings
 from server.store import SqlStore
@@ -24,12 +28,17 @@ from server.store import SqlStore
 log = logging.getLogger("ftq")
 
 
-def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, probe: GpuProbe | None = None, lock: DataDirLock | None = None
+) -> FastAPI:
+    """The daemon's app; `lock` is the data dir's, when the caller took it already (`ftq serve` does, to refuse
+    a second daemon before uvicorn starts)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        held = lock if lock is not None and lock.held else DataDirLock(settings.data_dir).acquire()
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings)
         upgrade_database(engine)
@@ -44,6 +53,7 @@ def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) 
             tail_interval_s=settings.tail_interval_s,
             margin_bytes=settings.memory_margin_bytes,
             worker_module=settings.worker_module,
+            fault=settings.daemon_fault,
         )
         scheduler.start()
         app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler
@@ -59,6 +69,7 @@ def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) 
             scheduler.stop()
             gpu_probe.close()
             engine.dispose()
+            held.release()
 
     app = FastAPI(
         title="ftq",
@@ -72,7 +83,12 @@ def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) 
     app.include_router(system.router, dependencies=[Depends(require_token)])
 
     @app.get("/healthz", tags=["system"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> JSONResponse:
+        """200 when the daemon can do its work; 503 with every reason when it cannot."""
+        scheduler: Scheduler = request.app.state.scheduler
+        problems = health_problems(scheduler.health, time.monotonic(), settings.tick_s)
+        if problems:
+            return JSONResponse({"status": "unhealthy", "detail": "; ".join(problems), "problems": problems}, 503)
+        return JSONResponse({"status": "ok"})
 
     return app

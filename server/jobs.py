@@ -173,10 +173,15 @@ def cancel(session: Session, job: Job) -> Job:
             return job
         if state == JobState.QUEUED:
             done = transition(
-                session, job.id, JobState.CANCELLED, ended_at=utcnow(), reason="cancelled on request before it started"
+                session,
+                job.id,
+                JobState.CANCELLED,
+                JobState.QUEUED,
+                ended_at=utcnow(),
+                reason="cancelled on request before it started",
             )
         elif state in ACTIVE:
-            done = transition(session, job.id, JobState.CANCELLING)
+            done = transition(session, job.id, JobState.CANCELLING, state)
         else:
             raise Conflict(f"job {job.id} is {job.state}; only a queued, starting or running job can be cancelled")
         session.commit()
@@ -207,7 +212,8 @@ REQUEUEABLE = (JobState.FAILED, JobState.OOM, JobState.CANCELLED)
 def requeue(session: Session, job: Job, overrides: dict[str, Any], input_dirs: list[Path], machine: Machine) -> Job:
     """A new attempt for a failed / oom / cancelled job, resuming from its last checkpoint."""
     assert job.id is not None
-    if JobState(job.state) not in REQUEUEABLE:
+    read = JobState(job.state)
+    if read not in REQUEUEABLE:
         raise Conflict(f"job {job.id} is {job.state}; only a failed, oom or cancelled job can be requeued")
     merged = {**job.spec, **overrides}
     if overrides.get("gpu_ids") and "gpus" not in overrides:
@@ -225,6 +231,8 @@ def requeue(session: Session, job: Job, overrides: dict[str, Any], input_dirs: l
         raise InvalidSpec.from_errors(errors)
     need = assessment.need_bytes
     last = current_attempt(session, job.id)
+    if last is not None and last.ended_at is None:  # never two live attempts of one job
+        raise Conflict(f"job {job.id} still has a live attempt ({last.number}); wait for it to end")
     if last is not None and last.settings == memory_settings(resolved.model_dump()) and last.peak_memory_gib:
         need = max(need, int(last.peak_memory_gib * GiB))  # the same settings needed at least that much
     changed = ", ".join(f"{k}: {v}" for k, v in overrides.items()) or "unchanged settings"
@@ -232,6 +240,7 @@ def requeue(session: Session, job: Job, overrides: dict[str, Any], input_dirs: l
         session,
         job.id,
         JobState.QUEUED,
+        read,
         spec=resolved.model_dump(mode="json", exclude_none=True),
         need_bytes=need or None,
         estimate=assessment.estimate,

@@ -8,6 +8,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from server.app import create_app
+from server.lock import DataDirLock, DataDirLocked
 from server.settings import Settings
 
 
@@ -21,5 +22,12 @@ def load_settings() -> Settings:
 
 def serve(host: str, port: int) -> None:
     settings = load_settings()
+    try:  # before uvicorn: a second daemon on this data dir must not even bind its port
+        lock = DataDirLock(settings.data_dir).acquire()
+    except DataDirLocked as exc:
+        raise SystemExit(f"ftq: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    try:
+        uvicorn.run(create_app(settings, lock=lock), host=host, port=port, log_level="info")
+    finally:
+        lock.release()

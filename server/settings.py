@@ -37,6 +37,17 @@ class Settings(BaseSettings):
     )
     tick_s: float = Field(default=1.0, gt=0, le=60, description="The scheduler's periodic tick.")
     tail_interval_s: float = Field(default=0.25, gt=0, le=10, description="How often running jobs' metrics are read.")
+    stall_factor: float = Field(
+        default=5.0, ge=1, le=1000, description="A job is shown stalled after this many of its usual record intervals."
+    )
+    stall_min_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="...and never before this many seconds without a record."
+    )
+    daemon_fault: str | None = Field(
+        default=None,
+        pattern=r"^sigkill@(after-begin|after-spawn|after-pid|after-go)$",
+        description="Tests only: the daemon SIGKILLs itself at this point of a worker's start.",
+    )
 
     @field_validator("input_dirs", mode="before")
     @classmethod
