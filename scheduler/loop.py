@@ -408,13 +408,13 @@ class Scheduler:
                 proc.popen.wait()
             self._unfinished[started.attempt_id] = classify(None, {"status": "not_started"}, False)
             raise
+        tracked = Tracked(proc)
+        self._tracked[started.attempt_id] = tracked  # from here on, any failure stops it (_give_up_on)
         self._fault_point("after-pid")
         release(proc)
         self._fault_point("after-go")
-        tracked = Tracked(proc)
         tracked.waiter = threading.Thread(target=self._wait_exit, args=(proc,), daemon=True)
         tracked.waiter.start()
-        self._tracked[started.attempt_id] = tracked
         log.info(
             "job %s attempt %s started: pid %s on %s",
             started.job_id,
