@@ -44,6 +44,12 @@ class Unauthorized(FtqError):
     status_code = 401
 
 
+class Unavailable(FtqError):
+    """The daemon cannot answer now (its filesystem is stuck); the same request may succeed later."""
+
+    status_code = 503
+
+
 def field_error(field: str, message: str) -> dict[str, Any]:
     return {"field": field, "message": message}
 
