@@ -28,6 +28,7 @@ from typing import Any
 from worker.confine import (
     JSON_LIMIT,
     BadFile,
+    FileTooLarge,
     Roots,
     decode_utf8,
     explain_os_error,
@@ -165,6 +166,8 @@ def check_model_files(model_dir: str | os.PathLike[str], roots: Roots, parse: bo
                 check_safetensors(path, roots)
             elif parse and name.endswith(".json") and os.path.realpath(os.path.dirname(path)) == top:
                 parse_json_file(path, roots, MODEL_JSON_LIMIT)
+        except FileTooLarge:
+            pass  # too large to parse here is not wrong in itself; transformers reads it, or says why not
         except BadFile as exc:
             problems.append(str(exc))
     return problems

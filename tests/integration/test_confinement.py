@@ -108,6 +108,11 @@ def test_bad_paths_are_422s_naming_the_field_and_the_file_and_the_api_keeps_answ
     assert "too long a name" in found["dataset_dir"] and len(found["dataset_dir"]) < 600
     assert "symlink loop" in found["deepspeed"]
 
+    # A dataset name that is a lone surrogate (valid JSON, not UTF-8) is echoed back escaped, not a 500.
+    odd = data_copy(inputs, "odd-data")
+    (odd / "dataset_info.json").write_text('{"\\ud800": {"file_name": "cs_billing.jsonl"}}')
+    assert "(it has: \\ud800)" in field_errors(post("/jobs", json=spec_in(inputs, data=odd, dataset="nope")))["dataset"]
+
     # A 200 MiB "DeepSpeed config" (sparse, and not UTF-8) is not read at all.
     with open(inputs / "big.json", "wb") as big:
         big.write(b"\xff")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from server import paths
-from server.errors import InvalidSpec, Unavailable
+from server.errors import InvalidSpec, Unavailable, encodable
 from server.paths import _Reading, bounded, check_spec_inputs, resolve_spec_paths
 from tests.helpers import REPO, wait_for
 from worker.spec import JobSpec
@@ -86,6 +86,14 @@ def test_nul_bytes_long_names_and_symlink_loops_are_422s_naming_each_field(root)
     assert "too long a name" in found["dataset_dir"] and len(found["dataset_dir"]) < 600
     assert "symlink loop" in found["deepspeed"]
     assert "symlink loop" in errors([root], model_name_or_path="loop1")["model_name_or_path"]
+
+
+def test_a_dataset_name_that_is_not_utf8_still_makes_an_answer_that_can_be_sent(root):
+    (root / "data/dataset_info.json").write_text('{"\\ud800": {"file_name": "a.jsonl"}}')
+    found = errors([root], dataset="nope")
+    assert "'nope' is not in" in found["dataset"]
+    body = encodable({"detail": "x", "errors": [{"field": "dataset", "message": found["dataset"]}]})
+    assert "\\ud800" in json.dumps(body, ensure_ascii=False).encode("utf-8").decode()
 
 
 def test_a_fifo_as_deepspeed_is_refused_at_once(root):
