@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from worker.confine import JSON_LIMIT, BadFile, Roots, files_of, read_json, read_text, show
+from worker.confine import JSON_LIMIT, BadFile, CannotRead, Roots, files_of, read_json, read_text
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,10 @@ def resolve_datasets(names: Sequence[str], dataset_dir: str | Path, roots: Roots
     """
     info_path = Path(dataset_dir) / INFO_FILE
     try:
-        if not os.path.lexists(info_path):
-            raise DataError(f"{show(info_path)} does not exist; dataset_dir must hold a dataset_info.json")
-    except ValueError:  # a NUL byte in dataset_dir: read_json below says so
-        pass
-    try:
         info = read_json(info_path, roots, JSON_LIMIT)
     except BadFile as exc:
-        raise DataError(str(exc)) from None
+        missing = isinstance(exc, CannotRead) and not os.path.lexists(info_path)
+        raise DataError(f"{exc}; dataset_dir must hold a dataset_info.json" if missing else str(exc)) from None
     if not isinstance(info, dict):
         raise DataError(f"{info_path} must be a JSON object of dataset names")
     problems, attrs = [], []

@@ -82,8 +82,7 @@ def model_files(model_dir: str | os.PathLike[str], roots: Roots) -> tuple[list[s
             problems.append(explain_os_error(directory, exc, "directory"))
             return
         for entry in entries:
-            if len(files) >= MAX_FILES:
-                problems.append(f"{show(model_dir)} holds more than {MAX_FILES} files; it is not a model directory")
+            if len(files) > MAX_FILES:
                 return
             path = entry.path
             try:
@@ -92,8 +91,7 @@ def model_files(model_dir: str | os.PathLike[str], roots: Roots) -> tuple[list[s
             except (OSError, ValueError) as exc:
                 problems.append(explain_os_error(path, exc))
                 continue
-            if not within(target, roots):
-                assert roots is not None
+            if roots is not None and not within(target, roots):
                 problems.append(outside_message(path, roots))
             elif stat.S_ISDIR(mode):
                 if depth >= MAX_DEPTH:
@@ -106,6 +104,8 @@ def model_files(model_dir: str | os.PathLike[str], roots: Roots) -> tuple[list[s
                 problems.append(str(not_regular(path, mode)))
 
     walk(os.fspath(model_dir), 0)
+    if len(files) > MAX_FILES:
+        problems.append(f"{show(model_dir)} holds more than {MAX_FILES} files; it is not a model directory")
     return files, problems
 
 
