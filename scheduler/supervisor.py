@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,19 @@ class WorkerProcess:
         return not same_process(self.pid, self.start_time), None
 
 
-def worker_env(cuda_visible_devices: str, cpu_threads: int | None) -> dict[str, str]:
-    """The worker's environment: ours, plus the GPUs it may see and nothing it may not."""
+def worker_env(
+    cuda_visible_devices: str, cpu_threads: int | None, daemon_settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The worker's environment: ours, plus the GPUs it may see and nothing it may not.
+
+    `daemon_settings`: what the daemon resolved and the worker must obey (worker.confine.worker_settings:
+    its input dirs, whether remote code may run), given as the daemon resolved them, not as its own
+    environment happened to spell them.
+    """
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("FTQ_") and k not in PASSED_TO_WORKERS]:
-        del env[key]  # the worker takes nothing from the daemon's settings; its spec is its input
+        del env[key]  # the worker takes nothing from the daemon's settings but these; its spec is its input
+    env.update(daemon_settings or {})
     env.update(
         CUDA_VISIBLE_DEVICES=cuda_visible_devices,
         CUDA_DEVICE_ORDER="PCI_BUS_ID",
@@ -66,6 +75,7 @@ def spawn_worker(
     cuda_visible_devices: str,
     cpu_threads: int | None = None,
     module: str = "worker",
+    daemon_settings: Mapping[str, str] | None = None,
 ) -> WorkerProcess:
     """Write the spec into the run dir and start `python -m worker RUN_DIR` in a new session.
 
@@ -83,7 +93,7 @@ def spawn_worker(
         popen = subprocess.Popen(
             [sys.executable, "-m", module, str(run_dir)],
             cwd=run_dir,
-            env=worker_env(cuda_visible_devices, cpu_threads),
+            env=worker_env(cuda_visible_devices, cpu_threads, daemon_settings),
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,

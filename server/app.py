@@ -6,6 +6,7 @@ running, starts the scheduling loop, and only then serves (STYLE.md 7).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from scheduler.loop import Scheduler
 from scheduler.probe import GpuProbe, make_probe
+from scheduler.supervisor import spawn_worker
 from server.db import make_engine, upgrade_database
 from server.deps import require_token
 from server.errors import install_handlers
@@ -24,6 +26,7 @@ from server.lock import DataDirLock
 from server.routes import jobs, system
 from server.settings import Settings
 from server.store import SqlStore
+from worker.confine import worker_settings
 
 log = logging.getLogger("ftq")
 
@@ -54,6 +57,10 @@ def create_app(
             margin_bytes=settings.memory_margin_bytes,
             worker_module=settings.worker_module,
             fault=settings.daemon_fault,
+            # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
+            spawn=functools.partial(
+                spawn_worker, daemon_settings=worker_settings(settings.input_dirs, settings.allow_remote_code)
+            ),
         )
         scheduler.start()
         app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler

@@ -44,6 +44,12 @@ class Unauthorized(FtqError):
     status_code = 401
 
 
+class Unavailable(FtqError):
+    """The daemon cannot answer now (its filesystem is stuck); the same request may succeed later."""
+
+    status_code = 503
+
+
 def field_error(field: str, message: str) -> dict[str, Any]:
     return {"field": field, "message": message}
 
@@ -63,13 +69,25 @@ def describe_error(error: Any) -> dict[str, Any]:
     return field_error(field, message)
 
 
+def encodable(value: Any) -> Any:
+    """Strings made safe to send as UTF-8: a lone surrogate (a JSON "\\ud800" echoed back, a name read from
+    a file) would make the response itself fail; it is sent escaped instead."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [encodable(v) for v in value]
+    if isinstance(value, dict):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    return value
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(FtqError)
     async def _ftq_error(_request: Request, exc: FtqError) -> JSONResponse:
         body: dict[str, Any] = {"detail": exc.detail}
         if exc.errors:
             body["errors"] = exc.errors
-        return JSONResponse(body, status_code=exc.status_code)
+        return JSONResponse(encodable(body), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -77,4 +95,4 @@ def install_handlers(app: FastAPI) -> None:
         summary = "; ".join(
             f"{e['field']}: {e['message']}" if e["field"] not in e["message"] else e["message"] for e in errors
         )
-        return JSONResponse({"detail": f"invalid job spec — {summary}", "errors": errors}, status_code=422)
+        return JSONResponse(encodable({"detail": f"invalid job spec — {summary}", "errors": errors}), status_code=422)

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
         description="Directories a spec may read models and data from (os.pathsep-separated); "
         "relative spec paths resolve against the first.",
     )
+    allow_remote_code: bool = Field(
+        default=False,
+        description="Let specs set trust_remote_code: true, which runs the model directory's Python files as the "
+        "daemon's user, with everything that user can read and write.",
+    )
     memory_margin_gib: float = Field(
         default=1.0, ge=0, le=1024, description="Free GPU memory a job must leave beyond its estimate."
     )

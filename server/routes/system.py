@@ -30,4 +30,4 @@ def get_gpus(request: Request, session: SessionDep, settings: SettingsDep, machi
 @router.post("/estimate")
 def estimate(spec: JobCreate, settings: SettingsDep, machine: MachineDep) -> dict[str, Any]:
     """The memory estimate of a spec, where it would fit now, and what would make it fit."""
-    return service.estimate(spec, settings.input_dirs, machine)
+    return service.estimate(spec, settings.input_dirs, machine, settings.allow_remote_code)
