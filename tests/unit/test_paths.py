@@ -81,7 +81,14 @@ def test_missing_dataset_info_says_what_is_needed(root):
 def test_nul_bytes_long_names_and_symlink_loops_are_422s_naming_each_field(root):
     (root / "loop1").symlink_to(root / "loop2")
     (root / "loop2").symlink_to(root / "loop1")
-    found = errors([root], model_name_or_path="models/\x00tiny", dataset_dir="d" * 5000, deepspeed="loop1", gpus=1)
+    # The spec refuses NUL bytes and names beyond PATH_MAX itself (tests/unit/test_spec.py); the path check
+    # stands behind it for paths that never passed through a spec (a file_name in dataset_info.json).
+    unchecked = JobSpec.model_construct(
+        **{**spec().model_dump(), "model_name_or_path": "models/\x00tiny", "dataset_dir": "d" * 5000}
+    ).model_copy(update={"deepspeed": "loop1", "gpus": 1})
+    with pytest.raises(InvalidSpec) as info:
+        resolve_spec_paths(unchecked, [root])
+    found = {e["field"]: e["message"] for e in info.value.errors or []}
     assert "NUL byte" in found["model_name_or_path"]
     assert "too long a name" in found["dataset_dir"] and len(found["dataset_dir"]) < 600
     assert "symlink loop" in found["deepspeed"]
