@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -196,7 +197,13 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         if cancel.requested:  # stopped at a step boundary, with a checkpoint saved there
             raise Cancelled()
 
-        # 4. save the adapter (LoRA) or the whole model (full), with the tokenizer beside it. Every rank
+        # 4. a run that diverged is a failure, never a NaN adapter reported as succeeded
+        diverged = divergence(result, trainer.model)
+        if diverged is not None:
+            log.error("training diverged: %s", diverged)
+            return end("failed", EXIT_FAILED, error=f"training diverged: {diverged}")
+
+        # 5. save the adapter (LoRA) or the whole model (full), with the tokenizer beside it. Every rank
         # calls save_model (ZeRO-3 gathers the weights from all of them); the main process writes.
         output = run_dir / OUTPUT_DIR
         trainer.save_model(str(output))
@@ -326,6 +333,22 @@ def describe_device(cuda: bool) -> str:
         return "cpu"
     index = torch.cuda.current_device()
     return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
+def divergence(result: Any, model: torch.nn.Module) -> str | None:
+    """Why the trained weights are unusable (a non-finite loss or weight), or None when they are fine."""
+    loss = getattr(result, "training_loss", None)
+    bad = next(
+        (name for name, p in model.named_parameters() if p.requires_grad and p.numel() and not p.isfinite().all()),
+        None,
+    )
+    if bad is None and (loss is None or math.isfinite(loss)):
+        return None
+    where = f"the weight {bad} holds NaN or infinity" if bad else "the weights are finite"
+    return (
+        f"the training loss is {loss} and {where}, so nothing was saved; lower learning_rate, "
+        "keep max_grad_norm on (e.g. 1.0), or train in bf16 rather than fp16"
+    )
 
 
 def _final_loss(result: Any, callback: MetricsCallback) -> float | None:

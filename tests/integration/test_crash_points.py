@@ -34,13 +34,13 @@ def end_records(run_dir: Path) -> list[dict]:
 def test_a_daemon_killed_around_a_workers_start_leaves_no_worker_untracked(tmp_path: Path, point: str):
     data_dir = tmp_path / "ftq"
     daemon = Daemon(data_dir, fake_gpus="1x24GiB", cpu_slots="0", daemon_fault=f"sigkill@{point}").start()
-    job_id = daemon.submit(tiny_spec(max_steps=4, logging_steps=1))["id"]
-    assert daemon.proc is not None
-    assert daemon.proc.wait(timeout=60) == -signal.SIGKILL, daemon.log()[-2000:]
-
-    del daemon.env["FTQ_DAEMON_FAULT"]
-    daemon.start()
     try:
+        job_id = daemon.submit(tiny_spec(max_steps=4, logging_steps=1))["id"]
+        assert daemon.proc is not None
+        assert daemon.proc.wait(timeout=60) == -signal.SIGKILL, daemon.log()[-2000:]
+
+        del daemon.env["FTQ_DAEMON_FAULT"]
+        daemon.start()
         job = wait_for(lambda: daemon.ended(job_id), timeout=180, interval=0.5, what="the job to end")
         runs = sorted((data_dir / "runs" / f"job-{job_id}").glob("attempt-*"))
         # Every worker that was ever started is gone now (adopted and reaped, or stopped).
@@ -60,4 +60,4 @@ def test_a_daemon_killed_around_a_workers_start_leaves_no_worker_untracked(tmp_p
             assert [r["status"] for r in end_records(Path(first["run_dir"]))] in ([], ["not_started"])
             assert second["resumed_from_step"] is None
     finally:
-        daemon.stop()
+        daemon.close()

@@ -25,7 +25,7 @@ def standin_daemon(tmp_path: Path):
     try:
         yield d
     finally:
-        d.stop()
+        d.close()
 
 
 def test_numbers_beyond_their_columns_are_refused_at_submit(tmp_path: Path):
@@ -42,7 +42,7 @@ def test_numbers_beyond_their_columns_are_refused_at_submit(tmp_path: Path):
         )  # fmt: skip
         assert infinite.status_code == 422 and "val_size" in infinite.text
     finally:
-        d.stop()
+        d.close()
 
 
 def test_what_a_worker_reports_never_stops_the_daemon(standin_daemon: Daemon):

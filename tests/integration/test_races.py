@@ -117,4 +117,4 @@ def test_cancel_and_requeue_from_eight_threads_never_run_a_job_twice(tmp_path: P
         assert left == [], f"workers left: {left}"
         assert len(run_dirs) > len(ids), "the requeues started new attempts"
     finally:
-        daemon.stop()
+        daemon.close()
