@@ -14,6 +14,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from worker.gate import pass_gate, refuse_to_start
+
 
 def record(path: Path, **fields: object) -> None:
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -22,6 +24,8 @@ def record(path: Path, **fields: object) -> None:
 
 
 def main(run_dir: Path) -> int:
+    if not pass_gate(run_dir):  # as the real worker: nothing before the daemon has recorded this process
+        return refuse_to_start(run_dir)
     spec = json.loads((run_dir / "spec.json").read_text())
     durations = json.loads(Path(os.environ["BENCH_TRACE"]).read_text())
     metrics = run_dir / "metrics.jsonl"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.states import JobState
-from worker.spec import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OOM
+from worker.spec import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_STARTED, EXIT_OOM
 
 _SIGNAL_HINTS = {
     signal.SIGKILL: "likely the host ran out of memory (the kernel's OOM killer) or someone ran kill -9",
@@ -27,6 +27,14 @@ _SIGNAL_HINTS = {
 class Outcome:
     state: JobState
     reason: str
+    # Nothing was trained (the worker never got its go): the job goes back to the queue in the same transaction.
+    requeue: bool = False
+
+
+NOT_STARTED = (
+    "the daemon stopped before it had recorded this worker, so the worker never started training; "
+    "the job was queued again"
+)
 
 
 def describe_exit(code: int | None) -> str:
@@ -51,6 +59,8 @@ def classify(exit_code: int | None, end: dict[str, Any] | None, cancel_requested
     error = (end or {}).get("error")
     if cancel_requested:
         return Outcome(JobState.CANCELLED, "cancelled on request")
+    if exit_code == EXIT_NOT_STARTED or status == "not_started":
+        return Outcome(JobState.FAILED, NOT_STARTED, requeue=True)
     if status == "succeeded" and exit_code in (0, None):  # None: it ended while no daemon watched
         return Outcome(JobState.SUCCEEDED, "succeeded")
     if exit_code == EXIT_OOM or status == "oom":

@@ -20,23 +20,30 @@ from typing import Any, Protocol
 
 from scheduler.exits import Outcome, classify
 from scheduler.placement import Placement, QueuedJob, plan
-from scheduler.probe import GpuProbe, descendant_pids
+from scheduler.probe import GpuInfo, GpuProbe, descendant_pids
 from scheduler.states import JobState
 from scheduler.supervisor import (
     WorkerProcess,
     group_alive,
     process_start_time,
+    release,
     same_process,
     signal_group,
     spawn_worker,
 )
 from scheduler.tail import last_lines, read_new_records
+from worker.gate import read_pid_file
 from worker.spec import LOG_FILE, METRICS_FILE
 
 log = logging.getLogger("ftq.scheduler")
 
 LOG_TAIL_LINES = 30
 DESCENDANTS_EVERY_S = 2.0
+HEARTBEAT_S = 2.0  # how often the loop proves the database takes writes and the GPU probe answers
+# Points around a worker's start where a test may have the daemon SIGKILL itself (FTQ_DAEMON_FAULT), to prove
+# that no instant of a crash leaves a worker untracked: the attempt is stored, the worker spawned, its pid
+# stored, the worker told to go.
+FAULT_POINTS = ("after-begin", "after-spawn", "after-pid", "after-go")
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,14 @@ class LiveAttempt:
     pid_start_time: int | None
     metrics_offset: int
     cancelling: bool
+    problem: str | None = None  # why the row cannot be acted on (it is then failed with this reason)
 
 
 class Store(Protocol):
     """What the loop needs from the database; the server implements it."""
 
-    def queued_jobs(self) -> list[QueuedJob]: ...
+    def queued_jobs(self) -> tuple[list[QueuedJob], list[tuple[int, str]]]: ...
+    def reject_job(self, job_id: int, reason: str) -> None: ...
     def leased_resources(self) -> set[str]: ...
     def begin_attempt(self, placement: Placement, runs_dir: Path) -> StartedAttempt | None: ...
     def attempt_spawned(self, attempt_id: int, pid: int, pid_start_time: int | None) -> None: ...
@@ -72,6 +81,19 @@ class Store(Protocol):
     def live_attempts(self) -> list[LiveAttempt]: ...
     def attempt_adopted(self, attempt_id: int) -> None: ...
     def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None: ...
+    def fail_attempt(self, attempt_id: int, reason: str) -> None: ...
+    def heartbeat(self, pid: int) -> None: ...
+    def is_unavailable(self, exc: BaseException) -> bool: ...
+
+
+@dataclass
+class Health:
+    """What the loop last saw of itself, the database and the GPU probe; /healthz reads it."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    last_tick_at: float | None = None  # monotonic time of the last completed step
+    database_error: str | None = None  # the last write that failed, until one succeeds
+    probe_error: str | None = None  # the last GPU snapshot that failed, until one succeeds
 
 
 @dataclass
@@ -101,13 +123,19 @@ class Scheduler:
         margin_bytes: int = 0,
         worker_module: str = "worker",
         spawn: Callable[..., WorkerProcess] = spawn_worker,
+        fault: str | None = None,
     ) -> None:
         self.store, self.probe, self.runs_dir = store, probe, runs_dir
         self.cpu_slots, self.cancel_grace_s = cpu_slots, cancel_grace_s
         self.tick_s, self.tail_interval_s = tick_s, tail_interval_s
         self.margin_bytes, self.worker_module = margin_bytes, worker_module
         self._spawn = spawn
+        self._fault = fault.removeprefix("sigkill@") if fault else None
         self._tracked: dict[int, Tracked] = {}
+        # Attempts whose end could not be stored yet (the database was unavailable): tried again every step.
+        self._unfinished: dict[int, Outcome] = {}
+        self.health = Health()
+        self._beat_at = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,10 +168,80 @@ class Scheduler:
             self._wake.clear()
 
     def step(self) -> None:
-        self._reap()
-        self._tail_all()
-        self._carry_out_cancels()
-        self._place()
+        for phase in (self._finish_unfinished, self._reap, self._tail_all, self._carry_out_cancels, self._place):
+            try:
+                phase()
+            except Exception as exc:  # each attempt's trouble is caught inside; what is left is the database's
+                if not self.store.is_unavailable(exc):
+                    raise
+                self.health.database_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("scheduler: %s skipped, the database is unavailable (%s)", phase.__name__, exc)
+        self._heartbeat()
+        self.health.last_tick_at = time.monotonic()
+
+    # ---- one attempt's trouble stays that attempt's ----
+
+    def _guarded(self, attempt_id: int, what: str, action: Callable[[], None]) -> None:
+        """Run one attempt's share of a step; an error fails that attempt with the reason, never the loop.
+
+        A database that cannot be used now (locked, full) is nobody's attempt's fault: the step is
+        tried again at the next tick, and /healthz says why.
+        """
+        try:
+            action()
+        except Exception as exc:
+            if self.store.is_unavailable(exc):
+                self.health.database_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("attempt %s: could not %s, the database is unavailable (%s)", attempt_id, what, exc)
+                return
+            log.exception("attempt %s: could not %s; failing the attempt", attempt_id, what)
+            self._give_up_on(attempt_id, f"the daemon could not {what}: {type(exc).__name__}: {exc}"[:2000])
+
+    def _give_up_on(self, attempt_id: int, reason: str) -> None:
+        """Stop every process of an attempt the daemon cannot handle, and end it with the reason."""
+        tracked = self._tracked.pop(attempt_id, None)
+        if tracked is not None:
+            signal_group(tracked.proc.pid, signal.SIGKILL)
+            kill_leftovers(tracked.descendants)
+        try:
+            self.store.fail_attempt(attempt_id, reason)
+        except Exception:
+            log.exception("attempt %s: could not be failed either; it is left for the next start", attempt_id)
+
+    def _finish_unfinished(self) -> None:
+        for attempt_id, outcome in list(self._unfinished.items()):
+            self._guarded(attempt_id, "store how it ended", lambda a=attempt_id, o=outcome: self._finish(a, o))
+
+    def _finish(self, attempt_id: int, outcome: Outcome, exit_code: int | None = None, tail: str = "") -> None:
+        self._unfinished[attempt_id] = outcome
+        self.store.finish_attempt(attempt_id, outcome, exit_code, tail)
+        del self._unfinished[attempt_id]
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._beat_at < HEARTBEAT_S:
+            return
+        self._beat_at = now
+        try:
+            self.store.heartbeat(os.getpid())
+            self.health.database_error = None
+        except Exception as exc:
+            self.health.database_error = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("the database cannot be written: %s", exc)
+        try:
+            self.probe.snapshot()
+            self.health.probe_error = None
+        except Exception as exc:
+            self.health.probe_error = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("the GPU probe failed: %s", exc)
+
+    def _fault_point(self, point: str) -> None:
+        """Die here as a crash would, when a test asked for it (FTQ_DAEMON_FAULT=sigkill@POINT)."""
+        if self._fault == point:
+            log.warning("FTQ_DAEMON_FAULT: the daemon kills itself %s", point)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # ---- recovery ----
 
@@ -157,50 +255,76 @@ class Scheduler:
         database stay with their attempts throughout.
         """
         for live in self.store.live_attempts():
-            if live.pid is not None and same_process(live.pid, live.pid_start_time):
-                proc = WorkerProcess(live.attempt_id, live.pid, live.run_dir, live.pid_start_time)
-                self._tracked[live.attempt_id] = Tracked(proc, offset=live.metrics_offset)
-                self.store.attempt_adopted(live.attempt_id)
-                log.info("attempt %s: re-adopted its running worker, pid %s", live.attempt_id, live.pid)
-                continue
-            metrics_path = live.run_dir / METRICS_FILE
-            records, offset = read_new_records(metrics_path, live.metrics_offset)
-            if records:
-                self.store.add_records(live.attempt_id, records, offset)
-            outcome = classify(None, _last_end_record(metrics_path), cancel_requested=live.cancelling)
-            tail = last_lines(live.run_dir / LOG_FILE, LOG_TAIL_LINES)
-            self.store.finish_attempt(live.attempt_id, outcome, None, tail)
+            try:
+                self._recover_one(live)
+            except Exception as exc:  # one bad row must not keep the daemon from starting
+                log.exception("attempt %s: recovery failed; failing it", live.attempt_id)
+                self._give_up_on(live.attempt_id, f"recovery at daemon start failed: {type(exc).__name__}: {exc}")
+
+    def _recover_one(self, live: LiveAttempt) -> None:
+        if live.problem is not None:
+            raise ValueError(live.problem)
+        if live.pid is None:
+            # The daemon died before it stored the pid, so before it told the worker to go: the worker
+            # trained nothing. Stop it if it is still there (it is leaving by itself), and queue the job again.
+            found = read_pid_file(live.run_dir)
+            if found is not None and same_process(*found):
+                signal_group(found[0], signal.SIGKILL)
+                _wait_until(lambda: not same_process(*found), timeout=5.0)
+            log.info("attempt %s: its worker never started; the job is queued again", live.attempt_id)
+            outcome = classify(None, {"status": "not_started"}, cancel_requested=live.cancelling)
+            self.store.finish_attempt(live.attempt_id, outcome, None, "")
+            return
+        if same_process(live.pid, live.pid_start_time):
+            proc = WorkerProcess(live.attempt_id, live.pid, live.run_dir, live.pid_start_time)
+            self._tracked[live.attempt_id] = Tracked(proc, offset=live.metrics_offset)
+            self.store.attempt_adopted(live.attempt_id)
+            log.info("attempt %s: re-adopted its running worker, pid %s", live.attempt_id, live.pid)
+            return
+        metrics_path = live.run_dir / METRICS_FILE
+        records, offset = read_new_records(metrics_path, live.metrics_offset)
+        if records:
+            self.store.add_records(live.attempt_id, records, offset)
+        outcome = classify(None, _last_end_record(metrics_path), cancel_requested=live.cancelling)
+        tail = last_lines(live.run_dir / LOG_FILE, LOG_TAIL_LINES)
+        self.store.finish_attempt(live.attempt_id, outcome, None, tail)
 
     # ---- the steps ----
 
     def _reap(self) -> None:
         for attempt_id, tracked in list(self._tracked.items()):
-            ended, exit_code = tracked.proc.poll()
-            if not ended:
-                continue
-            self._tail(attempt_id, tracked)
-            # Whatever the leader left behind (data loader workers, torchrun, ranks) goes too.
-            if group_alive(tracked.proc.pid):
-                signal_group(tracked.proc.pid, signal.SIGKILL)
-                _wait_until(lambda pid=tracked.proc.pid: not group_alive(pid), timeout=5.0)
-            kill_leftovers(tracked.descendants)
-            cancel = tracked.term_sent_at is not None or attempt_id in self.store.cancelling_attempts()
-            if exit_code is None and tracked.end is None:
-                tracked.end = _last_end_record(tracked.proc.run_dir / METRICS_FILE)
-            outcome = classify(exit_code, tracked.end, cancel_requested=cancel)
-            tail = last_lines(tracked.proc.run_dir / LOG_FILE, LOG_TAIL_LINES)
-            self.store.finish_attempt(attempt_id, outcome, exit_code, tail)
-            del self._tracked[attempt_id]
-            log.info("attempt %s ended: %s (%s)", attempt_id, outcome.state.value, outcome.reason)
+            self._guarded(attempt_id, "settle its ended worker", lambda a=attempt_id, t=tracked: self._reap_one(a, t))
+
+    def _reap_one(self, attempt_id: int, tracked: Tracked) -> None:
+        ended, exit_code = tracked.proc.poll()
+        if not ended:
+            return
+        self._tail(attempt_id, tracked)
+        # Whatever the leader left behind (data loader workers, torchrun, ranks) goes too.
+        if group_alive(tracked.proc.pid):
+            signal_group(tracked.proc.pid, signal.SIGKILL)
+            _wait_until(lambda pid=tracked.proc.pid: not group_alive(pid), timeout=5.0)
+        kill_leftovers(tracked.descendants)
+        cancel = tracked.term_sent_at is not None or attempt_id in self.store.cancelling_attempts()
+        if exit_code is None and tracked.end is None:
+            tracked.end = _last_end_record(tracked.proc.run_dir / METRICS_FILE)
+        outcome = classify(exit_code, tracked.end, cancel_requested=cancel)
+        tail = last_lines(tracked.proc.run_dir / LOG_FILE, LOG_TAIL_LINES)
+        del self._tracked[attempt_id]  # its processes are gone; storing the end is retried if it fails
+        self._finish(attempt_id, outcome, exit_code, tail)
+        log.info("attempt %s ended: %s (%s)", attempt_id, outcome.state.value, outcome.reason)
 
     def _tail_all(self) -> None:
+        for attempt_id, tracked in list(self._tracked.items()):
+            self._guarded(attempt_id, "store its records", lambda a=attempt_id, t=tracked: self._watch(a, t))
+
+    def _watch(self, attempt_id: int, tracked: Tracked) -> None:
         now = time.monotonic()
-        for attempt_id, tracked in self._tracked.items():
-            self._tail(attempt_id, tracked)
-            if now - tracked.descendants_seen_at >= DESCENDANTS_EVERY_S:
-                tracked.descendants_seen_at = now
-                for pid in descendant_pids({tracked.proc.pid}):
-                    tracked.descendants.setdefault(pid, process_start_time(pid))
+        self._tail(attempt_id, tracked)
+        if now - tracked.descendants_seen_at >= DESCENDANTS_EVERY_S:
+            tracked.descendants_seen_at = now
+            for pid in descendant_pids({tracked.proc.pid}):
+                tracked.descendants.setdefault(pid, process_start_time(pid))
 
     def _tail(self, attempt_id: int, tracked: Tracked) -> None:
         records, offset = read_new_records(tracked.proc.run_dir / METRICS_FILE, tracked.offset)
@@ -213,35 +337,48 @@ class Scheduler:
                 tracked.end = record
 
     def _carry_out_cancels(self) -> None:
-        now = time.monotonic()
         for attempt_id in self.store.cancelling_attempts():
-            tracked = self._tracked.get(attempt_id)
-            if tracked is None:
-                # Nothing of ours runs for it (the spawn failed, or it never began).
-                self.store.finish_attempt(attempt_id, Outcome(JobState.CANCELLED, "cancelled on request"), None, "")
-                continue
-            if tracked.term_sent_at is None:
-                tracked.term_sent_at = now
-                signal_group(tracked.proc.pid, signal.SIGTERM)
-                log.info("attempt %s: SIGTERM sent to its process group", attempt_id)
-            elif tracked.kill_sent_at is None and now - tracked.term_sent_at >= self.cancel_grace_s:
-                tracked.kill_sent_at = now
-                signal_group(tracked.proc.pid, signal.SIGKILL)
-                log.info("attempt %s: still alive after %.1fs; SIGKILL sent", attempt_id, self.cancel_grace_s)
+            self._guarded(attempt_id, "cancel it", lambda a=attempt_id: self._cancel_one(a))
+
+    def _cancel_one(self, attempt_id: int) -> None:
+        now = time.monotonic()
+        tracked = self._tracked.get(attempt_id)
+        if tracked is None:
+            if attempt_id not in self._unfinished:  # nothing of ours runs for it (the spawn failed)
+                self._finish(attempt_id, Outcome(JobState.CANCELLED, "cancelled on request"))
+            return
+        if tracked.term_sent_at is None:
+            tracked.term_sent_at = now
+            signal_group(tracked.proc.pid, signal.SIGTERM)
+            log.info("attempt %s: SIGTERM sent to its process group", attempt_id)
+        elif tracked.kill_sent_at is None and now - tracked.term_sent_at >= self.cancel_grace_s:
+            tracked.kill_sent_at = now
+            signal_group(tracked.proc.pid, signal.SIGKILL)
+            log.info("attempt %s: still alive after %.1fs; SIGKILL sent", attempt_id, self.cancel_grace_s)
 
     def _place(self) -> None:
-        queue = self.store.queued_jobs()
+        queue, unreadable = self.store.queued_jobs()
+        for job_id, why in unreadable:  # one bad row must not stop placement for every other job
+            log.error("job %s cannot be read (%s); failing it", job_id, why)
+            self.store.reject_job(job_id, f"the daemon cannot read this job's row: {why}")
         if not queue:
             return
-        needs_gpus = any(job.gpus for job in queue)
-        gpus = self.probe.snapshot() if needs_gpus else []
-        topology = self.probe.topology() if needs_gpus else None
+        gpus: list[GpuInfo] = []
+        topology = None
+        if any(job.gpus for job in queue):
+            try:
+                gpus, topology = self.probe.snapshot(), self.probe.topology()
+                self.health.probe_error = None
+            except Exception as exc:  # the GPU jobs wait, and /healthz says why; CPU jobs go on
+                self.health.probe_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("the GPU probe failed; GPU jobs wait: %s", exc)
         result = plan(queue, gpus, self.store.leased_resources(), self.cpu_slots, self.margin_bytes, topology)
         for placement in result.placements:
             started = self.store.begin_attempt(placement, self.runs_dir)
             if started is None:  # cancelled meanwhile, or the lease was taken
                 continue
-            self._launch(started, placement)
+            self._fault_point("after-begin")
+            self._guarded(started.attempt_id, "start its worker", lambda s=started, p=placement: self._launch(s, p))
 
     def _launch(self, started: StartedAttempt, placement: Placement) -> None:
         cpu_threads = (
@@ -259,14 +396,25 @@ class Scheduler:
                 self.worker_module,
             )
         except OSError as exc:
-            outcome = Outcome(JobState.FAILED, f"could not start the worker: {exc}")
-            self.store.finish_attempt(started.attempt_id, outcome, None, "")
+            self._finish(started.attempt_id, Outcome(JobState.FAILED, f"could not start the worker: {exc}"))
             return
-        self.store.attempt_spawned(started.attempt_id, proc.pid, proc.start_time)
+        self._fault_point("after-spawn")
+        try:
+            self.store.attempt_spawned(started.attempt_id, proc.pid, proc.start_time)
+        except Exception:
+            # Untracked, it must not train: it has not been told to go, and it will not be.
+            signal_group(proc.pid, signal.SIGKILL)
+            if proc.popen is not None:
+                proc.popen.wait()
+            self._unfinished[started.attempt_id] = classify(None, {"status": "not_started"}, False)
+            raise
         tracked = Tracked(proc)
+        self._tracked[started.attempt_id] = tracked  # from here on, any failure stops it (_give_up_on)
+        self._fault_point("after-pid")
+        release(proc)
+        self._fault_point("after-go")
         tracked.waiter = threading.Thread(target=self._wait_exit, args=(proc,), daemon=True)
         tracked.waiter.start()
-        self._tracked[started.attempt_id] = tracked
         log.info(
             "job %s attempt %s started: pid %s on %s",
             started.job_id,

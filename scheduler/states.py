@@ -58,3 +58,29 @@ def allowed_from(to: JobState) -> frozenset[JobState]:
 
 def is_terminal(state: JobState) -> bool:
     return state in TERMINAL
+
+
+def route(frm: JobState, to: JobState) -> list[JobState] | None:
+    """The states to pass through, in order, to go from `frm` to `to` (ending with `to`); None when none leads there.
+
+    An attempt's end may be learnt before the step that leads to it: a worker that succeeded while its
+    `start` record was never stored ends a job that still reads `starting` (starting -> running ->
+    succeeded), and a cancelled worker of a job that reads `running` goes through `cancelling`.
+    Breadth-first over the table, so the route is the shortest, and requeue (a new attempt) is never on it.
+    """
+    if frm == to:
+        return []
+    paths: dict[JobState, list[JobState]] = {frm: []}
+    frontier = [frm]
+    while frontier:
+        nxt = []
+        for state in frontier:
+            for following in sorted(TRANSITIONS[state], key=lambda s: s.value):
+                if following in paths or following == Q:
+                    continue
+                paths[following] = [*paths[state], following]
+                if following == to:
+                    return paths[following]
+                nxt.append(following)
+        frontier = nxt
+    return None

@@ -11,10 +11,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.gate import GATE_ENV, GO
 from worker.spec import CHECKPOINT_DIR, LOG_FILE, SPEC_FILE
 
 # FTQ_FAULT injects failures (e.g. oom@step:3) into workers; only tests set it.
@@ -39,11 +41,19 @@ class WorkerProcess:
         return not same_process(self.pid, self.start_time), None
 
 
-def worker_env(cuda_visible_devices: str, cpu_threads: int | None) -> dict[str, str]:
-    """The worker's environment: ours, plus the GPUs it may see and nothing it may not."""
+def worker_env(
+    cuda_visible_devices: str, cpu_threads: int | None, daemon_settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The worker's environment: ours, plus the GPUs it may see and nothing it may not.
+
+    `daemon_settings`: what the daemon resolved and the worker must obey (worker.confine.worker_settings:
+    its input dirs, whether remote code may run), given as the daemon resolved them, not as its own
+    environment happened to spell them.
+    """
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("FTQ_") and k not in PASSED_TO_WORKERS]:
-        del env[key]  # the worker takes nothing from the daemon's settings; its spec is its input
+        del env[key]  # the worker takes nothing from the daemon's settings but these; its spec is its input
+    env.update(daemon_settings or {})
     env.update(
         CUDA_VISIBLE_DEVICES=cuda_visible_devices,
         CUDA_DEVICE_ORDER="PCI_BUS_ID",
@@ -52,6 +62,7 @@ def worker_env(cuda_visible_devices: str, cpu_threads: int | None) -> dict[str, 
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
+    env[GATE_ENV] = "stdin"  # wait for release(): the pid is in the database before the worker does anything
     if cpu_threads:
         env["OMP_NUM_THREADS"] = str(cpu_threads)
     return env
@@ -64,8 +75,13 @@ def spawn_worker(
     cuda_visible_devices: str,
     cpu_threads: int | None = None,
     module: str = "worker",
+    daemon_settings: Mapping[str, str] | None = None,
 ) -> WorkerProcess:
-    """Write the spec into the run dir and start `python -m worker RUN_DIR` in a new session."""
+    """Write the spec into the run dir and start `python -m worker RUN_DIR` in a new session.
+
+    The worker waits at its start gate (worker.gate) until `release` says go: the caller stores the
+    pid first, so that a daemon killed at any instant leaves no worker that trains untracked.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     # Checkpoints belong to the job, not the attempt, so a requeued attempt resumes from them.
@@ -77,14 +93,27 @@ def spawn_worker(
         popen = subprocess.Popen(
             [sys.executable, "-m", module, str(run_dir)],
             cwd=run_dir,
-            env=worker_env(cuda_visible_devices, cpu_threads),
-            stdin=subprocess.DEVNULL,
+            env=worker_env(cuda_visible_devices, cpu_threads, daemon_settings),
+            stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
         )
     return WorkerProcess(attempt_id, popen.pid, run_dir, process_start_time(popen.pid), popen)
+
+
+def release(proc: WorkerProcess) -> bool:
+    """Tell a worker waiting at its start gate to go; False when it is gone already (it then starts nothing)."""
+    pipe = proc.popen.stdin if proc.popen is not None else None
+    if pipe is None:
+        return False
+    try:
+        pipe.write(GO + b"\n")
+        pipe.close()
+        return True
+    except (BrokenPipeError, ValueError, OSError):
+        return False
 
 
 def signal_group(pgid: int, sig: int) -> bool:

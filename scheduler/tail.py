@@ -29,11 +29,19 @@ def read_new_records(path: Path, offset: int, max_bytes: int = 4 << 20) -> tuple
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            record = {"kind": "invalid", "raw": line.decode("utf-8", "replace")[:500]}
-        if isinstance(record, dict):
-            records.append(record)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            record = _invalid(line, f"not valid JSON: {exc}")
+        except RecursionError:
+            record = _invalid(line, "nested too deeply to be read")
+        if not isinstance(record, dict):
+            record = _invalid(line, "a JSON value that is not an object")
+        records.append(record)
     return records, offset + end + 1
+
+
+def _invalid(line: bytes, reason: str) -> dict[str, Any]:
+    """A line kept raw with the reason it is not a record: what the worker wrote is never dropped unsaid."""
+    return {"kind": "invalid", "raw": line.decode("utf-8", "replace")[:2000], "reason": reason}
 
 
 def last_lines(path: Path, count: int, max_bytes: int = 256 << 10) -> str:

@@ -10,14 +10,14 @@ waiting in the queue forever.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from scheduler.estimate import MemoryEstimate, estimate_for_spec
 from scheduler.placement import GiB, Placement, QueuedJob, place
 from scheduler.probe import GpuInfo
 from server.errors import field_error
-from server.paths import read_json_object
+from server.paths import SpecFiles, read_spec_files
+from worker.confine import remote_code_refusal
 from worker.spec import JobSpec
 
 Z3 = {"zero_optimization": {"stage": 3}}
@@ -34,14 +34,16 @@ class Assessment:
     suggestions: list[str] = field(default_factory=list)
 
 
-def estimate(spec: JobSpec) -> MemoryEstimate | None:
-    """The spec's per-GPU estimate; None when the model's config cannot be read as a transformer's."""
-    config = read_json_object(Path(spec.model_name_or_path) / "config.json")
-    if config is None:
+def estimate(spec: JobSpec, files: SpecFiles | None = None) -> MemoryEstimate | None:
+    """The spec's per-GPU estimate; None when the model's config cannot be read as a transformer's.
+
+    `files`: the JSON read when the spec was checked; without it (a stored spec) the files are read again.
+    """
+    files = files if files is not None else read_spec_files(spec)
+    if files.model_config is None:
         return None
-    ds_config = read_json_object(Path(spec.deepspeed)) if spec.deepspeed else None
     try:
-        return estimate_for_spec(config, spec, ds_config)
+        return estimate_for_spec(files.model_config, spec, files.deepspeed_config)
     except ValueError:
         return None
 
@@ -57,10 +59,18 @@ def largest_offer(spec: JobSpec, gpus: list[GpuInfo]) -> int | None:
     return totals[spec.gpus - 1] if 0 < spec.gpus <= len(totals) else None
 
 
-def assess(spec: JobSpec, gpus: list[GpuInfo], leased: set[str], margin: int, topology: Any = None) -> Assessment:
+def assess(
+    spec: JobSpec,
+    gpus: list[GpuInfo],
+    leased: set[str],
+    margin: int,
+    topology: Any = None,
+    files: SpecFiles | None = None,
+) -> Assessment:
     if spec.gpus == 0:
         return Assessment()
-    found = estimate(spec)
+    files = files if files is not None else read_spec_files(spec)
+    found = estimate(spec, files)
     need = found.per_gpu if found is not None else 0
     offer = largest_offer(spec, gpus)
     result = Assessment(
@@ -73,24 +83,27 @@ def assess(spec: JobSpec, gpus: list[GpuInfo], leased: set[str], margin: int, to
     placed = place([job], gpus, leased, 0, margin, topology)
     result.fits_now = placed[0] if placed else None
     if not result.fits_ever and found is not None:
-        result.suggestions = suggestions(spec, gpus, margin)
+        result.suggestions = suggestions(spec, gpus, margin, files=files)
     return result
 
 
-def suggestions(spec: JobSpec, gpus: list[GpuInfo], margin: int, most: int = 4) -> list[str]:
+def suggestions(
+    spec: JobSpec, gpus: list[GpuInfo], margin: int, most: int = 4, files: SpecFiles | None = None
+) -> list[str]:
     """Changes that would make the job fit on this machine, each with the estimate it would have.
 
     Single levers first (gradient checkpointing, LoRA), then the largest micro-batch that fits
     (gradient accumulation keeps the effective batch), alone and with checkpointing, then ZeRO-3
     over more GPUs.
     """
-    config = read_json_object(Path(spec.model_name_or_path) / "config.json") or {}
+    files = files if files is not None else read_spec_files(spec)
+    config = files.model_config or {}
 
     def need_if(changes: dict[str, Any], ds_config: dict[str, Any] | None = None) -> int | None:
         variant = spec.model_copy(update=changes)
         offer = largest_offer(variant, gpus)
         try:
-            need = estimate_for_spec(config, variant, ds_config or _ds_config(spec)).per_gpu
+            need = estimate_for_spec(config, variant, ds_config or files.deepspeed_config).per_gpu
         except ValueError:
             return None
         return need if offer is not None and need + margin <= offer else None
@@ -129,8 +142,11 @@ def suggestions(spec: JobSpec, gpus: list[GpuInfo], margin: int, most: int = 4) 
     return lines
 
 
-def _ds_config(spec: JobSpec) -> dict[str, Any] | None:
-    return read_json_object(Path(spec.deepspeed)) if spec.deepspeed else None
+def remote_code_errors(spec: JobSpec, allow_remote_code: bool) -> list[dict[str, str]]:
+    """trust_remote_code is the operator's call (FTQ_ALLOW_REMOTE_CODE), not the submitter's."""
+    if spec.trust_remote_code and not allow_remote_code:
+        return [field_error("trust_remote_code", remote_code_refusal())]
+    return []
 
 
 def admission_errors(

@@ -6,36 +6,49 @@ running, starts the scheduling loop, and only then serves (STYLE.md 7).
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from scheduler.loop import Scheduler
 from scheduler.probe import GpuProbe, make_probe
+from scheduler.supervisor import spawn_worker
 from server.db import make_engine, upgrade_database
 from server.docs import install_docs
 from server.errors import JsonErrors, install_handlers
 from server.guard import Guard, Policy
+from server.health import health_problems
+from server.lock import DataDirLock
 from server.openapi import error_responses, install_openapi
 from server.routes import jobs, system
 from server.settings import Settings
 from server.store import SqlStore
+from worker.confine import worker_settings
 
 log = logging.getLogger("ftq")
 
 
 def create_app(
-    settings: Settings | None = None, probe: GpuProbe | None = None, extra_hosts: tuple[str, ...] = ()
+    settings: Settings | None = None,
+    probe: GpuProbe | None = None,
+    lock: DataDirLock | None = None,
+    extra_hosts: tuple[str, ...] = (),
 ) -> FastAPI:
-    """The app; `extra_hosts` are names it answers to beyond the settings' (`ftq serve --host ADDRESS` adds it)."""
+    """The daemon's app; `lock` is the data dir's, when the caller took it already (`ftq serve` does, to refuse
+    a second daemon before uvicorn starts); `extra_hosts` are names it answers to beyond the settings'
+    (`ftq serve --host ADDRESS` adds the address)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        held = lock if lock is not None and lock.held else DataDirLock(settings.data_dir).acquire()
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings)
         upgrade_database(engine)
@@ -50,6 +63,11 @@ def create_app(
             tail_interval_s=settings.tail_interval_s,
             margin_bytes=settings.memory_margin_bytes,
             worker_module=settings.worker_module,
+            fault=settings.daemon_fault,
+            # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
+            spawn=functools.partial(
+                spawn_worker, daemon_settings=worker_settings(settings.input_dirs, settings.allow_remote_code)
+            ),
         )
         scheduler.start()
         app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler
@@ -65,6 +83,7 @@ def create_app(
             scheduler.stop()
             gpu_probe.close()
             engine.dispose()
+            held.release()
 
     app = FastAPI(
         title="ftq",
@@ -80,10 +99,14 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(system.router)
 
-    @app.get("/healthz", tags=["system"], responses=error_responses(413, 500))
-    def healthz() -> dict[str, str]:
-        """Public, whatever the token: 200 while the daemon serves."""
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["system"], responses=error_responses(413, 500, 503))
+    async def healthz(request: Request) -> JSONResponse:
+        """200 when the daemon can do its work; 503 with every reason when it cannot. Public, whatever the token."""
+        scheduler: Scheduler = request.app.state.scheduler
+        problems = health_problems(scheduler.health, time.monotonic(), settings.tick_s)
+        if problems:
+            return JSONResponse({"status": "unhealthy", "detail": "; ".join(problems), "problems": problems}, 503)
+        return JSONResponse({"status": "ok"})
 
     install_docs(app)
     install_openapi(app, settings)

@@ -69,6 +69,12 @@ class InvalidSpec(FtqError):
         return cls("invalid job spec — " + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
 
+class Unavailable(FtqError):
+    """The daemon cannot answer now (its filesystem is stuck); the same request may succeed later."""
+
+    status_code = 503
+
+
 def field_error(field: str, message: str) -> dict[str, Any]:
     return {"field": field, "message": message}
 
@@ -151,6 +157,18 @@ def storage_problem(exc: BaseException, data_dir: str) -> tuple[int, str] | None
     return None
 
 
+def encodable(value: Any) -> Any:
+    """Strings made safe to send as UTF-8: a lone surrogate (a JSON "\\ud800" echoed back, a name read from
+    a file) would make the response itself fail; it is sent escaped instead."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [encodable(v) for v in value]
+    if isinstance(value, dict):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    return value
+
+
 def install_handlers(app: FastAPI) -> None:
     def data_dir(request: Request) -> str:
         settings = getattr(request.app.state, "settings", None)
@@ -161,7 +179,7 @@ def install_handlers(app: FastAPI) -> None:
         body: dict[str, Any] = {"detail": exc.detail}
         if exc.errors or exc.status_code == 422:
             body["errors"] = exc.errors or []
-        return JSONResponse(body, status_code=exc.status_code)
+        return JSONResponse(encodable(body), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -172,7 +190,7 @@ def install_handlers(app: FastAPI) -> None:
         )
         in_body = all((e.get("loc") or ("body",))[0] == "body" for e in exc.errors())
         what = "invalid job spec" if in_body else "invalid request"
-        return JSONResponse({"detail": f"{what} — {summary}", "errors": errors}, status_code=422)
+        return JSONResponse(encodable({"detail": f"{what} — {summary}", "errors": errors}), status_code=422)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -183,13 +201,14 @@ def install_handlers(app: FastAPI) -> None:
             detail = "the body could not be read: send a JSON object, encoded as UTF-8"
         elif exc.status_code == 405:
             detail = f"{request.method} is not a method of {request.url.path}; /docs lists the methods it takes"
-        return JSONResponse({"detail": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(encodable({"detail": str(detail)}), status_code=exc.status_code, headers=exc.headers)
 
     async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
         found = storage_problem(exc, data_dir(request))
         if found is None:
             log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-            return JSONResponse({"detail": unexpected_detail(request.method, request.url.path, exc)}, status_code=500)
+            detail = unexpected_detail(request.method, request.url.path, exc)
+            return JSONResponse(encodable({"detail": detail}), status_code=500)
         status, detail = found
         log.error("%s %s: %s (%s)", request.method, request.url.path, detail, exc)
         return JSONResponse(
@@ -234,4 +253,4 @@ class JsonErrors:
             if started:  # too late for an answer of our own
                 raise
             detail = unexpected_detail(scope["method"], scope["path"], exc)
-            await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)
+            await JSONResponse(encodable({"detail": detail}), status_code=500)(scope, receive, send)

@@ -13,7 +13,7 @@ from scheduler.placement import GiB, QueuedJob, cpu_slot_names, explain_wait
 from scheduler.retry import memory_settings
 from scheduler.states import ACTIVE, JobState
 from scheduler.tail import last_lines
-from server.admission import Assessment, admission_errors, assess
+from server.admission import Assessment, admission_errors, assess, remote_code_errors
 from server.errors import Conflict, InvalidSpec, describe_error
 from server.machine import Machine
 from server.models import (
@@ -27,21 +27,26 @@ from server.models import (
     Progress,
     utcnow,
 )
-from server.paths import resolve_spec_paths
+from server.paths import check_spec_inputs
 from server.store import current_attempt, transition
 from worker.spec import LOG_FILE, JobSpec
 
 
-def submit(session: Session, spec: JobSpec, input_dirs: list[Path], machine: Machine) -> Job:
+def submit(
+    session: Session, spec: JobSpec, input_dirs: list[Path], machine: Machine, allow_remote_code: bool = False
+) -> Job:
     """Check everything, report every problem at once, and queue the job only when all is well."""
+    refused = remote_code_errors(spec, allow_remote_code)
     try:
-        resolved = resolve_spec_paths(spec, input_dirs)
+        resolved, files = check_spec_inputs(spec, input_dirs)
     except InvalidSpec as exc:
         raise InvalidSpec.from_errors(
-            (exc.errors or []) + admission_errors(spec, Assessment(), machine.gpus, machine.cpu_slots)
+            refused + (exc.errors or []) + admission_errors(spec, Assessment(), machine.gpus, machine.cpu_slots)
         ) from None
-    assessment = assess(resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology)
-    errors = admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
+    assessment = assess(
+        resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology, files=files
+    )
+    errors = refused + admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
     if errors:
         raise InvalidSpec.from_errors(errors)
     job = Job(
@@ -60,10 +65,14 @@ def submit(session: Session, spec: JobSpec, input_dirs: list[Path], machine: Mac
     return job
 
 
-def estimate(spec: JobSpec, input_dirs: list[Path], machine: Machine) -> dict[str, Any]:
+def estimate(
+    spec: JobSpec, input_dirs: list[Path], machine: Machine, allow_remote_code: bool = False
+) -> dict[str, Any]:
     """POST /estimate: the breakdown, whether and where it fits now, and what would make it fit."""
-    resolved = resolve_spec_paths(spec, input_dirs)
-    assessment = assess(resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology)
+    resolved, files = check_spec_inputs(spec, input_dirs)
+    assessment = assess(
+        resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology, files=files
+    )
     fits_now = assessment.fits_now
     return {
         "estimate": assessment.estimate,
@@ -75,7 +84,8 @@ def estimate(spec: JobSpec, input_dirs: list[Path], machine: Machine) -> dict[st
         "fits_now": {"cuda_visible_devices": fits_now.cuda_visible_devices, "gpus": list(fits_now.resources)}
         if fits_now
         else None,
-        "problems": admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots),
+        "problems": remote_code_errors(resolved, allow_remote_code)
+        + admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots),
         "suggestions": assessment.suggestions,
     }
 
@@ -173,10 +183,15 @@ def cancel(session: Session, job: Job) -> Job:
             return job
         if state == JobState.QUEUED:
             done = transition(
-                session, job.id, JobState.CANCELLED, ended_at=utcnow(), reason="cancelled on request before it started"
+                session,
+                job.id,
+                JobState.CANCELLED,
+                JobState.QUEUED,
+                ended_at=utcnow(),
+                reason="cancelled on request before it started",
             )
         elif state in ACTIVE:
-            done = transition(session, job.id, JobState.CANCELLING)
+            done = transition(session, job.id, JobState.CANCELLING, state)
         else:
             raise Conflict(f"job {job.id} is {job.state}; only a queued, starting or running job can be cancelled")
         session.commit()
@@ -204,10 +219,18 @@ def metrics(
 REQUEUEABLE = (JobState.FAILED, JobState.OOM, JobState.CANCELLED)
 
 
-def requeue(session: Session, job: Job, overrides: dict[str, Any], input_dirs: list[Path], machine: Machine) -> Job:
+def requeue(
+    session: Session,
+    job: Job,
+    overrides: dict[str, Any],
+    input_dirs: list[Path],
+    machine: Machine,
+    allow_remote_code: bool = False,
+) -> Job:
     """A new attempt for a failed / oom / cancelled job, resuming from its last checkpoint."""
     assert job.id is not None
-    if JobState(job.state) not in REQUEUEABLE:
+    read = JobState(job.state)
+    if read not in REQUEUEABLE:
         raise Conflict(f"job {job.id} is {job.state}; only a failed, oom or cancelled job can be requeued")
     merged = {**job.spec, **overrides}
     if overrides.get("gpu_ids") and "gpus" not in overrides:
@@ -218,13 +241,22 @@ def requeue(session: Session, job: Job, overrides: dict[str, Any], input_dirs: l
         spec = JobSpec.model_validate(merged)
     except ValidationError as exc:
         raise InvalidSpec.from_errors([describe_error(e) for e in exc.errors()]) from None
-    resolved = resolve_spec_paths(spec, input_dirs)
-    assessment = assess(resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology)
-    errors = admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
+    # The daemon may have been restarted without FTQ_ALLOW_REMOTE_CODE since the job was submitted.
+    refused = remote_code_errors(spec, allow_remote_code)
+    try:
+        resolved, files = check_spec_inputs(spec, input_dirs)
+    except InvalidSpec as exc:
+        raise InvalidSpec.from_errors(refused + (exc.errors or [])) from None
+    assessment = assess(
+        resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology, files=files
+    )
+    errors = refused + admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
     if errors:
         raise InvalidSpec.from_errors(errors)
     need = assessment.need_bytes
     last = current_attempt(session, job.id)
+    if last is not None and last.ended_at is None:  # never two live attempts of one job
+        raise Conflict(f"job {job.id} still has a live attempt ({last.number}); wait for it to end")
     if last is not None and last.settings == memory_settings(resolved.model_dump()) and last.peak_memory_gib:
         need = max(need, int(last.peak_memory_gib * GiB))  # the same settings needed at least that much
     changed = ", ".join(f"{k}: {v}" for k, v in overrides.items()) or "unchanged settings"
@@ -232,6 +264,7 @@ def requeue(session: Session, job: Job, overrides: dict[str, Any], input_dirs: l
         session,
         job.id,
         JobState.QUEUED,
+        read,
         spec=resolved.model_dump(mode="json", exclude_none=True),
         need_bytes=need or None,
         estimate=assessment.estimate,

@@ -9,6 +9,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from server.app import create_app
+from server.lock import DataDirLock, DataDirLocked
 from server.settings import Settings
 
 
@@ -47,10 +48,17 @@ def serve(host: str, port: int, insecure: bool = False) -> None:
     problem = exposure_problem(host, settings, insecure)
     if problem:
         raise SystemExit(problem)
+    try:  # before uvicorn: a second daemon on this data dir must not even bind its port
+        lock = DataDirLock(settings.data_dir).acquire()
+    except DataDirLocked as exc:
+        raise SystemExit(f"ftq: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     wildcard = host.strip("[]") in ("", "0.0.0.0", "::")
     # An address it is asked to listen on is a name it answers to; a wildcard names none.
-    app = create_app(settings, extra_hosts=() if wildcard else (host,))
+    app = create_app(settings, lock=lock, extra_hosts=() if wildcard else (host,))
     if not is_loopback(host) and not settings.api_token:
         logging.getLogger("ftq").warning("serving on %s without FTQ_API_TOKEN (--insecure)", host)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        lock.release()

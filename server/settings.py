@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         description="Directories a spec may read models and data from (os.pathsep-separated); "
         "relative spec paths resolve against the first.",
     )
+    allow_remote_code: bool = Field(
+        default=False,
+        description="Let specs set trust_remote_code: true, which runs the model directory's Python files as the "
+        "daemon's user, with everything that user can read and write.",
+    )
     memory_margin_gib: float = Field(
         default=1.0, ge=0, le=1024, description="Free GPU memory a job must leave beyond its estimate."
     )
@@ -53,6 +58,17 @@ class Settings(BaseSettings):
     )
     tick_s: float = Field(default=1.0, gt=0, le=60, description="The scheduler's periodic tick.")
     tail_interval_s: float = Field(default=0.25, gt=0, le=10, description="How often running jobs' metrics are read.")
+    stall_factor: float = Field(
+        default=5.0, ge=1, le=1000, description="A job is shown stalled after this many of its usual record intervals."
+    )
+    stall_min_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="...and never before this many seconds without a record."
+    )
+    daemon_fault: str | None = Field(
+        default=None,
+        pattern=r"^sigkill@(after-begin|after-spawn|after-pid|after-go)$",
+        description="Tests only: the daemon SIGKILLs itself at this point of a worker's start.",
+    )
 
     @field_validator("input_dirs", mode="before")
     @classmethod

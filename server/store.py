@@ -7,29 +7,52 @@ write. `SqlStore` implements `scheduler.loop.Store` on top of it.
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import Text, cast, delete, func, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, select
 
 from scheduler.exits import Outcome
 from scheduler.loop import LiveAttempt, StartedAttempt
 from scheduler.placement import GiB, Placement, QueuedJob
+from scheduler.records import as_step, finite_number, record_time, storable
 from scheduler.retry import memory_settings, next_after_oom
-from scheduler.states import ACTIVE, JobState, allowed_from
+from scheduler.states import ACTIVE, JobState, allowed_from, route
 from server.admission import estimate
-from server.models import Attempt, Job, Lease, MetricRecord, utcnow
+from server.models import Attempt, Daemon, Job, Lease, MetricRecord, utcnow
 from worker.spec import JobSpec
 
+log = logging.getLogger("ftq.store")
 
-def transition(session: Session, job_id: int, to: JobState, **values: Any) -> bool:
-    """Move a job to `to` if its current state allows it; False when it did not."""
-    sources = [s.value for s in allowed_from(to)]
+# How many times a transaction whose compare-and-set lost a race (the state changed between our read and our
+# write) is tried again from a fresh read before giving up.
+CAS_TRIES = 10
+
+
+def transition(session: Session, job_id: int, to: JobState, frm: JobState | Iterable[JobState], **values: Any) -> bool:
+    """Move a job from the state that was read (`frm`) to `to`; False when the job is no longer in it.
+
+    A compare-and-set on the state the caller read, never on every state that may lead to `to`: a cancel
+    that read `queued` must not succeed on a job that has meanwhile become starting -> cancelling.
+    """
+    sources = [frm] if isinstance(frm, JobState) else list(frm)
+    allowed = allowed_from(to)
+    bad = [s.value for s in sources if s not in allowed]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} -> {to.value} is not a transition of the job state machine")
     result = session.execute(
-        update(Job).where(col(Job.id) == job_id, col(Job.state).in_(sources)).values(state=to.value, **values)
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.state).in_([s.value for s in sources]))
+        .values(state=to.value, **values)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
@@ -44,15 +67,32 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def queued_jobs(self) -> list[QueuedJob]:
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Whether `exc` says the database cannot be used now (locked, full, unreachable), not that a row is bad."""
+        return isinstance(exc, (OperationalError, PoolTimeout, DisconnectionError)) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT)
+        )
+
+    def queued_jobs(self) -> tuple[list[QueuedJob], list[tuple[int, str]]]:
+        """The queue as placement needs it, and the rows that cannot be read (id, why), read apart from the rest."""
         with Session(self.engine) as session:
-            query = select(Job.id, Job.priority, Job.gpus, Job.need_bytes, Job.gpu_ids)
+            # gpu_ids as its raw text: a row holding something that is not JSON is one bad job, not a stop.
+            query = select(Job.id, Job.priority, Job.gpus, Job.need_bytes, cast(col(Job.gpu_ids), Text))
             rows = session.exec(query.where(Job.state == JobState.QUEUED.value)).all()
-        return [
-            QueuedJob(job_id=i, priority=p, seq=i, gpus=g, need_bytes=need or 0, gpu_ids=tuple(ids) if ids else None)
-            for i, p, g, need, ids in rows
-            if i is not None
-        ]
+        queue, unreadable = [], []
+        for row in rows:
+            try:
+                queue.append(_queued(*row))
+            except (TypeError, ValueError) as exc:
+                unreadable.append((int(row[0]), f"{type(exc).__name__}: {exc}"[:500]))
+        return queue, unreadable
+
+    def reject_job(self, job_id: int, reason: str) -> None:
+        """A queued job the daemon cannot read ends failed (queued -> starting -> failed), saying why."""
+        with Session(self.engine) as session:
+            if transition(session, job_id, JobState.STARTING, JobState.QUEUED):
+                transition(session, job_id, JobState.FAILED, JobState.STARTING, ended_at=utcnow(), reason=reason)
+            session.commit()
 
     def leased_resources(self) -> set[str]:
         with Session(self.engine) as session:
@@ -62,8 +102,17 @@ class SqlStore:
         """queued -> starting, a new attempt and its leases, all or nothing."""
         with Session(self.engine) as session:
             job = session.get(Job, placement.job_id)
-            if job is None or not transition(session, placement.job_id, JobState.STARTING, reason=None):
+            if job is None or not transition(
+                session, placement.job_id, JobState.STARTING, JobState.QUEUED, reason=None
+            ):
                 session.rollback()
+                return None
+            live = session.exec(
+                select(func.count()).where(Attempt.job_id == placement.job_id, col(Attempt.ended_at).is_(None))
+            ).one()
+            if live:  # one job, one live attempt: a queued job with a live attempt is a bug, never a second worker
+                session.rollback()
+                log.error("job %s is queued but has a live attempt; not starting another", placement.job_id)
                 return None
             number = (
                 session.exec(select(func.max(Attempt.number)).where(Attempt.job_id == placement.job_id)).one() or 0
@@ -105,41 +154,52 @@ class SqlStore:
             session.commit()
 
     def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None:
-        """Store records with the offset they reach, in one transaction, so none is stored twice."""
+        """Store records with the offset they reach, in one transaction, so none is stored twice.
+
+        Each record passes through `storable` first: one the database or a JSON response could not hold
+        is kept raw with the reason, and the attempt's step counters only ever take numbers in range.
+        """
+        kept = [storable(record) for record in records]
         with Session(self.engine) as session:
             attempt = session.get(Attempt, attempt_id)
             if attempt is None:
                 return
             changes: dict[str, Any] = {"metrics_offset": offset}
-            for record in records:
-                step = _as_int(record.get("current_steps")) or 0
+            last_at, interval = _aware(attempt.last_record_at), attempt.record_interval_s
+            for item in kept:
                 session.add(
                     MetricRecord(
-                        job_id=attempt.job_id,
-                        attempt_id=attempt_id,
-                        kind=str(record.get("kind", "metric")),
-                        step=step,
-                        data=record,
+                        job_id=attempt.job_id, attempt_id=attempt_id, kind=item.kind, step=item.step, data=item.data
                     )
                 )
+                if not item.valid:
+                    log.warning("attempt %s: a record kept raw: %s", attempt_id, item.data.get("reason"))
+                    continue
+                record = item.data
+                when = record_time(record) or utcnow()
+                if last_at is not None and when >= last_at:
+                    gap = (when - last_at).total_seconds()
+                    interval = gap if interval is None else (1 - RHYTHM_WEIGHT) * interval + RHYTHM_WEIGHT * gap
+                last_at = max(when, last_at) if last_at is not None else when
                 if record.get("current_steps") is not None:
-                    changes["last_step"] = step
+                    changes["last_step"] = item.step
                 if record.get("total_steps") is not None:
-                    changes["total_steps"] = _as_int(record["total_steps"])
-                peak = record.get("peak_vram_reserved", record.get("vram_reserved"))
-                if isinstance(peak, (int, float)):
+                    changes["total_steps"] = as_step(record["total_steps"])
+                peak = finite_number(record.get("peak_vram_reserved", record.get("vram_reserved")))
+                if peak is not None:
                     changes["peak_memory_gib"] = max(
                         peak, changes.get("peak_memory_gib") or attempt.peak_memory_gib or 0
                     )
-                if record.get("kind") == "start":
-                    resumed = _as_int(record.get("resumed_from_step"))
+                if item.kind == "start":
+                    resumed = as_step(record.get("resumed_from_step"))
                     if resumed is not None:
                         changes["resumed_from_step"] = resumed
                         _supersede(session, attempt.job_id, attempt_id, resumed)
                     if attempt.state == JobState.STARTING.value and transition(
-                        session, attempt.job_id, JobState.RUNNING
+                        session, attempt.job_id, JobState.RUNNING, JobState.STARTING
                     ):
                         changes["state"] = JobState.RUNNING.value
+            changes.update(last_record_at=last_at, record_interval_s=interval)
             session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**changes))
             session.commit()
 
@@ -153,74 +213,140 @@ class SqlStore:
         return [r for r in rows if r is not None]
 
     def live_attempts(self) -> list[LiveAttempt]:
+        """Every attempt without an end, read column by column: one bad row is reported, not fatal to the rest."""
         with Session(self.engine) as session:
             rows = session.exec(
-                select(Attempt, Job.state)
+                select(
+                    Attempt.id,
+                    Attempt.job_id,
+                    Attempt.run_dir,
+                    Attempt.pid,
+                    Attempt.pid_start_time,
+                    Attempt.metrics_offset,
+                    Job.state,
+                )
                 .join(Job, col(Job.id) == col(Attempt.job_id))
                 .where(col(Attempt.ended_at).is_(None))
             ).all()
-        return [
-            LiveAttempt(
-                attempt_id=a.id,
-                job_id=a.job_id,
-                run_dir=Path(a.run_dir),
-                pid=a.pid,
-                pid_start_time=a.pid_start_time,
-                metrics_offset=a.metrics_offset,
-                cancelling=state == JobState.CANCELLING.value,
-            )
-            for a, state in rows
-            if a.id is not None
-        ]
+        return [_live(*row) for row in rows if row[0] is not None]
 
     def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None:
         """End the attempt, move the job to its outcome and release its leases: one transaction.
 
-        An out-of-memory ending is retried here, in the same transaction, when the
-        job's `oom_retry` budget allows: the job goes back to the queue with smaller
-        settings and a memory requirement of at least the peak this attempt reached.
+        Every change of the job's state is a compare-and-set on the state read in this transaction; when
+        the API moved the job meanwhile (a cancel), the transaction is rolled back and decided again from
+        a fresh read. An out-of-memory ending is retried here, in the same transaction, when the job's
+        `oom_retry` budget allows: the job goes back to the queue with smaller settings and a memory
+        requirement of at least the peak this attempt reached. An attempt that never trained goes back
+        to the queue as it was.
         """
+        for _ in range(CAS_TRIES):
+            with Session(self.engine) as session:
+                attempt = session.get(Attempt, attempt_id)
+                job = session.get(Job, attempt.job_id) if attempt is not None else None
+                if attempt is None or job is None or attempt.ended_at is not None:
+                    return
+                if self._finish(session, job, attempt, outcome, exit_code, log_tail):
+                    session.commit()
+                    return
+                session.rollback()
+        raise RuntimeError(f"attempt {attempt_id}: its job kept changing state while the attempt was being ended")
+
+    def _finish(
+        self, session: Session, job: Job, attempt: Attempt, outcome: Outcome, exit_code: int | None, log_tail: str
+    ) -> bool:
+        """The statements of finish_attempt; False when a compare-and-set lost (the caller rolls back)."""
+        assert job.id is not None and attempt.id is not None
+        now = utcnow()
+        state = JobState(job.state)
+        target, reason = outcome.state, outcome.reason
+        if state == JobState.CANCELLING:
+            target = JobState.CANCELLED  # a cancel asked for wins over how the process happened to end
+        newest = session.exec(select(func.max(Attempt.number)).where(Attempt.job_id == job.id)).one()
+        retry, ran_out = None, {}
+        if target == JobState.OOM:
+            retry = next_after_oom(job.spec, job.tried, job.oom_retries, int(job.spec.get("oom_retry", 3)))
+            reason = f"{outcome.reason}; {retry.reason}"
+            # Kept even when giving up, so that a later retry never comes back to these settings.
+            ran_out = {"tried": [*job.tried, memory_settings(job.spec)]}
+        steps = route(state, target) if state in ACTIVE and attempt.number == newest else None
+        if steps is None:
+            # Not this attempt's to decide (the job is not live, or a newer attempt exists): the attempt
+            # still ends and its GPUs are freed, and the job's state stays what the database says.
+            log.warning("attempt %s ended (%s) while job %s is %s", attempt.id, target.value, job.id, job.state)
+        else:
+            frm = state
+            for to in steps:
+                values = dict(ended_at=now, reason=reason, **ran_out) if to == target else {}
+                if not transition(session, job.id, to, frm, **values):
+                    return False
+                frm = to
+        ended = session.execute(
+            update(Attempt)
+            .where(col(Attempt.id) == attempt.id, col(Attempt.ended_at).is_(None))
+            .values(
+                state=target.value,
+                ended_at=now,
+                exit_code=exit_code,
+                reason=outcome.reason,
+                log_tail=log_tail or None,
+            )
+        )
+        if ended.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        session.execute(delete(Lease).where(col(Lease.attempt_id) == attempt.id))
+        if steps is None:
+            return True
+        if retry is not None and retry.overrides is not None:
+            spec = {**job.spec, **retry.overrides}
+            peak = int((attempt.peak_memory_gib or 0) * GiB)
+            return transition(
+                session,
+                job.id,
+                JobState.QUEUED,
+                JobState.OOM,
+                spec=spec,
+                need_bytes=max(estimate_need(spec), peak, job.need_bytes or 0) or None,
+                oom_retries=job.oom_retries + 1,
+                ended_at=None,
+            )
+        if outcome.requeue and target == JobState.FAILED:
+            return transition(session, job.id, JobState.QUEUED, JobState.FAILED, ended_at=None)
+        return True
+
+    def fail_attempt(self, attempt_id: int, reason: str) -> None:
+        """End an attempt the daemon cannot handle (a row it cannot read, records it cannot store), saying why.
+
+        Plain statements that read nothing but the job's id, so that what made the attempt unmanageable
+        cannot stop this too. A cancelling job ends cancelled, any other live one failed.
+        """
+        now = utcnow()
         with Session(self.engine) as session:
-            attempt = session.get(Attempt, attempt_id)
-            job = session.get(Job, attempt.job_id) if attempt is not None else None
-            if attempt is None or job is None or attempt.ended_at is not None:
-                return
-            now = utcnow()
-            target, reason = outcome.state, outcome.reason
-            if job.state == JobState.CANCELLING.value:
-                target = JobState.CANCELLED  # a cancel asked for wins over how the process happened to end
-            retry, ran_out = None, {}
-            if target == JobState.OOM:
-                retry = next_after_oom(job.spec, job.tried, job.oom_retries, int(job.spec.get("oom_retry", 3)))
-                reason = f"{outcome.reason}; {retry.reason}"
-                # Kept even when giving up, so that a later retry never comes back to these settings.
-                ran_out = {"tried": [*job.tried, memory_settings(job.spec)]}
-            # Should the job not be in a live state, the attempt still ends and its GPUs are freed.
-            transition(session, job.id, target, ended_at=now, reason=reason, **ran_out)
+            job_id = session.exec(select(Attempt.job_id).where(Attempt.id == attempt_id)).first()
             session.execute(
                 update(Attempt)
-                .where(col(Attempt.id) == attempt_id)
-                .values(
-                    state=target.value,
-                    ended_at=now,
-                    exit_code=exit_code,
-                    reason=outcome.reason,
-                    log_tail=log_tail or None,
-                )
+                .where(col(Attempt.id) == attempt_id, col(Attempt.ended_at).is_(None))
+                .values(state=JobState.FAILED.value, ended_at=now, reason=reason)
             )
+            if job_id is not None:
+                newest = session.exec(select(func.max(Attempt.number)).where(Attempt.job_id == job_id)).one()
+                number = session.exec(select(Attempt.number).where(Attempt.id == attempt_id)).first()
+                if number == newest:
+                    for frm, to in (
+                        ([JobState.STARTING, JobState.RUNNING], JobState.FAILED),
+                        ([JobState.CANCELLING], JobState.CANCELLED),
+                    ):
+                        transition(session, job_id, to, frm, ended_at=now, reason=reason)
             session.execute(delete(Lease).where(col(Lease.attempt_id) == attempt_id))
-            if retry is not None and retry.overrides is not None:
-                spec = {**job.spec, **retry.overrides}
-                peak = int((attempt.peak_memory_gib or 0) * GiB)
-                transition(
-                    session,
-                    job.id,
-                    JobState.QUEUED,
-                    spec=spec,
-                    need_bytes=max(estimate_need(spec), peak, job.need_bytes or 0) or None,
-                    oom_retries=job.oom_retries + 1,
-                    ended_at=None,
-                )
+            session.commit()
+
+    def heartbeat(self, pid: int) -> None:
+        """Rewrite the daemon's row: the proof, for /healthz, that the database still takes writes."""
+        with Session(self.engine) as session:
+            now = utcnow()
+            done = session.execute(update(Daemon).where(col(Daemon.id) == 1).values(pid=pid, beat_at=now))
+            if done.rowcount == 0:  # type: ignore[attr-defined]
+                session.add(Daemon(id=1, pid=pid, started_at=now, beat_at=now))
             session.commit()
 
     # ---- reads for the API ----
@@ -253,11 +379,44 @@ def estimate_need(spec: dict[str, Any]) -> int:
     return found.per_gpu if found is not None and int(spec.get("gpus", 1)) > 0 else 0
 
 
-def _as_int(value: Any) -> int | None:
+def _queued(job_id: Any, priority: Any, gpus: Any, need: Any, gpu_ids_text: Any) -> QueuedJob:
+    ids = json.loads(gpu_ids_text) if gpu_ids_text else None
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
+        raise ValueError(f"gpu_ids is {str(gpu_ids_text)[:80]!r}, not a list of GPU indices")
+    return QueuedJob(
+        job_id=int(job_id),
+        priority=int(priority),
+        seq=int(job_id),
+        gpus=int(gpus),
+        need_bytes=int(need or 0),
+        gpu_ids=tuple(ids) if ids else None,
+    )
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; ours are always UTC."""
+    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when
+
+
+def _live(
+    attempt_id: Any, job_id: Any, run_dir: Any, pid: Any, pid_start_time: Any, offset: Any, state: Any
+) -> LiveAttempt:
+    """One live attempt's row as recovery needs it; a value of the wrong type is reported as the row's problem."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+        return LiveAttempt(
+            attempt_id=int(attempt_id),
+            job_id=int(job_id),
+            run_dir=Path(str(run_dir)),
+            pid=None if pid is None else int(pid),
+            pid_start_time=None if pid_start_time is None else int(pid_start_time),
+            metrics_offset=int(offset or 0),
+            cancelling=state == JobState.CANCELLING.value,
+        )
+    except (TypeError, ValueError) as exc:
+        return LiveAttempt(
+            int(attempt_id), int(job_id), Path("."), None, None, 0, False, problem=f"its row cannot be read: {exc}"
+        )
 
 
 ACTIVE_VALUES = [s.value for s in ACTIVE]
+RHYTHM_WEIGHT = 0.3  # how much the newest gap between records moves the attempt's usual interval

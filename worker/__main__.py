@@ -20,6 +20,10 @@ def _note_sigterm(signum: int, frame: object) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _note_sigterm)
+    from worker.gate import pass_gate, refuse_to_start
+
+    if len(sys.argv) == 2 and Path(sys.argv[1]).is_dir() and not pass_gate(Path(sys.argv[1])):
+        sys.exit(refuse_to_start(Path(sys.argv[1])))
     from worker.launch import die_with_parent, launch, launch_plan, read_spec
     from worker.ranks import RANKS_DIR_ENV, is_rank
 

@@ -4,6 +4,8 @@
 (alpaca or sharegpt) and its `columns` / `tags`; we read the same keys with the
 same defaults, turn every example into chat messages, and render them with the
 tokenizer's own chat template so that only assistant turns are trained on.
+Every file is read through worker.confine when it is read, so a dataset_info.json
+rewritten after submit cannot point the worker outside the daemon's input dirs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+
+from worker.confine import JSON_LIMIT, BadFile, CannotRead, Roots, files_of, read_json, read_text
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +64,23 @@ class Conversation:
     tools: list[Any] | None = None
 
 
-def resolve_datasets(names: Sequence[str], dataset_dir: str | Path) -> list[DatasetAttr]:
-    """Look every name up in dataset_info.json; raise one DataError listing every problem."""
+def resolve_datasets(names: Sequence[str], dataset_dir: str | Path, roots: Roots = None) -> list[DatasetAttr]:
+    """Look every name up in dataset_info.json; raise one DataError listing every problem.
+
+    `roots`: the daemon's input dirs; every file read must lie inside one (None: not confined).
+    """
     info_path = Path(dataset_dir) / INFO_FILE
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{info_path} does not exist; dataset_dir must hold a dataset_info.json") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{info_path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+        info = read_json(info_path, roots, JSON_LIMIT)
+    except BadFile as exc:
+        missing = isinstance(exc, CannotRead) and not os.path.lexists(info_path)
+        raise DataError(f"{exc}; dataset_dir must hold a dataset_info.json" if missing else str(exc)) from None
     if not isinstance(info, dict):
         raise DataError(f"{info_path} must be a JSON object of dataset names")
     problems, attrs = [], []
     for name in names:
         try:
-            attrs.append(_dataset_attr(name, info, info_path))
+            attrs.append(_dataset_attr(name, info, info_path, roots))
         except DataError as exc:
             problems.append(str(exc))
     if problems:
@@ -81,7 +88,7 @@ def resolve_datasets(names: Sequence[str], dataset_dir: str | Path) -> list[Data
     return attrs
 
 
-def _dataset_attr(name: str, info: dict[str, Any], info_path: Path) -> DatasetAttr:
+def _dataset_attr(name: str, info: dict[str, Any], info_path: Path, roots: Roots) -> DatasetAttr:
     if name not in info:
         known = ", ".join(sorted(info)) or "none"
         raise DataError(f"dataset {name!r} is not in {info_path} (known: {known})")
@@ -97,8 +104,7 @@ def _dataset_attr(name: str, info: dict[str, Any], info_path: Path) -> DatasetAt
             )
         raise DataError(f"dataset {name!r} in {info_path} has no file_name")
     path = info_path.parent / str(entry["file_name"])
-    if not path.exists():
-        raise DataError(f"dataset {name!r}: file {path} does not exist")
+    dataset_files(name, path, roots)  # every file there inside the input dirs, and a regular file
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise DataError(f"dataset {name!r}: formatting {formatting!r} is unknown (use alpaca or sharegpt)")
@@ -110,20 +116,30 @@ def _dataset_attr(name: str, info: dict[str, Any], info_path: Path) -> DatasetAt
     return DatasetAttr(name, path, formatting, columns, tags)
 
 
-def read_rows(attr: DatasetAttr) -> list[Any]:
+def dataset_files(name: str, path: Path, roots: Roots) -> list[Path]:
+    """The files a dataset entry names (a file, or every file of a directory); DataError names a bad one."""
+    try:
+        return [Path(file) for file in files_of(path, roots)]
+    except BadFile as exc:
+        raise DataError(f"dataset {name!r}: {exc}") from None
+
+
+def read_rows(attr: DatasetAttr, roots: Roots = None) -> list[Any]:
     """Rows of a json / jsonl file, or of every such file in a directory (as LLaMA-Factory allows)."""
-    files = sorted(p for p in attr.path.iterdir() if p.is_file()) if attr.path.is_dir() else [attr.path]
     rows: list[Any] = []
-    for path in files:
+    for path in dataset_files(attr.name, attr.path, roots):
         if path.suffix.lower() not in (".json", ".jsonl"):
             kind = path.suffix[1:] or "a file without extension"
             raise DataError(f"dataset {attr.name!r}: {path} is {kind}; only json and jsonl are supported yet")
-        rows.extend(_read_json_rows(attr.name, path))
+        rows.extend(_read_json_rows(attr.name, path, roots))
     return rows
 
 
-def _read_json_rows(name: str, path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+def _read_json_rows(name: str, path: Path, roots: Roots) -> list[Any]:
+    try:
+        text = read_text(path, roots)  # checked again here: the file may have changed since it was listed
+    except BadFile as exc:
+        raise DataError(f"dataset {name!r}: {exc}") from None
     # Like the `datasets` json loader: a JSON array, or one object per line.
     if text.lstrip().startswith("["):
         try:
@@ -217,11 +233,13 @@ def _require(ok: bool, why: str) -> None:
         raise _Malformed(why)
 
 
-def load_conversations(names: Sequence[str], dataset_dir: str | Path, max_samples: int | None) -> list[Conversation]:
+def load_conversations(
+    names: Sequence[str], dataset_dir: str | Path, max_samples: int | None, roots: Roots = None
+) -> list[Conversation]:
     """Every dataset converted and concatenated; malformed examples are skipped and counted."""
     conversations: list[Conversation] = []
-    for attr in resolve_datasets(names, dataset_dir):
-        rows = read_rows(attr)[:max_samples]
+    for attr in resolve_datasets(names, dataset_dir, roots):
+        rows = read_rows(attr, roots)[:max_samples]
         converted = convert_rows(rows, attr)
         if len(converted) < len(rows):
             skipped = len(rows) - len(converted)
@@ -325,9 +343,11 @@ def split_examples(examples: list[Any], val_size: float, seed: int) -> tuple[lis
     return train, [examples[i] for i in sorted(held_out)]
 
 
-def build_datasets(spec: Any, tokenizer: Any) -> tuple[ListDataset, ListDataset | None, PadCollator]:
+def build_datasets(
+    spec: Any, tokenizer: Any, roots: Roots = None
+) -> tuple[ListDataset, ListDataset | None, PadCollator]:
     """From spec to (train, eval or None, collator); raises DataError with what to fix."""
-    conversations = load_conversations(spec.dataset_names, spec.dataset_dir, spec.max_samples)
+    conversations = load_conversations(spec.dataset_names, spec.dataset_dir, spec.max_samples, roots)
     tokenized = [tokenize_conversation(tokenizer, conv, spec.cutoff_len) for conv in conversations]
     examples = [ex for ex in tokenized if ex is not None]
     if len(examples) < len(tokenized):

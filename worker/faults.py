@@ -8,8 +8,9 @@ holds comma-separated faults:
     KIND@step:N[@batch>B][@rank:R]
 
 KIND is `oom` (the real torch.OutOfMemoryError, with the message PyTorch's
-allocator gives), `crash` (a RuntimeError) or `sigkill` (the process kills
-itself with SIGKILL, as the kernel's OOM killer would). It happens inside the
+allocator gives), `crash` (a RuntimeError), `sigkill` (the process kills
+itself with SIGKILL, as the kernel's OOM killer would) or `nan` (a trainable
+weight becomes NaN, as in a run that diverges). It happens inside the
 N-th optimizer step, i.e. in the first forward pass after N-1 steps are done,
 so everything that follows an error in a step (the end record, the exit code,
 the rank reports) is the real path. `@batch>B` fires only when the micro-batch
@@ -37,8 +38,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "FTQ_FAULT"
-KINDS = ("oom", "crash", "sigkill")
-FORMAT = "KIND@step:N[@batch>B][@rank:R] with KIND one of oom, crash, sigkill (e.g. oom@step:3@batch>2)"
+KINDS = ("oom", "crash", "sigkill", "nan")
+FORMAT = "KIND@step:N[@batch>B][@rank:R] with KIND one of oom, crash, sigkill, nan (e.g. oom@step:3@batch>2)"
 
 _QUALIFIER = re.compile(r"^(?:(?P<name>step|rank):(?P<value>\d+)|batch>(?P<batch>\d+))$")
 
@@ -51,7 +52,7 @@ class FaultSpecError(ValueError):
 class Fault:
     """One fault: what happens, in which step, and under which conditions."""
 
-    kind: Literal["oom", "crash", "sigkill"]
+    kind: Literal["oom", "crash", "sigkill", "nan"]
     step: int  # 1-based: the N-th optimizer step, entered when N-1 steps are complete
     batch_above: int | None = None  # only when per_device_train_batch_size > this
     rank: int | None = None  # only on this rank; None: every rank
@@ -122,9 +123,14 @@ def injected_oom(device: int = 0) -> torch.OutOfMemoryError:
     )
 
 
-def fire(fault: Fault, completed_steps: int, rank: int) -> None:
+def fire(fault: Fault, completed_steps: int, rank: int, model: Any = None) -> None:
     """Make the fault happen here."""
     log.warning("FTQ_FAULT: injecting %s (rank %d, after %d steps)", fault, rank, completed_steps)
+    if fault.kind == "nan":  # a run that diverges: one trainable weight becomes NaN, and the loss with it
+        trainable = next(p for p in model.parameters() if p.requires_grad)
+        with torch.no_grad():
+            trainable.fill_(float("nan"))
+        return
     if fault.kind == "oom":
         raise injected_oom(int(os.environ.get("LOCAL_RANK", "0")))
     if fault.kind == "crash":
@@ -166,4 +172,4 @@ class FaultInjector(TrainerCallback):
     def _pre_forward(self, module: Any, inputs: Any) -> None:
         fault, self.armed = self.armed, None
         if fault is not None:
-            fire(fault, self.armed_at, self.rank)
+            fire(fault, self.armed_at, self.rank, module)

@@ -1,27 +1,49 @@
-"""Tokenizer and model for a job: local files only, LoRA or full fine-tuning."""
+"""Tokenizer and model for a job: local files only, LoRA or full fine-tuning.
+
+Right before each from_pretrained every file of the model directory is checked
+(worker.modelfiles: inside the input dirs, regular, safetensors headers whole),
+and a load that fails on a file says which file: a truncated tokenizer.json is
+named with its line and column, not left as a bare decode error.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from worker.confine import BadFile, Roots, remote_code_allowed, show
+from worker.modelfiles import TOKENIZER_FILES, bad_file_behind, check_model_files
+from worker.ranks import exception_is_oom
 from worker.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
 
-def load_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
+class ModelLoadError(BadFile):
+    """The tokenizer or the model cannot be loaded from the model directory's files; bad input."""
+
+
+def load_tokenizer(spec: JobSpec, roots: Roots = None) -> PreTrainedTokenizerBase:
     """The model's own tokenizer, right-padded, with eos standing in for a missing pad token."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        spec.model_name_or_path, local_files_only=True, trust_remote_code=spec.trust_remote_code
-    )
+    check_before_loading(spec.model_name_or_path, roots)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            spec.model_name_or_path, local_files_only=True, trust_remote_code=_trust_remote_code(spec)
+        )
+    except Exception as exc:
+        error = load_error("tokenizer", spec.model_name_or_path, roots, exc, TOKENIZER_FILES)
+        if error is None:
+            raise
+        raise error from exc
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"the tokenizer in {spec.model_name_or_path} has neither a pad nor an eos token")
+            why = f"the tokenizer in {spec.model_name_or_path} has neither a pad nor an eos token"
+            raise ModelLoadError(spec.model_name_or_path, why)
         # Padding is masked out of attention and labels, so which id it uses does not matter.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -54,15 +76,22 @@ def pick_dtype(spec: JobSpec, cuda: bool) -> torch.dtype:
     return torch.float32
 
 
-def load_model(spec: JobSpec, cuda: bool) -> Any:
+def load_model(spec: JobSpec, cuda: bool, roots: Roots = None) -> Any:
     """The causal LM ready for training: a peft model for LoRA, all parameters trainable for full."""
     dtype = pick_dtype(spec, cuda)
-    model = AutoModelForCausalLM.from_pretrained(
-        spec.model_name_or_path,
-        local_files_only=True,
-        trust_remote_code=spec.trust_remote_code,
-        dtype=dtype,
-    )
+    check_before_loading(spec.model_name_or_path, roots)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.model_name_or_path,
+            local_files_only=True,
+            trust_remote_code=_trust_remote_code(spec),
+            dtype=dtype,
+        )
+    except Exception as exc:
+        error = load_error("model", spec.model_name_or_path, roots, exc, ("config.json",))
+        if error is None:
+            raise
+        raise error from exc
     log.info("loaded %s (%s) in %s", spec.model_name_or_path, type(model).__name__, dtype)
     if spec.gradient_checkpointing:
         # The KV cache is useless in training and conflicts with recomputation.
@@ -74,6 +103,32 @@ def load_model(spec: JobSpec, cuda: bool) -> Any:
     trainable, total = count_parameters(model)
     log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
     return model
+
+
+def check_before_loading(model_dir: str, roots: Roots) -> None:
+    """Every file of the model directory as worker.modelfiles wants it, checked just before transformers opens them."""
+    problems = check_model_files(model_dir, roots)
+    if problems:
+        raise ModelLoadError(model_dir, "; ".join(problems))
+
+
+def load_error(
+    what: str, model_dir: str, roots: Roots, exc: Exception, first: tuple[str, ...]
+) -> ModelLoadError | None:
+    """A failed load as bad input naming the file behind it; None for an out-of-memory, which stays what it is."""
+    if exception_is_oom(exc) or isinstance(exc, MemoryError):
+        return None
+    cause = f"{type(exc).__name__}: {str(exc).strip()}"[:500]
+    bad = bad_file_behind(model_dir, roots, first)
+    if bad is not None:
+        return ModelLoadError(bad.path, f"loading the {what} from {show(model_dir)} failed on a file: {bad} ({cause})")
+    return ModelLoadError(model_dir, f"the {what} in {show(model_dir)} cannot be loaded: {cause}")
+
+
+def _trust_remote_code(spec: JobSpec) -> bool:
+    # worker.validate has refused the spec already when the daemon does not allow remote code; this keeps
+    # transformers from running it even if something got past that.
+    return spec.trust_remote_code and remote_code_allowed(os.environ)
 
 
 def _wrap_lora(model: Any, spec: JobSpec) -> Any:

@@ -12,10 +12,27 @@ reads `RUN_DIR/spec.json` with it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+# Every number is bounded where it enters, to what its column holds and what training can mean: counts of steps
+# and samples fit a 32-bit integer (far beyond any real run, and well inside SQLite's 64-bit INTEGER, so nothing
+# the worker later reports from them can overflow a column); the seed is what numpy accepts (0 .. 2**32 - 1).
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1
+PATH_MAX = 4096  # Linux's PATH_MAX: a longer path cannot be opened anyway
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte, which no file name can hold; remove it")
+    return value
+
+
+# A path as a spec names it: bounded, and without the NUL byte that every system call would refuse.
+PathText = Annotated[str, Field(min_length=1, max_length=PATH_MAX), AfterValidator(_no_nul)]
 
 # LLaMA-Factory keys that ftq recognises but cannot honour yet: each maps to the
 # sentence a person needs to fix the spec.
@@ -46,7 +63,8 @@ RECORDED_ONLY = (
 class JobSpec(BaseModel):
     """What to fine-tune, on what, how, and with how many GPUs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: Infinity and NaN (which JSON parsers accept) are refused: no field means anything with them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- ftq's own fields ---
     name: str = Field(
@@ -65,7 +83,7 @@ class JobSpec(BaseModel):
         description="Automatic retries after CUDA out-of-memory (true = 3, false = 0): halve the micro-batch "
         "and double accumulation, then gradient checkpointing, then halve again.",
     )
-    gpu_ids: list[int] | None = Field(
+    gpu_ids: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
         default=None,
         min_length=1,
         max_length=64,
@@ -73,7 +91,7 @@ class JobSpec(BaseModel):
     )
 
     # --- model ---
-    model_name_or_path: str = Field(min_length=1, description="Local directory of a transformers model.")
+    model_name_or_path: PathText = Field(description="Local directory of a transformers model.")
     trust_remote_code: bool = False
 
     # --- method ---
@@ -81,60 +99,72 @@ class JobSpec(BaseModel):
     do_train: Literal[True] = True
     finetuning_type: Literal["lora", "full"] = "lora"
     lora_rank: int = Field(default=8, ge=1, le=1024)
-    lora_alpha: int | None = Field(default=None, ge=1, description="Defaults to 2 x lora_rank, as in LLaMA-Factory.")
+    lora_alpha: int | None = Field(
+        default=None, ge=1, le=65_536, description="Defaults to 2 x lora_rank, as in LLaMA-Factory."
+    )
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    lora_target: str = Field(default="all", min_length=1, description="'all' or a comma list of module names.")
+    lora_target: str = Field(
+        default="all", min_length=1, max_length=4096, description="'all' or a comma list of module names."
+    )
 
     # --- data ---
-    dataset: str = Field(min_length=1, description="Comma-separated names from dataset_dir/dataset_info.json.")
-    dataset_dir: str = Field(default="data", min_length=1)
+    dataset: str = Field(
+        min_length=1, max_length=4096, description="Comma-separated names from dataset_dir/dataset_info.json."
+    )
+    dataset_dir: PathText = "data"
     cutoff_len: int = Field(default=2048, ge=8, le=1_048_576)
-    max_samples: int | None = Field(default=None, ge=1)
-    val_size: float = Field(default=0.0, ge=0.0, description="A fraction (< 1) or a count (>= 1) held out for eval.")
+    max_samples: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    val_size: float = Field(
+        default=0.0, ge=0.0, le=10_000_000, description="A fraction (< 1) or a count (>= 1) held out for eval."
+    )
 
     # --- training (transformers' own argument names) ---
     per_device_train_batch_size: int = Field(default=1, ge=1, le=4096)
     per_device_eval_batch_size: int = Field(default=1, ge=1, le=4096)
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
     learning_rate: float = Field(default=5e-5, gt=0.0, le=1.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    max_grad_norm: float = Field(default=1.0, ge=0.0)
-    num_train_epochs: float = Field(default=3.0, gt=0.0)
+    # AdamW shrinks each weight by learning_rate x weight_decay per step: above 1 it would flip every sign.
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1e6, description="0 turns clipping off.")
+    num_train_epochs: float = Field(default=3.0, gt=0.0, le=100_000)
     max_steps: int = Field(
-        default=-1, ge=-1, description="-1: run num_train_epochs; otherwise exactly this many optimizer steps."
+        default=-1,
+        ge=-1,
+        le=INT32_MAX,
+        description="-1: run num_train_epochs; otherwise exactly this many optimizer steps.",
     )
     lr_scheduler_type: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
     ] = "cosine"
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, le=INT32_MAX)
     bf16: bool = False
     fp16: bool = False
     pure_bf16: bool = Field(
         default=False, description="Weights, gradients and optimizer states all in bf16 (no fp32 master copy)."
     )
-    deepspeed: str | None = Field(
-        default=None, min_length=1, description="A DeepSpeed JSON config, e.g. configs/deepspeed/ds_z3_config.json."
+    deepspeed: PathText | None = Field(
+        default=None, description="A DeepSpeed JSON config, e.g. configs/deepspeed/ds_z3_config.json."
     )
     gradient_checkpointing: bool = False
-    logging_steps: int = Field(default=10, ge=1)
-    save_steps: int = Field(default=500, ge=1)
-    save_total_limit: int | None = Field(default=3, ge=1)
+    logging_steps: int = Field(default=10, ge=1, le=INT32_MAX)
+    save_steps: int = Field(default=500, ge=1, le=INT32_MAX)
+    save_total_limit: int | None = Field(default=3, ge=1, le=10_000)
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
-    eval_steps: int | None = Field(default=None, ge=1)
-    seed: int = 42
+    eval_steps: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    seed: int = Field(default=42, ge=0, le=SEED_MAX)
     dataloader_num_workers: int = Field(default=0, ge=0, le=64)
     report_to: Literal["none"] | list[Literal["none"]] = "none"
-    ddp_timeout: int = Field(default=1800, ge=1)
+    ddp_timeout: int = Field(default=1800, ge=1, le=INT32_MAX, description="Seconds.")
 
     # --- accepted for compatibility; see RECORDED_ONLY ---
-    output_dir: str | None = None
+    output_dir: PathText | None = None
     overwrite_output_dir: bool | None = None
     overwrite_cache: bool | None = None
     plot_loss: bool | None = None
-    preprocessing_num_workers: int | None = Field(default=None, ge=1)
+    preprocessing_num_workers: int | None = Field(default=None, ge=1, le=1024)
     template: str | None = Field(
-        default=None, description="Recorded; ftq renders turns with the tokenizer's own chat template."
+        default=None, max_length=100, description="Recorded; ftq renders turns with the tokenizer's own chat template."
     )
 
     @model_validator(mode="wrap")
@@ -207,4 +237,5 @@ CHECKPOINT_DIR = "checkpoints"
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_OOM = 3
+EXIT_NOT_STARTED = 4  # the daemon died before it told the worker to go: nothing was trained
 EXIT_CANCELLED = 143  # 128 + SIGTERM, what a shell reports for a process ended by it

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -35,6 +36,7 @@ from worker.checkpoints import (
     plan_resume,
     read_shape,
 )
+from worker.confine import BadFile, Roots, input_dirs_from_env
 from worker.data import DataError, build_datasets
 from worker.faults import FaultInjector, faults_from_env
 from worker.model import load_model, load_tokenizer
@@ -52,7 +54,7 @@ from worker.spec import (
     OUTPUT_DIR,
     JobSpec,
 )
-from worker.validate import read_and_validate
+from worker.validate import read_and_validate, read_deepspeed
 
 log = logging.getLogger("worker")
 
@@ -80,6 +82,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     report_path = rank_report_path(os.environ)
+    roots = input_dirs_from_env(os.environ)  # every file the job reads must lie inside these (None: run by hand)
     sink = MetricsSink(run_dir / METRICS_FILE) if rank == 0 else NullSink()
     cuda = torch.cuda.is_available()
     trainer: ResumingTrainer | None = None
@@ -145,9 +148,9 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         # 2. set up: seed, arguments (under torchrun they join the process group, and DeepSpeed ZeRO-3 must
         # know of its config before the model is loaded, to load it partitioned), tokenizer, data
         set_seed(spec.seed)
-        args = training_arguments(spec, run_dir, cuda)
-        tokenizer = load_tokenizer(spec)
-        train_set, eval_set, collator = build_datasets(spec, tokenizer)
+        args = training_arguments(spec, run_dir, cuda, roots)
+        tokenizer = load_tokenizer(spec, roots)
+        train_set, eval_set, collator = build_datasets(spec, tokenizer, roots)
         shape = TrainingShape(
             spec.per_device_train_batch_size, spec.gradient_accumulation_steps, world_size, len(train_set),
             spec.cutoff_len, spec.gradient_checkpointing, spec.deepspeed is not None,
@@ -167,7 +170,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
             if faults:
                 callbacks.append(FaultInjector(faults, rank))
             trainer = ResumingTrainer(
-                model=load_model(spec, cuda),
+                model=load_model(spec, cuda, roots),
                 args=args,
                 train_dataset=train_set,
                 eval_dataset=eval_set,
@@ -194,7 +197,13 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         if cancel.requested:  # stopped at a step boundary, with a checkpoint saved there
             raise Cancelled()
 
-        # 4. save the adapter (LoRA) or the whole model (full), with the tokenizer beside it. Every rank
+        # 4. a run that diverged is a failure, never a NaN adapter reported as succeeded
+        diverged = divergence(result, trainer.model)
+        if diverged is not None:
+            log.error("training diverged: %s", diverged)
+            return end("failed", EXIT_FAILED, error=f"training diverged: {diverged}")
+
+        # 5. save the adapter (LoRA) or the whole model (full), with the tokenizer beside it. Every rank
         # calls save_model (ZeRO-3 gathers the weights from all of them); the main process writes.
         output = run_dir / OUTPUT_DIR
         trainer.save_model(str(output))
@@ -239,10 +248,11 @@ def _classify(exc: BaseException, cancel: CancelFlag, end: Any) -> int:
         # A DataLoader worker killed by the same SIGTERM surfaces as its own error: still a cancel.
         log.info("cancelled by SIGTERM")
         return end("cancelled", EXIT_CANCELLED, error="cancelled (SIGTERM)")
-    error = f"{type(exc).__name__}: {str(exc).strip()}"[:2000]
-    if isinstance(exc, DataError):
+    if isinstance(exc, (DataError, BadFile)):
+        # A file the job names is wrong (not UTF-8, truncated, outside the input dirs): the message names it.
         log.error("bad input: %s", exc)
-        return end("failed", EXIT_BAD_INPUT, error=error)
+        return end("failed", EXIT_BAD_INPUT, error=str(exc).strip()[:2000])
+    error = f"{type(exc).__name__}: {str(exc).strip()}"[:2000]
     log.error("training failed", exc_info=exc)
     if exception_is_oom(exc):
         # In a step, an evaluation or a checkpoint save alike; the daemon may retry with a smaller micro-batch.
@@ -259,7 +269,7 @@ def _tried_to_allocate(exc: BaseException) -> int | None:
     return next((wanted for wanted in said if wanted is not None), None)
 
 
-def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool) -> TrainingArguments:
+def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool, roots: Roots = None) -> TrainingArguments:
     if not cuda and (spec.bf16 or spec.fp16):
         log.info("no CUDA device: mixed precision (bf16/fp16) is skipped, training in float32")
     if spec.pure_bf16 and spec.deepspeed is None:
@@ -308,7 +318,8 @@ def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool) -> TrainingArgu
         # Every trainable parameter takes part in each step (LoRA or full); as LLaMA-Factory sets for LoRA,
         # this spares DDP a walk of the autograd graph per step and its warning.
         ddp_find_unused_parameters=False if distributed else None,
-        deepspeed=spec.deepspeed,
+        # The config as a dict read through the confined open, so that transformers never opens the path itself.
+        deepspeed=read_deepspeed(Path(spec.deepspeed), roots) if spec.deepspeed else None,
         report_to="none",
         use_cpu=not cuda,
         include_num_input_tokens_seen="non_padding",
@@ -322,6 +333,22 @@ def describe_device(cuda: bool) -> str:
         return "cpu"
     index = torch.cuda.current_device()
     return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
+def divergence(result: Any, model: torch.nn.Module) -> str | None:
+    """Why the trained weights are unusable (a non-finite loss or weight), or None when they are fine."""
+    loss = getattr(result, "training_loss", None)
+    bad = next(
+        (name for name, p in model.named_parameters() if p.requires_grad and p.numel() and not p.isfinite().all()),
+        None,
+    )
+    if bad is None and (loss is None or math.isfinite(loss)):
+        return None
+    where = f"the weight {bad} holds NaN or infinity" if bad else "the weights are finite"
+    return (
+        f"the training loss is {loss} and {where}, so nothing was saved; lower learning_rate, "
+        "keep max_grad_norm on (e.g. 1.0), or train in bf16 rather than fp16"
+    )
 
 
 def _final_loss(result: Any, callback: MetricsCallback) -> float | None:

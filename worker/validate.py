@@ -1,8 +1,10 @@
 """Everything about a job that can be checked before a model loads, reported at once (litgpt's validate_args).
 
-The spec itself (worker.spec), its model directory, its datasets, its DeepSpeed
-config and the test-only FTQ_FAULT: a person fixing a spec should see every
-problem in one go, not one per attempt.
+The spec itself (worker.spec), its model directory (every file in it: inside the
+daemon's input dirs, regular, its JSON parsed and its safetensors headers whole),
+its datasets, its DeepSpeed config, whether the daemon allows its remote code, and
+the test-only FTQ_FAULT: a person fixing a spec should see every problem in one go,
+not one per attempt.
 """
 
 from __future__ import annotations
@@ -15,8 +17,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from worker.confine import (
+    BadFile,
+    Roots,
+    check_dir,
+    input_dirs_from_env,
+    read_json_object,
+    remote_code_allowed,
+    remote_code_refusal,
+)
 from worker.data import DataError, resolve_datasets
 from worker.faults import FaultSpecError, faults_from_env
+from worker.modelfiles import check_model_files
 from worker.spec import SPEC_FILE, JobSpec
 
 INSTALL_DEEPSPEED = "pip install 'ftq[deepspeed]'"
@@ -24,6 +36,7 @@ INSTALL_DEEPSPEED = "pip install 'ftq[deepspeed]'"
 
 def read_and_validate(run_dir: Path, env: Mapping[str, str] = os.environ) -> tuple[JobSpec | None, list[str]]:
     """The spec and every problem found in it, its model directory, its datasets and FTQ_FAULT."""
+    roots = input_dirs_from_env(env)  # None: run by hand, not by a daemon, so nothing to confine to
     path = run_dir / SPEC_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -41,17 +54,20 @@ def read_and_validate(run_dir: Path, env: Mapping[str, str] = os.environ) -> tup
         for err in exc.errors():
             where = ".".join(str(part) for part in err["loc"]) or "spec"
             problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    # A job queued while the daemon allowed remote code may run after it was restarted without: ask now.
+    if raw.get("trust_remote_code") is True and not remote_code_allowed(env):
+        problems.append(remote_code_refusal())
     # The paths are checked from the raw dict so that a bad field elsewhere does not hide a missing model.
     if isinstance(raw.get("model_name_or_path"), str):
-        problems += check_model_dir(Path(raw["model_name_or_path"]))
+        problems += check_model_dir(Path(raw["model_name_or_path"]), roots)
     if isinstance(raw.get("dataset"), str):
         names = [name.strip() for name in raw["dataset"].split(",") if name.strip()]
         try:
-            resolve_datasets(names, raw.get("dataset_dir") or "data")
+            resolve_datasets(names, raw.get("dataset_dir") or "data", roots)
         except DataError as exc:
             problems.append(str(exc))
     if isinstance(raw.get("deepspeed"), str) and raw["deepspeed"]:
-        problems += check_deepspeed(Path(raw["deepspeed"]), pure_bf16=raw.get("pure_bf16") is True)
+        problems += check_deepspeed(Path(raw["deepspeed"]), pure_bf16=raw.get("pure_bf16") is True, roots=roots)
     try:
         faults_from_env(env)
     except FaultSpecError as exc:
@@ -59,9 +75,11 @@ def read_and_validate(run_dir: Path, env: Mapping[str, str] = os.environ) -> tup
     return spec, problems
 
 
-def check_model_dir(path: Path) -> list[str]:
-    if not path.is_dir():
-        return [f"model_name_or_path: {path} is not a directory (ftq loads local models only)"]
+def check_model_dir(path: Path, roots: Roots = None) -> list[str]:
+    try:
+        check_dir(path, roots)
+    except BadFile as exc:
+        return [f"model_name_or_path: {exc} (ftq loads local models only)"]
     problems = []
     if not (path / "config.json").is_file():
         problems.append(f"model_name_or_path: {path} has no config.json")
@@ -70,24 +88,27 @@ def check_model_dir(path: Path) -> list[str]:
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any((path / name).is_file() for name in tokenizer_files):
         problems.append(f"model_name_or_path: {path} has no tokenizer files")
+    problems += [f"model_name_or_path: {problem}" for problem in check_model_files(path, roots, parse=True)]
     return problems
 
 
-def check_deepspeed(path: Path, pure_bf16: bool) -> list[str]:
+def read_deepspeed(path: Path, roots: Roots = None) -> dict[str, Any]:
+    """The DeepSpeed config as a dict, read through the confined open; BadFile says why not.
+
+    The worker hands transformers this dict, never the path, so nothing opens the file again unchecked.
+    """
+    return read_json_object(path, roots)
+
+
+def check_deepspeed(path: Path, pure_bf16: bool, roots: Roots = None) -> list[str]:
     """The DeepSpeed config is a JSON object, fits the spec, and DeepSpeed itself can be imported."""
     problems = []
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"deepspeed: {path} does not exist")
-    except OSError as exc:
-        problems.append(f"deepspeed: {path} cannot be read ({exc.strerror})")
-    except json.JSONDecodeError as exc:
-        problems.append(f"deepspeed: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}")
+        config = read_deepspeed(path, roots)
+    except BadFile as exc:
+        problems.append(f"deepspeed: {exc}")
     else:
-        if not isinstance(config, dict):
-            problems.append(f"deepspeed: {path} must hold a JSON object (a DeepSpeed config)")
-        elif pure_bf16 and _zero_stage(config) == 3:
+        if pure_bf16 and _zero_stage(config) == 3:
             problems.append(
                 "pure_bf16 is incompatible with DeepSpeed ZeRO-3 (as in LLaMA-Factory); "
                 "use a ZeRO-0/2 config or drop pure_bf16"

@@ -32,7 +32,7 @@ def submit_job(
     settings: SettingsDep,
     machine: MachineDep,
 ) -> JobPublic:
-    job = service.submit(session, spec, settings.input_dirs, machine)
+    job = service.submit(session, spec, settings.input_dirs, machine, settings.allow_remote_code)
     request.app.state.scheduler.wake()
     return service.describe(session, job, machine)
 
@@ -89,7 +89,7 @@ def requeue_job(
     overrides: RequeueRequest | None = None,
 ) -> JobPublic:
     changes = overrides.model_dump(exclude_unset=True) if overrides else {}
-    job = service.requeue(session, job, changes, settings.input_dirs, machine)
+    job = service.requeue(session, job, changes, settings.input_dirs, machine, settings.allow_remote_code)
     request.app.state.scheduler.wake()
     return service.describe(session, job, machine)
 

@@ -26,3 +26,4 @@ def daemon(tmp_path) -> Iterator[Daemon]:
         for pid in pids:  # never leave a worker behind to disturb the next test
             if process_group_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+        d.kill_workers()

@@ -67,6 +67,24 @@ class Daemon:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
 
+    def kill_workers(self) -> None:
+        """SIGKILL every worker any attempt under this data dir ever started (they outlive a stopped daemon)."""
+        from scheduler.supervisor import same_process
+        from worker.gate import read_pid_file
+
+        for run_dir in (self.data_dir / "runs").glob("job-*/attempt-*"):
+            found = read_pid_file(run_dir)
+            if found is not None and same_process(*found):
+                try:
+                    os.killpg(found[0], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def close(self) -> None:
+        """Stop the daemon and leave no worker of it behind to disturb the next test."""
+        self.stop()
+        self.kill_workers()
+
     def log(self) -> str:
         return (self.data_dir / "daemon.log").read_text(errors="replace")
 

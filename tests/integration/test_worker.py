@@ -19,6 +19,7 @@ from worker.spec import (
     CHECKPOINT_DIR,
     EXIT_BAD_INPUT,
     EXIT_CANCELLED,
+    EXIT_FAILED,
     EXIT_OOM,
     LOG_FILE,
     METRICS_FILE,
@@ -363,3 +364,19 @@ def test_a_checkpoint_that_cannot_be_loaded_falls_back_to_the_one_before(tmp_pat
     assert metric_steps(second) == [3, 4, 5, 6]
     assert "could not be loaded" in (shared / "unusable" / "checkpoint-4" / "why-unusable.txt").read_text()
     assert sorted(p.name for p in shared.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+
+def test_a_run_that_diverges_fails_instead_of_saving_nan_weights(
+    tmp_path: Path, spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, weight_decay: 1e308 trained to a NaN adapter that was reported as succeeded.
+    monkeypatch.setenv("FTQ_FAULT", "nan@step:2")
+    run_dir = make_run_dir(tmp_path, max_steps=4, logging_steps=1)
+
+    proc = spawn(run_dir)
+
+    assert proc.wait(timeout=180) == EXIT_FAILED, log_of(run_dir)
+    end = records(run_dir)[-1]
+    # The Trainer filters NaN losses out of its average (logging_nan_inf_filter): the weights tell the truth.
+    assert end["status"] == "failed" and end["error"].startswith("training diverged: the training loss is")
+    assert "holds NaN or infinity" in end["error"] and not (run_dir / "output").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -154,6 +155,36 @@ def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
     write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {"chat.jsonl": json.dumps(chat(("user", "a"))) + "\n{oops\n"})
     with pytest.raises(DataError, match=r"chat\.jsonl line 2 column 2"):
         load_conversations(["cs"], tmp_path, None)
+
+
+def test_a_line_that_is_not_utf8_names_the_file_and_the_line(tmp_path: Path) -> None:
+    good = json.dumps(chat(("user", "a"), ("assistant", "b")))
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {})
+    (tmp_path / "chat.jsonl").write_bytes(f"{good}\n{good}\n".encode() + b'{"messages": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"'cs': .*chat\.jsonl is not UTF-8 text: line 3, column 18"):
+        load_conversations(["cs"], tmp_path, None)
+
+
+def test_a_dataset_info_rewritten_to_point_outside_the_input_dirs_is_refused_when_read(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "secret.jsonl").write_text(json.dumps(chat(("user", "a"), ("assistant", "b"))) + "\n")
+    roots = [str(tmp_path / "in")]
+    write_dataset(tmp_path / "in", {"cs": {**OPENAI_ENTRY, "file_name": "../secret.jsonl"}}, {})
+    with pytest.raises(DataError, match=r"'cs': .*secret\.jsonl leads outside the directories this daemon may read"):
+        load_conversations(["cs"], tmp_path / "in", None, roots)
+    # A link inside the directory leads out as well; unconfined (a worker run by hand) it is read.
+    write_dataset(tmp_path / "in", {"cs": OPENAI_ENTRY}, {})
+    (tmp_path / "in/chat.jsonl").symlink_to(tmp_path / "secret.jsonl")
+    with pytest.raises(DataError, match="chat.jsonl leads outside"):
+        load_conversations(["cs"], tmp_path / "in", None, roots)
+    assert len(load_conversations(["cs"], tmp_path / "in", None)) == 1
+
+
+def test_a_fifo_as_a_dataset_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {})
+    os.mkfifo(tmp_path / "chat.jsonl")
+    with pytest.raises(DataError, match="chat.jsonl is a FIFO"):
+        load_conversations(["cs"], tmp_path, None, [str(tmp_path)])
 
 
 def test_csv_is_not_supported_yet(tmp_path: Path) -> None:

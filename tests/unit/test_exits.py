@@ -35,3 +35,11 @@ def test_failure_reasons_carry_the_workers_error():
 def test_a_requested_cancel_wins():
     assert classify(-15, None, True).state == JobState.CANCELLED
     assert classify(0, {"status": "succeeded"}, True).state == JobState.CANCELLED
+
+
+def test_a_worker_that_never_got_its_go_is_queued_again():
+    from worker.spec import EXIT_NOT_STARTED
+
+    for outcome in (classify(EXIT_NOT_STARTED, None, False), classify(None, {"status": "not_started"}, False)):
+        assert outcome.state == JobState.FAILED and outcome.requeue and "never started" in outcome.reason
+    assert classify(None, {"status": "not_started"}, True).state == JobState.CANCELLED

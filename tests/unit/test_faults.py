@@ -180,3 +180,13 @@ def test_a_bad_ftq_fault_is_reported_with_the_specs_problems(tmp_path: Path) -> 
     assert any(p.startswith("FTQ_FAULT='oom@step'") and "cannot read 'step'" in p for p in problems)
     _, problems = read_and_validate(tmp_path, env={FAULT_ENV: "oom@step:2"})
     assert not any("FTQ_FAULT" in p for p in problems)
+
+
+def test_nan_makes_a_trainable_weight_nan_and_the_loss_with_it() -> None:
+    model = torch.nn.Linear(2, 1)
+    Fault("nan", 1)  # parses as a kind of its own
+    assert parse_faults("nan@step:2") == [Fault("nan", 2)]
+    from worker.faults import fire
+
+    fire(Fault("nan", 1), 0, 0, model)
+    assert not torch.isfinite(model(torch.ones(1, 2))).any()

@@ -101,3 +101,51 @@ def test_contradictions_are_refused():
 def test_names_are_safe_labels():
     assert "name" in problems(name="../../etc")
     assert JobSpec(model_name_or_path="m", dataset="d", name="cs-billing_v2.1").name == "cs-billing_v2.1"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("max_steps", 2**63),  # once stored as total_steps, it overflowed SQLite's INTEGER on every tick
+        ("max_steps", 2**31),
+        ("seed", 2**64),  # numpy refuses it, so it failed only in the worker
+        ("seed", -1),
+        ("weight_decay", 1e308),  # trained to a NaN adapter reported as succeeded
+        ("val_size", float("inf")),
+        ("learning_rate", float("nan")),
+        ("num_train_epochs", float("inf")),
+        ("max_grad_norm", float("nan")),
+        ("save_steps", 2**40),
+        ("gpu_ids", [2**40]),
+    ],
+)
+def test_every_number_is_bounded_where_it_enters(field, value):
+    found = problems(**{field: value})
+    assert any(key.startswith(field) for key in found), found
+
+
+def test_a_bound_names_its_range():
+    (message,) = problems(max_steps=2**63).values()
+    assert "2147483647" in message
+    (message,) = problems(seed=2**64).values()
+    assert "4294967295" in message
+
+
+def test_non_finite_numbers_are_refused_however_they_arrive():
+    import json
+
+    raw = json.loads('{"model_name_or_path": "m", "dataset": "d", "val_size": Infinity, "learning_rate": NaN}')
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(raw)
+    assert {e["loc"][0] for e in info.value.errors()} == {"val_size", "learning_rate"}
+
+
+def test_paths_with_nul_bytes_or_beyond_path_max_are_refused():
+    assert "NUL byte" in problems(dataset_dir="data\x00/x")["dataset_dir"]
+    assert "model_name_or_path" in problems(model_name_or_path="m" * 5000)
+    assert "deepspeed" in problems(deepspeed="ds\x00.json")
+
+
+def test_the_largest_values_a_real_run_uses_are_accepted():
+    spec = JobSpec(model_name_or_path="m", dataset="d", max_steps=2**31 - 1, seed=2**32 - 1, ddp_timeout=180_000_000)
+    assert spec.seed == 2**32 - 1

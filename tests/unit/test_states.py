@@ -20,3 +20,16 @@ def test_terminal_states_are_final_except_for_requeue():
 def test_allowed_from_is_the_inverse_of_the_table():
     assert allowed_from(JobState.CANCELLED) == {JobState.QUEUED, JobState.CANCELLING}
     assert allowed_from(JobState.RUNNING) == {JobState.STARTING}
+
+
+def test_route_goes_through_the_steps_an_end_learnt_early_skipped():
+    from scheduler.states import route
+
+    S = JobState
+    assert route(S.STARTING, S.SUCCEEDED) == [S.RUNNING, S.SUCCEEDED]
+    assert route(S.RUNNING, S.CANCELLED) == [S.CANCELLING, S.CANCELLED]
+    assert route(S.RUNNING, S.OOM) == [S.OOM]
+    assert route(S.RUNNING, S.RUNNING) == []
+    # Terminal states are final, and nothing routes into the queue (that is a requeue: a new attempt).
+    assert route(S.SUCCEEDED, S.FAILED) is None and route(S.CANCELLED, S.QUEUED) is None
+    assert route(S.CANCELLING, S.SUCCEEDED) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -55,3 +56,14 @@ def test_the_worker_sees_its_gpus_and_none_of_the_daemons_settings(monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert env["OMP_NUM_THREADS"] == "2" and env["PYTHONUNBUFFERED"] == "1"
     assert "FTQ_API_TOKEN" not in env
+
+
+def test_the_worker_learns_its_input_dirs_and_the_remote_code_switch_as_the_daemon_resolved_them(monkeypatch):
+    from worker.confine import input_dirs_from_env, remote_code_allowed, worker_settings
+
+    monkeypatch.setenv("FTQ_INPUT_DIRS", "/somewhere/else")  # the daemon's own spelling does not reach the worker
+    monkeypatch.setenv("FTQ_ALLOW_REMOTE_CODE", "1")
+    env = worker_env("0", None, worker_settings(["/tmp"], allow_remote_code=False))
+    assert input_dirs_from_env(env) == [os.path.realpath("/tmp")] and not remote_code_allowed(env)
+    bare = worker_env("0", None)  # nothing given: nothing passed, so a worker started this way is told nothing
+    assert "FTQ_INPUT_DIRS" not in bare and "FTQ_ALLOW_REMOTE_CODE" not in bare

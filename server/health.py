@@ -1,0 +1,54 @@
+"""What /healthz says: whether the daemon can do its work, and if not, why.
+
+Pure: from what the scheduling loop last saw of itself, the database and the
+GPU probe (`scheduler.loop.Health`) to the problems a person must know. The
+loop proves the database takes writes with a heartbeat row every few seconds,
+so a health check costs no query of its own.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from scheduler.loop import Health
+
+# The loop sleeps a tick between steps, and a step may wait a few seconds on processes it stops
+# (scheduler.loop waits up to 5 s for a killed process group): a loop is stuck only past both.
+STUCK_TICKS = 5
+STUCK_SLACK_S = 15.0
+
+
+def health_problems(health: Health, now: float, tick_s: float) -> list[str]:
+    """Every reason the daemon cannot do its work now (empty when it can)."""
+    problems = []
+    if health.database_error is not None:
+        problems.append(f"the database cannot be written: {health.database_error}")
+    limit = STUCK_TICKS * tick_s + STUCK_SLACK_S
+    since = health.last_tick_at if health.last_tick_at is not None else health.started_at
+    if now - since > limit:
+        problems.append(
+            f"the scheduler loop has not completed a step for {now - since:.0f} s (it steps every {tick_s:g} s): "
+            "no job is placed, tailed or stopped; see the daemon's log"
+        )
+    if health.probe_error is not None:
+        problems.append(f"the GPU probe fails, so GPU jobs cannot be placed: {health.probe_error}")
+    return problems
+
+
+# Before a worker has a rhythm (its first records: loading a big model takes minutes), wait this many times longer.
+NO_RHYTHM_FACTOR = 10
+
+
+def stalled_for_s(
+    now: datetime, last_record_at: datetime | None, interval_s: float | None, factor: float, min_s: float
+) -> float | None:
+    """Seconds since a running worker's last record, when that is several times its usual interval; else None.
+
+    A hint, never a verdict: the worker is not stopped (a long evaluation or checkpoint save looks the
+    same from here), but a person sees that it has gone quiet (SIGSTOP, a hung collective, a dead NFS).
+    """
+    if last_record_at is None:
+        return None
+    quiet = (now - last_record_at).total_seconds()
+    limit = max(factor * interval_s, min_s) if interval_s is not None else NO_RHYTHM_FACTOR * min_s
+    return round(quiet, 1) if quiet > limit else None

@@ -1,0 +1,50 @@
+"""A stand-in worker for daemon tests that need a worker's reports, not its training: `python -m
+tests.integration.standin_worker RUN_DIR` (FTQ_WORKER_MODULE, with the repo on PYTHONPATH).
+
+It passes the start gate as the real worker does, then writes a `start` record and a `metric`
+record every STANDIN_STEP_S seconds for the spec's max_steps, then `end`. A job named
+`garbage-*` reports what no real worker should: a total_steps beyond int64, NaN and infinite
+losses, a line that is not JSON, a record of an unknown kind, a giant record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from worker.gate import pass_gate, refuse_to_start
+from worker.records import append_record
+
+STEP_S = float(os.environ.get("STANDIN_STEP_S", "0.05"))
+
+
+def main(run_dir: Path) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if not pass_gate(run_dir):
+        return refuse_to_start(run_dir)
+    spec = json.loads((run_dir / "spec.json").read_text())
+    steps = max(int(spec.get("max_steps", 10)), 1)
+    garbage = spec.get("name", "").startswith("garbage")
+    metrics = run_dir / "metrics.jsonl"
+    total = steps
+    start_total = 2**63 if garbage else steps  # what overflowed SQLite's INTEGER on every tick, before
+    append_record(metrics, "start", current_steps=0, total_steps=start_total, pid=os.getpid(), world_size=1)
+    for step in range(1, steps + 1):
+        time.sleep(STEP_S)
+        loss = (float("nan") if step % 2 else float("inf")) if garbage else 1.0 / step
+        with metrics.open("a") as f:
+            f.write(json.dumps({"kind": "metric", "current_steps": step, "total_steps": total, "loss": loss}) + "\n")
+            if garbage and step == 1:
+                f.write("this line is not JSON\n")
+                f.write(json.dumps({"kind": "telemetry", "current_steps": 2**70}) + "\n")
+                f.write(json.dumps({"kind": "metric", "current_steps": 1, "blob": "x" * 100_000}) + "\n")
+    append_record(metrics, "end", status="succeeded", current_steps=steps, total_steps=total, final_loss=0.5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))
