@@ -26,8 +26,9 @@ BIG = 40 * 1024 * 1024
 
 
 def stop(daemon: Daemon) -> None:
+    """Stop it and its workers, wherever FTQ_DATA_DIR put their run dirs."""
     pids = attempt_pids(daemon) if daemon.proc and daemon.proc.poll() is None else []
-    daemon.stop()
+    daemon.close()
     for pid in pids:
         if process_group_alive(pid):
             os.killpg(pid, signal.SIGKILL)
