@@ -94,6 +94,10 @@ class Health:
     last_tick_at: float | None = None  # monotonic time of the last completed step
     database_error: str | None = None  # the last write that failed, until one succeeds
     probe_error: str | None = None  # the last GPU snapshot that failed, until one succeeds
+    # Free bytes on the data dir's filesystem. A one-row heartbeat can still succeed on a full disk (SQLite
+    # reuses its write-ahead log's space) while every insert fails, so the space itself is watched.
+    disk_free_bytes: int | None = None
+    disk_total_bytes: int | None = None
 
 
 @dataclass
@@ -228,6 +232,12 @@ class Scheduler:
         except Exception as exc:
             self.health.database_error = f"{type(exc).__name__}: {exc}"[:500]
             log.warning("the database cannot be written: %s", exc)
+        try:
+            found = os.statvfs(self.runs_dir.parent if self.runs_dir.parent.exists() else ".")
+            self.health.disk_free_bytes = found.f_bavail * found.f_frsize
+            self.health.disk_total_bytes = found.f_blocks * found.f_frsize
+        except OSError:
+            self.health.disk_free_bytes = self.health.disk_total_bytes = None
         try:
             self.probe.snapshot()
             self.health.probe_error = None

@@ -16,6 +16,10 @@ from scheduler.loop import Health
 # (scheduler.loop waits up to 5 s for a killed process group): a loop is stuck only past both.
 STUCK_TICKS = 5
 STUCK_SLACK_S = 15.0
+# Below this (or 5% of a smaller disk), the next job, record or checkpoint will not fit: say so before the
+# writes start failing.
+MIN_FREE_BYTES = 64 << 20
+MIN_FREE_SHARE = 0.05
 
 
 def health_problems(health: Health, now: float, tick_s: float) -> list[str]:
@@ -29,6 +33,12 @@ def health_problems(health: Health, now: float, tick_s: float) -> list[str]:
         problems.append(
             f"the scheduler loop has not completed a step for {now - since:.0f} s (it steps every {tick_s:g} s): "
             "no job is placed, tailed or stopped; see the daemon's log"
+        )
+    need = min(MIN_FREE_BYTES, int(MIN_FREE_SHARE * (health.disk_total_bytes or MIN_FREE_BYTES / MIN_FREE_SHARE)))
+    if health.disk_free_bytes is not None and health.disk_free_bytes < need:
+        problems.append(
+            f"the data dir's disk has {health.disk_free_bytes / 2**20:.1f} MiB free (at least "
+            f"{need / 2**20:.1f} MiB are needed): submits, records and checkpoints fail; free some space"
         )
     if health.probe_error is not None:
         problems.append(f"the GPU probe fails, so GPU jobs cannot be placed: {health.probe_error}")

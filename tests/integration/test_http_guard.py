@@ -176,7 +176,11 @@ def test_a_full_disk_answers_json_507_and_the_daemon_recovers_when_space_returns
         refused = daemon.http.post("/jobs", json=tiny_spec(gpus=0, name="on-a-full-disk"))
         assert refused.status_code == 507 and refused.headers["content-type"] == "application/json"
         assert "disk is full" in refused.json()["detail"] and str(tiny_disk) in refused.json()["detail"]
+        # Before, /healthz stayed 200 while every write failed.
+        unhealthy = wait_for(lambda: (r := daemon.http.get("/healthz")).status_code == 503 and r, timeout=15)
+        assert "MiB free" in unhealthy.json()["detail"], unhealthy.text
         filler.unlink()
+        wait_for(lambda: daemon.http.get("/healthz").status_code == 200, timeout=15, what="health to return")
         job = daemon.submit(tiny_spec(gpus=0, name="after-space-returned"))
         assert daemon.http.post(f"/jobs/{job['id']}/cancel").status_code == 200
     finally:

@@ -24,6 +24,15 @@ def test_a_loop_that_stopped_stepping_is_a_problem():
     assert not health_problems(Health(started_at=95.0, last_tick_at=None), now=100.0, tick_s=1.0)
 
 
+def test_a_data_dir_disk_with_no_room_is_a_problem():
+    (problem,) = health_problems(Health(0.0, 99.0, disk_free_bytes=1 << 20, disk_total_bytes=1 << 40), 100.0, 1.0)
+    assert "1.0 MiB free (at least 64.0 MiB" in problem
+    assert health_problems(Health(0.0, 99.0, disk_free_bytes=10 << 30, disk_total_bytes=1 << 40), 100.0, 1.0) == []
+    # A small disk (a 4 MiB tmpfs) is judged by its share: 5% of it must be free.
+    assert health_problems(Health(0.0, 99.0, disk_free_bytes=3 << 20, disk_total_bytes=4 << 20), 100.0, 1.0) == []
+    assert health_problems(Health(0.0, 99.0, disk_free_bytes=0, disk_total_bytes=4 << 20), 100.0, 1.0)
+
+
 def test_a_failing_gpu_probe_is_a_problem():
     (problem,) = health_problems(Health(0.0, 99.0, probe_error="NVMLError: GPU is lost"), 100.0, 1.0)
     assert "GPU probe" in problem and "GPU is lost" in problem
