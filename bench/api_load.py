@@ -16,7 +16,9 @@ Then each route is loaded in turn by the same client, with the same connections:
 The client is wrk when it is installed (`apt-get install wrk`), else an asyncio client on raw
 keep-alive connections. Figures: requests per second, p50 and p99 latency, and each route's
 requests per second over /healthz's in the same run; "records/s" is how many records the
-daemon stored per second while the route was loaded (8 x 20 = 160 when it keeps up).
+daemon stored per second while the route was loaded (8 x 20 = 160 when it keeps up), and
+"daemon CPU/req" the daemon's CPU time over the requests it answered (its scheduler's
+included): on a machine shared with other work, the steadier figure of what a request costs.
 With --rounds N the routes are loaded N times in turn and each figure is the median.
 """
 
@@ -66,6 +68,7 @@ class Load:
     seconds: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: float | None = None  # the daemon's CPU time per request (its scheduler's included)
 
     @property
     def rate(self) -> float:
@@ -186,6 +189,14 @@ class Daemon:
     def job(self, job_id: int) -> dict[str, Any]:
         return self.http.get(f"/jobs/{job_id}").raise_for_status().json()
 
+    def cpu_s(self) -> float | None:
+        """The daemon's CPU time so far (user + system, all its threads); None where /proc cannot say."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         """Cancel what still runs (the workers end with an `end` record), then stop the daemon."""
         try:
@@ -248,7 +259,10 @@ def main() -> None:
         for _ in range(args.rounds):
             for label, path in routes:
                 steps, began = stored_steps(daemon, streams), time.monotonic()
+                cpu = daemon.cpu_s()
                 load = client(daemon.url + path, args.seconds, args.connections)
+                after = daemon.cpu_s()
+                load.cpu_ms = 1000 * (after - cpu) / load.requests if cpu is not None and after is not None else None
                 stored = (stored_steps(daemon, streams) - steps) / (time.monotonic() - began)
                 results[label].append((load, stored))
         _print_table(results)
@@ -259,7 +273,7 @@ def main() -> None:
 
 def _print_table(results: dict[str, list[tuple[Load, float]]]) -> None:
     base = statistics.median(load.rate for load, _ in results["GET /healthz"])
-    header = ("route", "req/s", "p50", "p99", "/ healthz", "errors", "records/s")
+    header = ("route", "req/s", "p50", "p99", "/ healthz", "errors", "records/s", "daemon CPU/req")
     rows = [header]
     for label, runs in results.items():
         rate = statistics.median(load.rate for load, _ in runs)
@@ -272,6 +286,7 @@ def _print_table(results: dict[str, list[tuple[Load, float]]]) -> None:
                 f"{rate / base:.2f}",
                 str(sum(load.errors for load, _ in runs)),
                 f"{statistics.median(stored for _, stored in runs):.0f}",
+                _cpu(runs),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -286,6 +301,11 @@ def _print_table(results: dict[str, list[tuple[Load, float]]]) -> None:
         f"\nratio to /healthz: GET /jobs/{{id}} {ratios['GET /jobs/{id}']:.2f}, "
         f"GET /jobs?limit=100 {ratios['GET /jobs?limit=100']:.2f} (target >= 0.5, p99 <= 50 ms)"
     )
+
+
+def _cpu(runs: list[tuple[Load, float]]) -> str:
+    known = [load.cpu_ms for load, _ in runs if load.cpu_ms is not None]
+    return f"{statistics.median(known):.2f} ms" if known else "-"
 
 
 # ---- helpers ----
