@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import field_serializer
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from worker.spec import JobSpec
@@ -73,9 +73,12 @@ class Attempt(SQLModel, table=True):
 
 class MetricRecord(SQLModel, table=True):
     __tablename__ = "metrics"
+    # A job's latest record of a kind is one seek, however many records the job has: GET /jobs/{id} and
+    # GET /jobs ask for it on every poll. It leads with job_id, so it serves job_id's lookups too.
+    __table_args__ = (Index("ix_metrics_job_id_kind_id", "job_id", "kind", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    job_id: int = Field(foreign_key="jobs.id", index=True)
+    job_id: int = Field(foreign_key="jobs.id")
     attempt_id: int = Field(foreign_key="attempts.id", index=True)
     kind: str
     step: int = Field(default=0, index=True)
