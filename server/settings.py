@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     )
     tick_s: float = Field(default=1.0, gt=0, le=60, description="The scheduler's periodic tick.")
     tail_interval_s: float = Field(default=0.25, gt=0, le=10, description="How often running jobs' metrics are read.")
+    api_threads: int = Field(
+        default=40,
+        ge=1,
+        le=1000,
+        description="API requests served in threads at once; the database pool keeps a connection for each, "
+        "and for the scheduler.",
+    )
 
     @field_validator("input_dirs", mode="before")
     @classmethod
