@@ -10,13 +10,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 
 from scheduler.loop import Scheduler
 from scheduler.probe import GpuProbe, make_probe
+from scheduler.probe_cache import RecentProbe
 from server.db import make_engine, upgrade_database
 from server.deps import require_token
 from server.errors import install_handlers
+from server.read_cache import make_read_cache
 from server.routes import jobs, system
 from server.settings import Settings
 from server.store import SqlStore
@@ -33,7 +36,10 @@ def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) 
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings)
         upgrade_database(engine)
-        gpu_probe = probe or make_probe(settings.fake_gpus)
+        # The API's threads, and a pooled database connection for each (server.db.pool_size).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        # The scheduler's snapshots, shared with the API's wait reasons while they are at most a tick old.
+        gpu_probe = RecentProbe(probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
         scheduler = Scheduler(
             SqlStore(engine),
             gpu_probe,
@@ -47,6 +53,7 @@ def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) 
         )
         scheduler.start()
         app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler
+        app.state.reads, close_reads = make_read_cache(engine)
         log.info(
             "ftq serving: data in %s, GPUs: %s, CPU slots: %d",
             settings.data_dir.resolve(),
@@ -57,6 +64,7 @@ def create_app(settings: Settings | None = None, probe: GpuProbe | None = None) 
             yield
         finally:
             scheduler.stop()
+            close_reads()
             gpu_probe.close()
             engine.dispose()
 

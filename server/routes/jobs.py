@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from scheduler.states import JobState
 from server import jobs as service
-from server.deps import JobDep, MachineDep, SessionDep, SettingsDep
+from server.deps import JobDep, LazyMachineDep, MachineDep, SessionDep, SettingsDep
 from server.models import JobCreate, JobPublic, JobsPublic, MetricsPublic, RequeueRequest
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -23,20 +23,25 @@ def submit_job(
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(
+async def list_jobs(
+    request: Request,
     session: SessionDep,
-    machine: MachineDep,
+    machine: LazyMachineDep,
     state: JobState | None = None,
     offset: int = Query(default=0, ge=0),
     limit: int = Query(default=100, ge=1, le=1000),
-) -> JobsPublic:
-    data, count = service.list_jobs(session, state, offset, limit, machine)
-    return JobsPublic(data=data, count=count, offset=offset, limit=limit)
+) -> Response:
+    # Polled: the answer is kept while the database has not changed (server.read_cache); a read runs in a thread.
+    return await request.app.state.reads.answer(
+        ("jobs", state, offset, limit), lambda: service.list_jobs(session, state, offset, limit, machine), machine
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job: JobDep, session: SessionDep, machine: MachineDep) -> JobPublic:
-    return service.describe(session, job, machine)
+async def get_job(job_id: int, request: Request, session: SessionDep, machine: LazyMachineDep) -> Response:
+    return await request.app.state.reads.answer(
+        ("job", job_id), lambda: service.describe_job(session, job_id, machine), machine
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
