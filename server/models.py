@@ -8,9 +8,9 @@ and leave the API as ISO 8601 with a `Z`.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_serializer
+from pydantic import PlainSerializer
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -113,12 +113,17 @@ class Daemon(SQLModel, table=True):
 JobCreate = JobSpec
 
 
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# A time as the API writes it, ISO 8601 UTC with a Z: every datetime field of a schema below is one. On those
+# fields only, where a serializer of every field ("*") called Python once for each field of each answer.
+UtcTime = Annotated[datetime, PlainSerializer(_utc_iso, when_used="json")]
+
+
 class _Public(SQLModel):
-    @field_serializer("*", when_used="json")
-    def _times_as_utc(self, value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-        return value
+    pass
 
 
 class AttemptPublic(_Public):
@@ -128,8 +133,8 @@ class AttemptPublic(_Public):
     cuda_visible_devices: str | None
     run_dir: str
     pid: int | None
-    started_at: datetime
-    ended_at: datetime | None
+    started_at: UtcTime
+    ended_at: UtcTime | None
     exit_code: int | None
     reason: str | None
     log_tail: str | None
@@ -155,9 +160,9 @@ class JobSummary(_Public):
     state: str
     priority: int
     gpus: int
-    submitted_at: datetime
-    started_at: datetime | None
-    ended_at: datetime | None
+    submitted_at: UtcTime
+    started_at: UtcTime | None
+    ended_at: UtcTime | None
     reason: str | None
     bound_resources: list[str] = []
     cuda_visible_devices: str | None = None
