@@ -90,15 +90,20 @@ def list_jobs(session: Session, state: JobState | None, offset: int, limit: int,
     """
     read_snapshot(session)  # the page, its count and the leases of its wait reasons, as of one moment
     rows, count = queries.job_page(session, state.value if state is not None else None, offset, limit)
+    waits: dict[Any, str | None] = {}
     summaries = [
-        JobSummary.model_validate(_summary_fields(row, queries.latest_attempt(row), row.latest_metric, machine))
+        JobSummary.model_validate(_summary_fields(row, queries.latest_attempt(row), row.latest_metric, machine, waits))
         for row in rows
     ]
     return JobsPublic(data=summaries, count=count, offset=offset, limit=limit)
 
 
-def waiting_reason(job: Any, machine: MachineSource) -> str | None:
-    """Why a queued job (a Job or a row with its columns) waits; the machine is read only for a queued job."""
+def waiting_reason(job: Any, machine: MachineSource, memo: dict[Any, str | None] | None = None) -> str | None:
+    """Why a queued job (a Job or a row with its columns) waits; the machine is read only for a queued job.
+
+    `memo` keeps the answers of one machine by the job's shape: explain_wait reads what a job
+    needs (GPUs, memory, pinned ids), not its place in the queue, and a page holds many alike.
+    """
     if job.state != JobState.QUEUED.value:
         return None
     machine = machine_of(machine)
@@ -108,14 +113,23 @@ def waiting_reason(job: Any, machine: MachineSource) -> str | None:
         held = sum(1 for r in machine.holders if r.startswith("cpu-"))
         return f"waiting for a CPU slot; {held} of {machine.cpu_slots} in use"
     assert job.id is not None
-    queued = QueuedJob(
-        job.id, job.priority, job.id, job.gpus, job.need_bytes or 0, tuple(job.gpu_ids) if job.gpu_ids else None
-    )
-    return explain_wait(queued, machine.gpus, machine.holders, machine.margin_bytes)
+    gpu_ids = tuple(job.gpu_ids) if job.gpu_ids else None
+    shape = (job.gpus, job.need_bytes or 0, gpu_ids)
+    if memo is not None and shape in memo:
+        return memo[shape]
+    queued = QueuedJob(job.id, job.priority, job.id, job.gpus, job.need_bytes or 0, gpu_ids)
+    reason = explain_wait(queued, machine.gpus, machine.holders, machine.margin_bytes)
+    if memo is not None:
+        memo[shape] = reason
+    return reason
 
 
 def _summary_fields(
-    job: Any, attempt: Any, latest_metric: dict[str, Any] | None, machine: MachineSource
+    job: Any,
+    attempt: Any,
+    latest_metric: dict[str, Any] | None,
+    machine: MachineSource,
+    waits: dict[Any, str | None] | None = None,
 ) -> dict[str, Any]:
     """A summary's fields from the job (a Job or a row), its latest attempt and its latest metric record."""
     live = attempt is not None and attempt.ended_at is None
@@ -130,7 +144,7 @@ def _summary_fields(
         "cuda_visible_devices": attempt.cuda_visible_devices if attempt is not None else None,
         "progress": progress,
         "loss": latest_metric.get("loss") if latest_metric else None,
-        "waiting": waiting_reason(job, machine),
+        "waiting": waiting_reason(job, machine, waits),
         "need_gib": round(job.need_bytes / GiB, 2) if job.need_bytes else None,
     }
 

@@ -9,6 +9,7 @@ columns the API shows, and a job's latest record of a kind is one seek of the me
 
 from __future__ import annotations
 
+from collections import namedtuple
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -66,6 +67,9 @@ def _page(by_state: bool) -> tuple[Any, Any]:
 
 
 _PAGES = {by_state: _page(by_state) for by_state in (False, True)}
+# A page's rows as named tuples: a SQLAlchemy Row's attribute lookup costs more than the rest of a summary.
+PageRow = namedtuple("PageRow", [column.key for column in _PAGES[False][0].selected_columns])  # type: ignore[misc]
+_ATTEMPT_SLICE = slice(len(_JOB_COLUMNS), len(_JOB_COLUMNS) + len(_ATTEMPT_COLUMNS))
 
 _JOB = select(*_JOB_COLUMNS, Job.spec, Job.estimate).where(col(Job.id) == bindparam("job_id"))
 
@@ -96,19 +100,20 @@ def job(session: Session, job_id: int) -> Row[Any] | None:
     return session.connection().execute(_JOB, {"job_id": job_id}).first()
 
 
-def job_page(session: Session, state: str | None, offset: int, limit: int) -> tuple[list[Row[Any]], int]:
-    """A page of jobs, each a row of its summary's columns, `attempt_*` (None without one) and `latest_metric`."""
+def job_page(session: Session, state: str | None, offset: int, limit: int) -> tuple[list[Any], int]:
+    """A page of jobs, each a PageRow: its summary's columns, `attempt_*` (None without one) and `latest_metric`."""
     page, count = _PAGES[state is not None]
     params = {"offset": offset, "limit": limit, "state": state}
     connection = session.connection()
-    return list(connection.execute(page, params).all()), int(connection.execute(count, params).scalar_one())
+    rows = [PageRow._make(row) for row in connection.execute(page, params)]
+    return rows, int(connection.execute(count, params).scalar_one())
 
 
-def latest_attempt(row: Row[Any]) -> LatestAttempt | None:
+def latest_attempt(row: Any) -> LatestAttempt | None:
     """The latest attempt of a job_page row."""
     if row.attempt_number is None:
         return None
-    return LatestAttempt(*(getattr(row, f"attempt_{name}") for name in LatestAttempt._fields))
+    return LatestAttempt._make(row[_ATTEMPT_SLICE])
 
 
 def attempts(session: Session, job_id: int) -> list[dict[str, Any]]:

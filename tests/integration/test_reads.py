@@ -79,7 +79,8 @@ def test_the_page_says_of_each_job_what_the_per_job_path_says(store: SqlStore):
     )
     store.finish_attempt(attempt, Outcome(JobState.FAILED, "training failed: boom"), 1, "boom")
     add_job(store, "queued")  # waits: GPU 0 is held
-    add_job(store, "pinned", gpu_ids=[1])  # GPU 1 is free
+    add_job(store, "queued too")  # the same shape: the same reason, however the page finds it
+    add_job(store, "pinned", gpu_ids=[1])  # GPU 1 is the second attempt's, below
     add_job(store, "cpu", gpus=0)
     with Session(store.engine) as session:  # a second attempt without a metric yet: the first one's loss shows
         session.execute(update(Job).where(col(Job.id) == evaluated).values(state=JobState.QUEUED.value))
@@ -89,22 +90,24 @@ def test_the_page_says_of_each_job_what_the_per_job_path_says(store: SqlStore):
     with Session(store.engine) as session:
         page = jobs.list_jobs(session, None, 0, 100, machine_of(store, session))
     expected = []
-    for job_id in range(1, 6):
+    for job_id in range(1, 7):
         with Session(store.engine) as session:
             whole = jobs.describe_job(session, job_id, machine_of(store, session))
         expected.append(JobSummary.model_validate(whole.model_dump()))
-    assert page.count == 5 and page.data == expected
+    assert page.count == 6 and page.data == expected
     by_name = {s.name: s for s in page.data}
     assert by_name["running"].loss == pytest.approx(2.6) and by_name["running"].progress.current_steps == 4
     assert by_name["evaluated"].loss == 2.0 and by_name["evaluated"].bound_resources == [gpu1]
     assert by_name["queued"].waiting and "held by job 1" in by_name["queued"].waiting
+    assert by_name["pinned"].waiting and by_name["pinned"].waiting.endswith("GPU 1 is held by job 2")
+    assert page.model_dump_json().count('Z"') >= 6  # every submitted_at, at least, in UTC with a Z
     assert by_name["cpu"].waiting == "waiting for a CPU slot; 0 of 1 in use"
     with Session(store.engine) as session:
         whole = jobs.describe_job(session, evaluated)
     assert whole.latest_metrics == {"kind": "eval", "eval_loss": 1.5} and len(whole.attempts) == 2
     with Session(store.engine) as session:
         queued = jobs.list_jobs(session, JobState.QUEUED, 0, 2, None)
-    assert queued.count == 3 and [s.name for s in queued.data] == ["queued", "pinned"]
+    assert queued.count == 4 and [s.name for s in queued.data] == ["queued", "queued too"]
     assert all(s.waiting is None for s in queued.data)  # no machine, no wait reasons
 
 
