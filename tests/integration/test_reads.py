@@ -168,8 +168,9 @@ def test_the_database_version_changes_when_any_connection_commits(tmp_path: Path
 def test_a_kept_answer_is_never_older_than_the_last_commit(tmp_path: Path):
     settings = Settings(data_dir=tmp_path, fake_gpus="2x24GiB", input_dirs=[str(REPO)], tick_s=60)
     with TestClient(create_app(settings)) as client:
+        client.app.state.scheduler.stop()  # no worker starts, and nothing but this test writes
         job = client.post("/jobs", json=tiny_spec(gpus=0, max_steps=100_000)).json()
-        client.app.state.scheduler.stop()  # nothing but this test writes from here on
+        assert job["state"] == "queued"
         first, again = client.get(f"/jobs/{job['id']}").json(), client.get(f"/jobs/{job['id']}").json()
         assert first == again
         listed = client.get("/jobs").json()
@@ -180,3 +181,4 @@ def test_a_kept_answer_is_never_older_than_the_last_commit(tmp_path: Path):
         assert client.get(f"/jobs/{job['id']}").json()["reason"] == "moved by hand"
         assert client.get("/jobs").json()["data"][0]["reason"] == "moved by hand" != listed["data"][0]["reason"]
         assert client.get("/jobs/12345").status_code == 404
+        assert client.get(f"/jobs/{job['id']}").json()["attempts"] == []  # and it never ran
