@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from scheduler.placement import GiB, QueuedJob, cpu_slot_names, explain_wait
 from scheduler.retry import memory_settings
 from scheduler.states import ACTIVE, JobState
 from scheduler.tail import last_lines
+from server import queries
 from server.admission import Assessment, admission_errors, assess, remote_code_errors
-from server.errors import Conflict, InvalidSpec, describe_error
-from server.machine import Machine
+from server.db import read_snapshot
+from server.errors import Conflict, InvalidSpec, NotFound, describe_error
+from server.machine import Machine, MachineSource, machine_of
 from server.models import (
     Attempt,
     AttemptPublic,
     Job,
     JobPublic,
+    JobsPublic,
     JobSummary,
     Lease,
     MetricRecord,
@@ -90,80 +93,105 @@ def estimate(
     }
 
 
-def list_jobs(
-    session: Session, state: JobState | None, offset: int, limit: int, machine: Machine | None
-) -> tuple[list[JobSummary], int]:
-    query = select(Job)
-    count_query = select(func.count()).select_from(Job)
-    if state is not None:
-        query = query.where(Job.state == state.value)
-        count_query = count_query.where(Job.state == state.value)
-    jobs = session.exec(query.order_by(col(Job.id)).offset(offset).limit(limit)).all()
-    count = session.exec(count_query).one()
-    return [summarize(session, job, machine) for job in jobs], count
+def list_jobs(session: Session, state: JobState | None, offset: int, limit: int, machine: MachineSource) -> JobsPublic:
+    """A page of jobs in one statement however long it is (each with its latest attempt and metric), and the count.
+
+    The machine is read only when a queued job on the page needs a wait reason.
+    """
+    read_snapshot(session)  # the page, its count and the leases of its wait reasons, as of one moment
+    rows, count = queries.job_page(session, state.value if state is not None else None, offset, limit)
+    waits: dict[Any, str | None] = {}
+    summaries = [
+        JobSummary.model_validate(_summary_fields(row, queries.latest_attempt(row), row.latest_metric, machine, waits))
+        for row in rows
+    ]
+    return JobsPublic(data=summaries, count=count, offset=offset, limit=limit)
 
 
-def _latest(session: Session, job_id: int, kinds: tuple[str, ...]) -> dict[str, Any] | None:
-    row = session.exec(
-        select(MetricRecord)
-        .where(MetricRecord.job_id == job_id, col(MetricRecord.kind).in_(kinds))
-        .order_by(col(MetricRecord.id).desc())
-        .limit(1)
-    ).first()
-    return row.data if row else None
+def waiting_reason(job: Any, machine: MachineSource, memo: dict[Any, str | None] | None = None) -> str | None:
+    """Why a queued job (a Job or a row with its columns) waits; the machine is read only for a queued job.
 
-
-def summarize(session: Session, job: Job, machine: Machine | None = None) -> JobSummary:
-    return JobSummary.model_validate(_summary_fields(session, job, machine))
-
-
-def waiting_reason(job: Job, machine: Machine | None) -> str | None:
-    if job.state != JobState.QUEUED.value or machine is None:
+    `memo` keeps the answers of one machine by the job's shape: explain_wait reads what a job
+    needs (GPUs, memory, pinned ids), not its place in the queue, and a page holds many alike.
+    """
+    if job.state != JobState.QUEUED.value:
+        return None
+    machine = machine_of(machine)
+    if machine is None:
         return None
     if job.gpus == 0:
         held = sum(1 for r in machine.holders if r.startswith("cpu-"))
         return f"waiting for a CPU slot; {held} of {machine.cpu_slots} in use"
     assert job.id is not None
-    queued = QueuedJob(
-        job.id, job.priority, job.id, job.gpus, job.need_bytes or 0, tuple(job.gpu_ids) if job.gpu_ids else None
-    )
-    return explain_wait(queued, machine.gpus, machine.holders, machine.margin_bytes)
+    gpu_ids = tuple(job.gpu_ids) if job.gpu_ids else None
+    shape = (job.gpus, job.need_bytes or 0, gpu_ids)
+    if memo is not None and shape in memo:
+        return memo[shape]
+    queued = QueuedJob(job.id, job.priority, job.id, job.gpus, job.need_bytes or 0, gpu_ids)
+    reason = explain_wait(queued, machine.gpus, machine.holders, machine.margin_bytes)
+    if memo is not None:
+        memo[shape] = reason
+    return reason
 
 
-def _summary_fields(session: Session, job: Job, machine: Machine | None = None) -> dict[str, Any]:
-    assert job.id is not None
-    attempt = current_attempt(session, job.id)
+def _summary_fields(
+    job: Any,
+    attempt: Any,
+    latest_metric: dict[str, Any] | None,
+    machine: MachineSource,
+    waits: dict[Any, str | None] | None = None,
+) -> dict[str, Any]:
+    """A summary's fields from the job (a Job or a row), its latest attempt and its latest metric record."""
     live = attempt is not None and attempt.ended_at is None
-    latest = _latest(session, job.id, ("metric",))
     progress = None
     if attempt is not None and attempt.last_step is not None:
         total = attempt.total_steps
         percentage = round(100 * attempt.last_step / total, 2) if total else None
         progress = Progress(current_steps=attempt.last_step, total_steps=total, percentage=percentage)
     return {
-        **job.model_dump(exclude={"spec"}),
-        "bound_resources": attempt.resources if live and attempt else [],
-        "cuda_visible_devices": attempt.cuda_visible_devices if attempt else None,
+        **{name: getattr(job, name) for name in _SUMMARY_JOB_FIELDS},
+        "bound_resources": attempt.resources if live else [],
+        "cuda_visible_devices": attempt.cuda_visible_devices if attempt is not None else None,
         "progress": progress,
-        "loss": latest.get("loss") if latest else None,
-        "waiting": waiting_reason(job, machine),
+        "loss": latest_metric.get("loss") if latest_metric else None,
+        "waiting": waiting_reason(job, machine, waits),
         "need_gib": round(job.need_bytes / GiB, 2) if job.need_bytes else None,
     }
 
 
-def describe(session: Session, job: Job, machine: Machine | None = None) -> JobPublic:
+_SUMMARY_JOB_FIELDS = [name for name in JobSummary.model_fields if name in Job.model_fields]
+
+
+def no_such_job(job_id: int) -> NotFound:
+    return NotFound(f"job {job_id} does not exist; GET /jobs lists the jobs")
+
+
+def describe_job(session: Session, job_id: int, machine: MachineSource = None) -> JobPublic:
+    """GET /jobs/{id}: the whole job in three statements, all as of one moment (its row read as columns)."""
+    read_snapshot(session)
+    job = queries.job(session, job_id)
+    if job is None:
+        raise no_such_job(job_id)
+    return describe(session, job, machine)
+
+
+def describe(session: Session, job: Any, machine: MachineSource = None) -> JobPublic:
+    """The whole job (a Job, or a row of its columns): its attempts and its latest records, two statements."""
     assert job.id is not None
-    attempts = session.exec(select(Attempt).where(Attempt.job_id == job.id).order_by(col(Attempt.number))).all()
-    end = _latest(session, job.id, ("end",))
+    attempts = queries.attempts(session, job.id)
+    latest = queries.latest_records(session, job.id)
+    metric, eval_, end = (latest.get(kind) for kind in queries.LATEST_KINDS)
+    newest = max((r for r in (metric, eval_) if r is not None), key=lambda r: r[0], default=None)
+    current = SimpleNamespace(**attempts[-1]) if attempts else None
     wall = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
     return JobPublic.model_validate(
         {
-            **_summary_fields(session, job, machine),
+            **_summary_fields(job, current, metric[1] if metric else None, machine),
             "spec": job.spec,
             "estimate": job.estimate,
-            "attempts": [AttemptPublic.model_validate(a.model_dump()) for a in attempts],
-            "latest_metrics": _latest(session, job.id, ("metric", "eval")),
-            "final_loss": end.get("final_loss") if end else None,
+            "attempts": [AttemptPublic.model_validate(a) for a in attempts],
+            "latest_metrics": newest[1] if newest else None,
+            "final_loss": end[1].get("final_loss") if end else None,
             "wall_time_s": round(wall, 2) if wall is not None else None,
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +19,36 @@ class Machine:
     cpu_slots: int
     margin_bytes: int
     topology: Any = None
+
+
+class LazyMachine:
+    """The machine, read on first use only and then kept: most answers that could use it do not.
+
+    `load` returns the machine and until when it may be relied on (the clock's time its GPU
+    snapshot grows too old; None: always), which an answer kept for later must not outlive.
+    """
+
+    def __init__(self, load: Callable[[], tuple[Machine, float | None]]) -> None:
+        self._load = load
+        self._machine: Machine | None = None
+        self.valid_until: float | None = None
+
+    def __call__(self) -> Machine:
+        if self._machine is None:
+            self._machine, self.valid_until = self._load()
+        return self._machine
+
+    @property
+    def loaded(self) -> bool:
+        return self._machine is not None
+
+
+# What the service takes where only some answers need the machine (a queued job's wait reason).
+MachineSource = Machine | LazyMachine | None
+
+
+def machine_of(source: MachineSource) -> Machine | None:
+    return source() if isinstance(source, LazyMachine) else source
 
 
 def gpus_view(machine: Machine, worker_pids: set[int]) -> list[GpuPublic]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, get_args
 
-from pydantic import ConfigDict, create_model, field_serializer
+from pydantic import ConfigDict, PlainSerializer, create_model
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from worker.spec import JobSpec
@@ -74,9 +74,12 @@ class Attempt(SQLModel, table=True):
 
 class MetricRecord(SQLModel, table=True):
     __tablename__ = "metrics"
+    # A job's latest record of a kind is one seek, however many records the job has: GET /jobs/{id} and
+    # GET /jobs ask for it on every poll. It leads with job_id, so it serves job_id's lookups too.
+    __table_args__ = (Index("ix_metrics_job_id_kind_id", "job_id", "kind", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    job_id: int = Field(foreign_key="jobs.id", index=True)
+    job_id: int = Field(foreign_key="jobs.id")
     attempt_id: int = Field(foreign_key="attempts.id", index=True)
     kind: str
     step: int = Field(default=0, index=True)
@@ -111,12 +114,17 @@ class Daemon(SQLModel, table=True):
 JobCreate = JobSpec
 
 
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# A time as the API writes it, ISO 8601 UTC with a Z: every datetime field of a schema below is one. On those
+# fields only, where a serializer of every field ("*") called Python once for each field of each answer.
+UtcTime = Annotated[datetime, PlainSerializer(_utc_iso, when_used="json")]
+
+
 class _Public(SQLModel):
-    @field_serializer("*", when_used="json")
-    def _times_as_utc(self, value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-        return value
+    pass
 
 
 class AttemptPublic(_Public):
@@ -126,8 +134,8 @@ class AttemptPublic(_Public):
     cuda_visible_devices: str | None
     run_dir: str
     pid: int | None
-    started_at: datetime
-    ended_at: datetime | None
+    started_at: UtcTime
+    ended_at: UtcTime | None
     exit_code: int | None
     reason: str | None
     log_tail: str | None
@@ -153,9 +161,9 @@ class JobSummary(_Public):
     state: str
     priority: int
     gpus: int
-    submitted_at: datetime
-    started_at: datetime | None
-    ended_at: datetime | None
+    submitted_at: UtcTime
+    started_at: UtcTime | None
+    ended_at: UtcTime | None
     reason: str | None
     bound_resources: list[str] = []
     cuda_visible_devices: str | None = None

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         pattern=r"^sigkill@(after-begin|after-spawn|after-pid|after-go)$",
         description="Tests only: the daemon SIGKILLs itself at this point of a worker's start.",
     )
+    api_threads: int = Field(
+        default=40,
+        ge=1,
+        le=1000,
+        description="API requests served in threads at once; the database pool keeps a connection for each, "
+        "and for the scheduler.",
+    )
 
     @field_validator("input_dirs", mode="before")
     @classmethod

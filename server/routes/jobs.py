@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from scheduler.states import JobState
 from server import jobs as service
-from server.deps import INT64_MAX, JobDep, MachineDep, SessionDep, SettingsDep
+from server.deps import INT64_MAX, JobDep, JobIdPath, LazyMachineDep, MachineDep, SessionDep, SettingsDep
 from server.models import JobCreate, JobPublic, JobsPublic, MetricsPublic, RequeueRequest
 from server.openapi import ANY, JOB_EXAMPLES, WRITE, error_responses, links_to_job
 
@@ -38,15 +38,18 @@ def submit_job(
 
 
 @router.get("", response_model=JobsPublic, responses=error_responses(*ANY, 422))
-def list_jobs(
+async def list_jobs(
+    request: Request,
     session: SessionDep,
-    machine: MachineDep,
+    machine: LazyMachineDep,
     state: JobState | None = None,
     offset: int = Query(default=0, ge=0, le=INT64_MAX),
     limit: int = Query(default=100, ge=1, le=1000),
-) -> JobsPublic:
-    data, count = service.list_jobs(session, state, offset, limit, machine)
-    return JobsPublic(data=data, count=count, offset=offset, limit=limit)
+) -> Response:
+    # Polled: the answer is kept while the database has not changed (server.read_cache); a read runs in a thread.
+    return await request.app.state.reads.answer(
+        ("jobs", state, offset, limit), lambda: service.list_jobs(session, state, offset, limit, machine), machine
+    )
 
 
 @router.get(
@@ -54,8 +57,10 @@ def list_jobs(
     response_model=JobPublic,
     responses={**error_responses(*ON_A_JOB), 200: {"description": "The job.", "links": links_to_job()}},
 )
-def get_job(job: JobDep, session: SessionDep, machine: MachineDep) -> JobPublic:
-    return service.describe(session, job, machine)
+async def get_job(job_id: JobIdPath, request: Request, session: SessionDep, machine: LazyMachineDep) -> Response:
+    return await request.app.state.reads.answer(
+        ("job", job_id), lambda: service.describe_job(session, job_id, machine), machine
+    )
 
 
 @router.post(
