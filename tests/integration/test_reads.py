@@ -167,7 +167,7 @@ def test_the_database_version_changes_when_any_connection_commits(tmp_path: Path
 
 def test_a_kept_answer_is_never_older_than_the_last_commit(tmp_path: Path):
     settings = Settings(data_dir=tmp_path, fake_gpus="2x24GiB", input_dirs=[str(REPO)], tick_s=60)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         client.app.state.scheduler.stop()  # no worker starts, and nothing but this test writes
         job = client.post("/jobs", json=tiny_spec(gpus=0, max_steps=100_000)).json()
         assert job["state"] == "queued"
