@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +19,7 @@ from server import queries
 from server.admission import Assessment, admission_errors, assess, remote_code_errors
 from server.db import read_snapshot
 from server.errors import Conflict, InvalidSpec, NotFound, describe_error
+from server.health import stalled_for_s
 from server.machine import Machine, MachineSource, machine_of
 from server.models import (
     Attempt,
@@ -31,6 +34,7 @@ from server.models import (
     utcnow,
 )
 from server.paths import check_spec_inputs
+from server.settings import Settings
 from server.store import current_attempt, transition
 from worker.spec import LOG_FILE, JobSpec
 
@@ -93,7 +97,26 @@ def estimate(
     }
 
 
-def list_jobs(session: Session, state: JobState | None, offset: int, limit: int, machine: MachineSource) -> JobsPublic:
+@dataclass(frozen=True)
+class Stall:
+    """When a running job counts as stalled (FTQ_STALL_FACTOR, FTQ_STALL_MIN_S)."""
+
+    factor: float = 5.0
+    min_s: float = 60.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Stall:
+        return cls(settings.stall_factor, settings.stall_min_s)
+
+
+def list_jobs(
+    session: Session,
+    state: JobState | None,
+    offset: int,
+    limit: int,
+    machine: MachineSource,
+    stall: Stall = Stall(),  # noqa: B008 - frozen, so one shared default is safe
+) -> JobsPublic:
     """A page of jobs in one statement however long it is (each with its latest attempt and metric), and the count.
 
     The machine is read only when a queued job on the page needs a wait reason.
@@ -102,7 +125,9 @@ def list_jobs(session: Session, state: JobState | None, offset: int, limit: int,
     rows, count = queries.job_page(session, state.value if state is not None else None, offset, limit)
     waits: dict[Any, str | None] = {}
     summaries = [
-        JobSummary.model_validate(_summary_fields(row, queries.latest_attempt(row), row.latest_metric, machine, waits))
+        JobSummary.model_validate(
+            _summary_fields(row, queries.latest_attempt(row), row.latest_metric, machine, waits, stall)
+        )
         for row in rows
     ]
     return JobsPublic(data=summaries, count=count, offset=offset, limit=limit)
@@ -140,9 +165,15 @@ def _summary_fields(
     latest_metric: dict[str, Any] | None,
     machine: MachineSource,
     waits: dict[Any, str | None] | None = None,
+    stall: Stall = Stall(),  # noqa: B008 - frozen, so one shared default is safe
 ) -> dict[str, Any]:
     """A summary's fields from the job (a Job or a row), its latest attempt and its latest metric record."""
     live = attempt is not None and attempt.ended_at is None
+    stalled = None
+    if live and job.state == JobState.RUNNING.value:
+        last = attempt.last_record_at
+        last = last.replace(tzinfo=timezone.utc) if last is not None and last.tzinfo is None else last
+        stalled = stalled_for_s(utcnow(), last, attempt.record_interval_s, stall.factor, stall.min_s)
     progress = None
     if attempt is not None and attempt.last_step is not None:
         total = attempt.total_steps
@@ -156,6 +187,7 @@ def _summary_fields(
         "loss": latest_metric.get("loss") if latest_metric else None,
         "waiting": waiting_reason(job, machine, waits),
         "need_gib": round(job.need_bytes / GiB, 2) if job.need_bytes else None,
+        "stalled_for_s": stalled,
     }
 
 
@@ -166,16 +198,26 @@ def no_such_job(job_id: int) -> NotFound:
     return NotFound(f"job {job_id} does not exist; GET /jobs lists the jobs")
 
 
-def describe_job(session: Session, job_id: int, machine: MachineSource = None) -> JobPublic:
+def describe_job(
+    session: Session,
+    job_id: int,
+    machine: MachineSource = None,
+    stall: Stall = Stall(),  # noqa: B008 - frozen, so one shared default is safe
+) -> JobPublic:
     """GET /jobs/{id}: the whole job in three statements, all as of one moment (its row read as columns)."""
     read_snapshot(session)
     job = queries.job(session, job_id)
     if job is None:
         raise no_such_job(job_id)
-    return describe(session, job, machine)
+    return describe(session, job, machine, stall)
 
 
-def describe(session: Session, job: Any, machine: MachineSource = None) -> JobPublic:
+def describe(
+    session: Session,
+    job: Any,
+    machine: MachineSource = None,
+    stall: Stall = Stall(),  # noqa: B008 - frozen, so one shared default is safe
+) -> JobPublic:
     """The whole job (a Job, or a row of its columns): its attempts and its latest records, two statements."""
     assert job.id is not None
     attempts = queries.attempts(session, job.id)
@@ -186,7 +228,7 @@ def describe(session: Session, job: Any, machine: MachineSource = None) -> JobPu
     wall = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
     return JobPublic.model_validate(
         {
-            **_summary_fields(job, current, metric[1] if metric else None, machine),
+            **_summary_fields(job, current, metric[1] if metric else None, machine, stall=stall),
             "spec": job.spec,
             "estimate": job.estimate,
             "attempts": [AttemptPublic.model_validate(a) for a in attempts],

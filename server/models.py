@@ -145,6 +145,8 @@ class AttemptPublic(_Public):
     settings: dict[str, Any] | None = None
     resumed_from_step: int | None = None
     adopted: bool = False
+    last_record_at: UtcTime | None = None  # when the worker wrote the newest record the daemon has read
+    record_interval_s: float | None = None  # its usual time between records
 
 
 class Progress(SQLModel):
@@ -171,6 +173,8 @@ class JobSummary(_Public):
     loss: float | None = None
     waiting: str | None = None
     need_gib: float | None = None
+    # A running job whose worker has written nothing for several of its usual intervals: a hint, not a verdict.
+    stalled_for_s: float | None = None
 
 
 class JobPublic(JobSummary):

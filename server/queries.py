@@ -30,6 +30,8 @@ class LatestAttempt(NamedTuple):
     ended_at: datetime | None
     last_step: int | None
     total_steps: int | None
+    last_record_at: datetime | None
+    record_interval_s: float | None
 
 
 # A summary's job columns, and those its wait reason and need_gib are made from: never the spec.

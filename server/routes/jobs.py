@@ -41,6 +41,7 @@ def submit_job(
 async def list_jobs(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     machine: LazyMachineDep,
     state: JobState | None = None,
     offset: int = Query(default=0, ge=0, le=INT64_MAX),
@@ -48,7 +49,9 @@ async def list_jobs(
 ) -> Response:
     # Polled: the answer is kept while the database has not changed (server.read_cache); a read runs in a thread.
     return await request.app.state.reads.answer(
-        ("jobs", state, offset, limit), lambda: service.list_jobs(session, state, offset, limit, machine), machine
+        ("jobs", state, offset, limit),
+        lambda: service.list_jobs(session, state, offset, limit, machine, service.Stall.of(settings)),
+        machine,
     )
 
 
@@ -57,9 +60,11 @@ async def list_jobs(
     response_model=JobPublic,
     responses={**error_responses(*ON_A_JOB), 200: {"description": "The job.", "links": links_to_job()}},
 )
-async def get_job(job_id: JobIdPath, request: Request, session: SessionDep, machine: LazyMachineDep) -> Response:
+async def get_job(
+    job_id: JobIdPath, request: Request, session: SessionDep, settings: SettingsDep, machine: LazyMachineDep
+) -> Response:
     return await request.app.state.reads.answer(
-        ("job", job_id), lambda: service.describe_job(session, job_id, machine), machine
+        ("job", job_id), lambda: service.describe_job(session, job_id, machine, service.Stall.of(settings)), machine
     )
 
 

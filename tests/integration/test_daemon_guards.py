@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -86,3 +88,27 @@ def test_a_second_daemon_on_the_same_data_dir_exits_naming_the_first(standin_dae
     assert wait_for(lambda: d.ended(job_id), timeout=60, what="the job")["state"] == "succeeded"
     steps = Counter(r["current_steps"] for r in d.metrics(job_id, kind="metric"))
     assert set(steps.values()) == {1} and len(steps) == 60, "every step stored once: nobody else adopted it"
+
+
+def test_a_worker_stopped_with_sigstop_shows_stalled_not_running_as_usual(tmp_path: Path):
+    d = Daemon(tmp_path / "ftq", fake_gpus="1x24GiB", worker_module="tests.integration.standin_worker", stall_min_s="2")
+    d.env["PYTHONPATH"] = str(REPO)
+    d.start()
+    try:
+        job_id = d.submit(tiny_spec(name="quiet", max_steps=100_000))["id"]
+        wait_for(lambda: len(d.metrics(job_id, kind="metric")) > 20, timeout=60, what="the job to report")
+        assert d.job(job_id)["stalled_for_s"] is None
+        pid = d.job(job_id)["attempts"][0]["pid"]
+        os.kill(pid, signal.SIGSTOP)  # before, the job read "running" with no hint, for as long as it stayed so
+        try:
+            job = wait_for(lambda: (j := d.job(job_id))["stalled_for_s"] and j, timeout=30, what="the stall to show")
+            assert job["state"] == "running" and job["stalled_for_s"] > 2
+            listed = d.http.get("/jobs").json()["data"]
+            assert [j["stalled_for_s"] for j in listed if j["id"] == job_id][0] > 2
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: d.job(job_id)["stalled_for_s"] is None, timeout=30, what="the stall to clear")
+        assert d.http.post(f"/jobs/{job_id}/cancel").status_code == 200
+        assert wait_for(lambda: d.ended(job_id), timeout=60, what="the cancel")["state"] == "cancelled"
+    finally:
+        d.close()
