@@ -16,20 +16,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from scheduler.contract import Health, LiveAttempt, StartedAttempt, Store
 from scheduler.exits import Outcome, classify
-from scheduler.placement import Placement, QueuedJob, plan
+from scheduler.placement import Placement, plan
 from scheduler.probe import GpuInfo, GpuProbe, descendant_pids
 from scheduler.states import JobState
 from scheduler.supervisor import (
     WorkerProcess,
     group_alive,
+    kill_leftovers,
     process_start_time,
     release,
     same_process,
     signal_group,
     spawn_worker,
+    wait_until,
 )
 from scheduler.tail import last_lines, read_new_records
 from worker.gate import read_pid_file
@@ -44,60 +47,6 @@ HEARTBEAT_S = 2.0  # how often the loop proves the database takes writes and the
 # that no instant of a crash leaves a worker untracked: the attempt is stored, the worker spawned, its pid
 # stored, the worker told to go.
 FAULT_POINTS = ("after-begin", "after-spawn", "after-pid", "after-go")
-
-
-@dataclass(frozen=True)
-class StartedAttempt:
-    attempt_id: int
-    job_id: int
-    run_dir: Path
-    spec: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class LiveAttempt:
-    """An attempt the database says is live: what recovery needs to find its process."""
-
-    attempt_id: int
-    job_id: int
-    run_dir: Path
-    pid: int | None
-    pid_start_time: int | None
-    metrics_offset: int
-    cancelling: bool
-    problem: str | None = None  # why the row cannot be acted on (it is then failed with this reason)
-
-
-class Store(Protocol):
-    """What the loop needs from the database; the server implements it."""
-
-    def queued_jobs(self) -> tuple[list[QueuedJob], list[tuple[int, str]]]: ...
-    def reject_job(self, job_id: int, reason: str) -> None: ...
-    def leased_resources(self) -> set[str]: ...
-    def begin_attempt(self, placement: Placement, runs_dir: Path) -> StartedAttempt | None: ...
-    def attempt_spawned(self, attempt_id: int, pid: int, pid_start_time: int | None) -> None: ...
-    def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None: ...
-    def cancelling_attempts(self) -> list[int]: ...
-    def live_attempts(self) -> list[LiveAttempt]: ...
-    def attempt_adopted(self, attempt_id: int) -> None: ...
-    def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None: ...
-    def fail_attempt(self, attempt_id: int, reason: str) -> None: ...
-    def heartbeat(self, pid: int) -> None: ...
-    def is_unavailable(self, exc: BaseException) -> bool: ...
-
-
-@dataclass
-class Health:
-    """What the loop last saw of itself, the database and the GPU probe; /healthz reads it."""
-
-    started_at: float = field(default_factory=time.monotonic)
-    last_tick_at: float | None = None  # monotonic time of the last completed step
-    database_error: str | None = None  # the last write that failed, until one succeeds
-    probe_error: str | None = None  # the last GPU snapshot that failed, until one succeeds
-    # Free bytes on the data dir's filesystem. A one-row heartbeat can still succeed on a full disk (SQLite
-    # reuses its write-ahead log's space) while every insert fails, so the space itself is watched.
-    disk_free_bytes: int | None = None
-    disk_total_bytes: int | None = None
 
 
 @dataclass
@@ -280,7 +229,7 @@ class Scheduler:
             found = read_pid_file(live.run_dir)
             if found is not None and same_process(*found):
                 signal_group(found[0], signal.SIGKILL)
-                _wait_until(lambda: not same_process(*found), timeout=5.0)
+                wait_until(lambda: not same_process(*found), timeout=5.0)
             log.info("attempt %s: its worker never started; the job is queued again", live.attempt_id)
             outcome = classify(None, {"status": "not_started"}, cancel_requested=live.cancelling)
             self.store.finish_attempt(live.attempt_id, outcome, None, "")
@@ -313,7 +262,7 @@ class Scheduler:
         # Whatever the leader left behind (data loader workers, torchrun, ranks) goes too.
         if group_alive(tracked.proc.pid):
             signal_group(tracked.proc.pid, signal.SIGKILL)
-            _wait_until(lambda pid=tracked.proc.pid: not group_alive(pid), timeout=5.0)
+            wait_until(lambda pid=tracked.proc.pid: not group_alive(pid), timeout=5.0)
         kill_leftovers(tracked.descendants)
         cancel = tracked.term_sent_at is not None or attempt_id in self.store.cancelling_attempts()
         if exit_code is None and tracked.end is None:
@@ -443,37 +392,5 @@ class Scheduler:
         return {attempt_id: t.proc.pid for attempt_id, t in self._tracked.items()}
 
 
-def kill_leftovers(processes: dict[int, int | None]) -> None:
-    """SIGKILL every remembered process of an attempt that is still the same process, and its group."""
-    ours = os.getpgid(0)
-    for pid, start_time in processes.items():
-        if not same_process(pid, start_time):
-            continue
-        pgid = _pgid(pid)
-        if pgid is not None and pgid != ours:
-            signal_group(pgid, signal.SIGKILL)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _wait_until(lambda: not any(same_process(p, t) for p, t in processes.items()), timeout=5.0)
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
 def _last_end_record(path: Path) -> dict[str, Any] | None:
     return next((r for r in reversed(read_new_records(path, 0)[0]) if r.get("kind") == "end"), None)
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,3 +162,35 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # The command name may hold spaces and parentheses: fields start after the last ')'.
     return stat[stat.rfind(")") + 2 :].split()
+
+
+def kill_leftovers(processes: dict[int, int | None]) -> None:
+    """SIGKILL every remembered process of an attempt that is still the same process, and its group."""
+    ours = os.getpgid(0)
+    for pid, start_time in processes.items():
+        if not same_process(pid, start_time):
+            continue
+        pgid = _pgid(pid)
+        if pgid is not None and pgid != ours:
+            signal_group(pgid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: not any(same_process(p, t) for p, t in processes.items()), timeout=5.0)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

@@ -1,7 +1,7 @@
 """What /healthz says: whether the daemon can do its work, and if not, why.
 
 Pure: from what the scheduling loop last saw of itself, the database and the
-GPU probe (`scheduler.loop.Health`) to the problems a person must know. The
+GPU probe (`scheduler.contract.Health`) to the problems a person must know. The
 loop proves the database takes writes with a heartbeat row every few seconds,
 so a health check costs no query of its own.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from scheduler.loop import Health
+from scheduler.contract import Health
 
 # The loop sleeps a tick between steps, and a step may wait a few seconds on processes it stops
 # (scheduler.loop waits up to 5 s for a killed process group): a loop is stuck only past both.

@@ -35,7 +35,7 @@ from server.models import (
 )
 from server.paths import check_spec_inputs
 from server.settings import Settings
-from server.store import current_attempt, transition
+from server.transitions import current_attempt, transition
 from worker.spec import LOG_FILE, JobSpec
 
 

@@ -1,8 +1,8 @@
 """The database side of the scheduler: every state change as one transaction.
 
-`transition` is a compare-and-set (`UPDATE ... WHERE id = ? AND state IN (...)`,
-then the row count), because the API's threads and the scheduler's thread both
-write. `SqlStore` implements `scheduler.loop.Store` on top of it.
+`SqlStore` implements `scheduler.contract.Store`; each change of a job's state in
+it is a compare-and-set (server.transitions) in the same transaction as the
+attempt and the leases it belongs to.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,15 @@ from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, select
 
+from scheduler.contract import LiveAttempt, StartedAttempt
 from scheduler.exits import Outcome
-from scheduler.loop import LiveAttempt, StartedAttempt
 from scheduler.placement import GiB, Placement, QueuedJob
 from scheduler.records import as_step, finite_number, record_time, storable
 from scheduler.retry import memory_settings, next_after_oom
-from scheduler.states import ACTIVE, JobState, allowed_from, route
+from scheduler.states import ACTIVE, JobState, route
 from server.admission import estimate
 from server.models import Attempt, Daemon, Job, Lease, MetricRecord, utcnow
+from server.transitions import transition
 from worker.spec import JobSpec
 
 log = logging.getLogger("ftq.store")
@@ -36,31 +36,6 @@ log = logging.getLogger("ftq.store")
 # How many times a transaction whose compare-and-set lost a race (the state changed between our read and our
 # write) is tried again from a fresh read before giving up.
 CAS_TRIES = 10
-
-
-def transition(session: Session, job_id: int, to: JobState, frm: JobState | Iterable[JobState], **values: Any) -> bool:
-    """Move a job from the state that was read (`frm`) to `to`; False when the job is no longer in it.
-
-    A compare-and-set on the state the caller read, never on every state that may lead to `to`: a cancel
-    that read `queued` must not succeed on a job that has meanwhile become starting -> cancelling.
-    """
-    sources = [frm] if isinstance(frm, JobState) else list(frm)
-    allowed = allowed_from(to)
-    bad = [s.value for s in sources if s not in allowed]
-    if bad:
-        raise ValueError(f"{', '.join(bad)} -> {to.value} is not a transition of the job state machine")
-    result = session.execute(
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.state).in_([s.value for s in sources]))
-        .values(state=to.value, **values)
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined]
-
-
-def current_attempt(session: Session, job_id: int) -> Attempt | None:
-    return session.exec(
-        select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number).desc()).limit(1)
-    ).first()
 
 
 class SqlStore:

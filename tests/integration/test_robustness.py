@@ -20,7 +20,8 @@ from server import jobs
 from server.db import make_engine, upgrade_database
 from server.models import Attempt, Job, Lease, MetricRecord
 from server.settings import Settings
-from server.store import SqlStore, transition
+from server.store import SqlStore
+from server.transitions import transition
 from tests.helpers import REPO, tiny_spec, wait_for
 from worker.spec import JobSpec
 

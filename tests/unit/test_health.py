@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from scheduler.loop import Health
+from scheduler.contract import Health
 from server.health import health_problems, stalled_for_s
 
 

@@ -1,0 +1,70 @@
+"""What the scheduling loop and the database tell each other, and what the loop reports of itself.
+
+The loop holds processes, not truth: it reads and writes through a `Store` (the
+server implements it on SQLite), which hands it the attempts to start or to
+recover; `Health` is what /healthz reads of the loop's last steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from scheduler.exits import Outcome
+from scheduler.placement import Placement, QueuedJob
+
+
+@dataclass(frozen=True)
+class StartedAttempt:
+    attempt_id: int
+    job_id: int
+    run_dir: Path
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LiveAttempt:
+    """An attempt the database says is live: what recovery needs to find its process."""
+
+    attempt_id: int
+    job_id: int
+    run_dir: Path
+    pid: int | None
+    pid_start_time: int | None
+    metrics_offset: int
+    cancelling: bool
+    problem: str | None = None  # why the row cannot be acted on (it is then failed with this reason)
+
+
+class Store(Protocol):
+    """What the loop needs from the database; the server implements it."""
+
+    def queued_jobs(self) -> tuple[list[QueuedJob], list[tuple[int, str]]]: ...
+    def reject_job(self, job_id: int, reason: str) -> None: ...
+    def leased_resources(self) -> set[str]: ...
+    def begin_attempt(self, placement: Placement, runs_dir: Path) -> StartedAttempt | None: ...
+    def attempt_spawned(self, attempt_id: int, pid: int, pid_start_time: int | None) -> None: ...
+    def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None: ...
+    def cancelling_attempts(self) -> list[int]: ...
+    def live_attempts(self) -> list[LiveAttempt]: ...
+    def attempt_adopted(self, attempt_id: int) -> None: ...
+    def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None: ...
+    def fail_attempt(self, attempt_id: int, reason: str) -> None: ...
+    def heartbeat(self, pid: int) -> None: ...
+    def is_unavailable(self, exc: BaseException) -> bool: ...
+
+
+@dataclass
+class Health:
+    """What the loop last saw of itself, the database and the GPU probe; /healthz reads it."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    last_tick_at: float | None = None  # monotonic time of the last completed step
+    database_error: str | None = None  # the last write that failed, until one succeeds
+    probe_error: str | None = None  # the last GPU snapshot that failed, until one succeeds
+    # Free bytes on the data dir's filesystem. A one-row heartbeat can still succeed on a full disk (SQLite
+    # reuses its write-ahead log's space) while every insert fails, so the space itself is watched.
+    disk_free_bytes: int | None = None
+    disk_total_bytes: int | None = None
