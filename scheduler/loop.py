@@ -21,7 +21,7 @@ from typing import Any
 from scheduler.contract import Health, LiveAttempt, StartedAttempt, Store
 from scheduler.exits import Outcome, classify
 from scheduler.placement import Placement, plan
-from scheduler.probe import GpuInfo, GpuProbe, descendant_pids
+from scheduler.probe import GpuInfo, GpuProbe, descendants_in, process_children
 from scheduler.states import JobState
 from scheduler.supervisor import (
     WorkerProcess,
@@ -274,15 +274,20 @@ class Scheduler:
         log.info("attempt %s ended: %s (%s)", attempt_id, outcome.state.value, outcome.reason)
 
     def _tail_all(self) -> None:
-        for attempt_id, tracked in list(self._tracked.items()):
-            self._guarded(attempt_id, "store its records", lambda a=attempt_id, t=tracked: self._watch(a, t))
-
-    def _watch(self, attempt_id: int, tracked: Tracked) -> None:
         now = time.monotonic()
+        # One read of /proc for every attempt due, not one each: with many jobs the scan is the loop's main cost.
+        due = [t for t in self._tracked.values() if now - t.descendants_seen_at >= DESCENDANTS_EVERY_S]
+        children = process_children() if due else {}
+        for attempt_id, tracked in list(self._tracked.items()):
+            self._guarded(
+                attempt_id, "store its records", lambda a=attempt_id, t=tracked: self._watch(a, t, children, now)
+            )
+
+    def _watch(self, attempt_id: int, tracked: Tracked, children: dict[int, list[int]], now: float) -> None:
         self._tail(attempt_id, tracked)
-        if now - tracked.descendants_seen_at >= DESCENDANTS_EVERY_S:
+        if children and now - tracked.descendants_seen_at >= DESCENDANTS_EVERY_S:
             tracked.descendants_seen_at = now
-            for pid in descendant_pids({tracked.proc.pid}):
+            for pid in descendants_in(children, {tracked.proc.pid}):
                 tracked.descendants.setdefault(pid, process_start_time(pid))
 
     def _tail(self, attempt_id: int, tracked: Tracked) -> None:

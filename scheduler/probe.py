@@ -140,10 +140,15 @@ def descendant_pids(root_pids: Iterable[int], proc: str | os.PathLike[str] = "/p
     where there is no /proc (macOS, Windows). One read of /proc per call, a few ms on a busy
     host; a process that starts or ends meanwhile may be missed.
     """
+    return descendants_in(process_children(proc), root_pids)
+
+
+def process_children(proc: str | os.PathLike[str] = "/proc") -> dict[int, list[int]]:
+    """ppid -> its children, from one read of /proc (empty where there is none)."""
     try:
         entries = os.listdir(proc)
     except OSError:
-        return set()
+        return {}
     children: dict[int, list[int]] = {}
     for entry in entries:
         if not entry.isdigit():
@@ -156,6 +161,11 @@ def descendant_pids(root_pids: Iterable[int], proc: str | os.PathLike[str] = "/p
         fields = stat.rpartition(b")")[2].split()
         if len(fields) >= 2 and fields[1].isdigit():
             children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants_in(children: Mapping[int, list[int]], root_pids: Iterable[int]) -> set[int]:
+    """Every process below root_pids in a tree read by process_children (the roots not added for being roots)."""
     found: set[int] = set()
     todo = list(root_pids)
     while todo:

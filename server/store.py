@@ -136,16 +136,27 @@ class SqlStore:
         """
         kept = [storable(record) for record in records]
         with Session(self.engine) as session:
-            attempt = session.get(Attempt, attempt_id)
-            if attempt is None:
+            found = session.execute(
+                select(
+                    Attempt.job_id, Attempt.state, Attempt.last_record_at, Attempt.record_interval_s,
+                    Attempt.peak_memory_gib,
+                ).where(col(Attempt.id) == attempt_id)
+            ).first()  # fmt: skip
+            if found is None:
                 return
+            job_id, state, last_at, interval, peak = found
+            last_at = _aware(last_at)
             changes: dict[str, Any] = {"metrics_offset": offset}
-            last_at, interval = _aware(attempt.last_record_at), attempt.record_interval_s
+            rows = []
             for item in kept:
-                session.add(
-                    MetricRecord(
-                        job_id=attempt.job_id, attempt_id=attempt_id, kind=item.kind, step=item.step, data=item.data
-                    )
+                rows.append(
+                    {
+                        "job_id": job_id,
+                        "attempt_id": attempt_id,
+                        "kind": item.kind,
+                        "step": item.step,
+                        "data": item.data,
+                    }
                 )
                 if not item.valid:
                     log.warning("attempt %s: a record kept raw: %s", attempt_id, item.data.get("reason"))
@@ -160,20 +171,20 @@ class SqlStore:
                     changes["last_step"] = item.step
                 if record.get("total_steps") is not None:
                     changes["total_steps"] = as_step(record["total_steps"])
-                peak = finite_number(record.get("peak_vram_reserved", record.get("vram_reserved")))
-                if peak is not None:
-                    changes["peak_memory_gib"] = max(
-                        peak, changes.get("peak_memory_gib") or attempt.peak_memory_gib or 0
-                    )
+                reached = finite_number(record.get("peak_vram_reserved", record.get("vram_reserved")))
+                if reached is not None:
+                    peak = changes["peak_memory_gib"] = max(reached, peak or 0)
                 if item.kind == "start":
                     resumed = as_step(record.get("resumed_from_step"))
                     if resumed is not None:
                         changes["resumed_from_step"] = resumed
-                        _supersede(session, attempt.job_id, attempt_id, resumed)
-                    if attempt.state == JobState.STARTING.value and transition(
-                        session, attempt.job_id, JobState.RUNNING, JobState.STARTING
+                        _supersede(session, job_id, attempt_id, resumed)
+                    if state == JobState.STARTING.value and transition(
+                        session, job_id, JobState.RUNNING, JobState.STARTING
                     ):
-                        changes["state"] = JobState.RUNNING.value
+                        state = changes["state"] = JobState.RUNNING.value
+            if rows:  # one statement for the batch: the ORM's unit of work per record cost the loop most of its time
+                session.execute(MetricRecord.__table__.insert(), rows)  # type: ignore[attr-defined]
             changes.update(last_record_at=last_at, record_interval_s=interval)
             session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**changes))
             session.commit()
