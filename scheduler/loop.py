@@ -134,7 +134,7 @@ class Scheduler:
 
     # ---- one attempt's trouble stays that attempt's ----
 
-    def _guarded(self, attempt_id: int, what: str, action: Callable[[], None]) -> None:
+    def _guarded(self, attempt_id: int, what: str, action: Callable[[], None]) -> bool:
         """Run one attempt's share of a step; an error fails that attempt with the reason, never the loop.
 
         A database that cannot be used now (locked, full) is nobody's attempt's fault: the step is
@@ -142,13 +142,15 @@ class Scheduler:
         """
         try:
             action()
+            return True
         except Exception as exc:
             if self.store.is_unavailable(exc):
                 self.health.database_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("attempt %s: could not %s, the database is unavailable (%s)", attempt_id, what, exc)
-                return
+                return False
             log.exception("attempt %s: could not %s; failing the attempt", attempt_id, what)
             self._give_up_on(attempt_id, f"the daemon could not {what}: {type(exc).__name__}: {exc}"[:2000])
+            return False
 
     def _give_up_on(self, attempt_id: int, reason: str) -> None:
         """Stop every process of an attempt the daemon cannot handle, and end it with the reason."""
@@ -278,13 +280,39 @@ class Scheduler:
         # One read of /proc for every attempt due, not one each: with many jobs the scan is the loop's main cost.
         due = [t for t in self._tracked.values() if now - t.descendants_seen_at >= DESCENDANTS_EVERY_S]
         children = process_children() if due else {}
+        batch: list[tuple[int, Tracked, list[dict[str, Any]], int]] = []
         for attempt_id, tracked in list(self._tracked.items()):
             self._guarded(
-                attempt_id, "store its records", lambda a=attempt_id, t=tracked: self._watch(a, t, children, now)
+                attempt_id, "read its records", lambda a=attempt_id, t=tracked: self._watch(a, t, children, now, batch)
             )
+        if not batch:
+            return
+        try:  # every attempt's new records in one transaction
+            self.store.add_records_of([(a, records, offset) for a, _, records, offset in batch])
+            stored = batch
+        except Exception as exc:
+            if self.store.is_unavailable(exc):
+                raise
+            # One attempt's records broke the batch: each on its own, so that the error stays that attempt's.
+            stored = [
+                item
+                for item in batch
+                if self._guarded(item[0], "store its records", lambda i=item: self.store.add_records(i[0], i[2], i[3]))
+            ]
+        for _, tracked, records, offset in stored:
+            _advance(tracked, records, offset)
 
-    def _watch(self, attempt_id: int, tracked: Tracked, children: dict[int, list[int]], now: float) -> None:
-        self._tail(attempt_id, tracked)
+    def _watch(
+        self,
+        attempt_id: int,
+        tracked: Tracked,
+        children: dict[int, list[int]],
+        now: float,
+        batch: list[tuple[int, Tracked, list[dict[str, Any]], int]],
+    ) -> None:
+        records, offset = read_new_records(tracked.proc.run_dir / METRICS_FILE, tracked.offset)
+        if records:
+            batch.append((attempt_id, tracked, records, offset))
         if children and now - tracked.descendants_seen_at >= DESCENDANTS_EVERY_S:
             tracked.descendants_seen_at = now
             for pid in descendants_in(children, {tracked.proc.pid}):
@@ -295,10 +323,7 @@ class Scheduler:
         if not records:
             return
         self.store.add_records(attempt_id, records, offset)
-        tracked.offset = offset
-        for record in records:
-            if record.get("kind") == "end":
-                tracked.end = record
+        _advance(tracked, records, offset)
 
     def _carry_out_cancels(self) -> None:
         for attempt_id in self.store.cancelling_attempts():
@@ -395,6 +420,14 @@ class Scheduler:
     def live_pids(self) -> dict[int, int]:
         """attempt id -> worker pid, for the processes this daemon supervises."""
         return {attempt_id: t.proc.pid for attempt_id, t in self._tracked.items()}
+
+
+def _advance(tracked: Tracked, records: list[dict[str, Any]], offset: int) -> None:
+    """What the loop keeps of records once they are stored: the offset they reach, and an end among them."""
+    tracked.offset = offset
+    for record in records:
+        if record.get("kind") == "end":
+            tracked.end = record
 
 
 def _last_end_record(path: Path) -> dict[str, Any] | None:

@@ -129,65 +129,76 @@ class SqlStore:
             session.commit()
 
     def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None:
-        """Store records with the offset they reach, in one transaction, so none is stored twice.
+        """Store records with the offset they reach, in one transaction, so none is stored twice."""
+        self.add_records_of([(attempt_id, records, offset)])
+
+    def add_records_of(self, batches: list[tuple[int, list[dict[str, Any]], int]]) -> None:
+        """Several attempts' records (attempt id, records, offset) in one transaction: one commit a pass of the
+        loop, however many jobs stream, rather than one each (every commit also makes the API's kept answers
+        stale, server.read_cache)."""
+        with Session(self.engine) as session:
+            for attempt_id, records, offset in batches:
+                self._add_records(session, attempt_id, records, offset)
+            session.commit()
+
+    def _add_records(self, session: Session, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None:
+        """One attempt's records and the offset they reach, in the caller's transaction.
 
         Each record passes through `storable` first: one the database or a JSON response could not hold
         is kept raw with the reason, and the attempt's step counters only ever take numbers in range.
         """
         kept = [storable(record) for record in records]
-        with Session(self.engine) as session:
-            found = session.execute(
-                select(
-                    Attempt.job_id, Attempt.state, Attempt.last_record_at, Attempt.record_interval_s,
-                    Attempt.peak_memory_gib,
-                ).where(col(Attempt.id) == attempt_id)
-            ).first()  # fmt: skip
-            if found is None:
-                return
-            job_id, state, last_at, interval, peak = found
-            last_at = _aware(last_at)
-            changes: dict[str, Any] = {"metrics_offset": offset}
-            rows = []
-            for item in kept:
-                rows.append(
-                    {
-                        "job_id": job_id,
-                        "attempt_id": attempt_id,
-                        "kind": item.kind,
-                        "step": item.step,
-                        "data": item.data,
-                    }
-                )
-                if not item.valid:
-                    log.warning("attempt %s: a record kept raw: %s", attempt_id, item.data.get("reason"))
-                    continue
-                record = item.data
-                when = record_time(record) or utcnow()
-                if last_at is not None and when >= last_at:
-                    gap = (when - last_at).total_seconds()
-                    interval = gap if interval is None else (1 - RHYTHM_WEIGHT) * interval + RHYTHM_WEIGHT * gap
-                last_at = max(when, last_at) if last_at is not None else when
-                if record.get("current_steps") is not None:
-                    changes["last_step"] = item.step
-                if record.get("total_steps") is not None:
-                    changes["total_steps"] = as_step(record["total_steps"])
-                reached = finite_number(record.get("peak_vram_reserved", record.get("vram_reserved")))
-                if reached is not None:
-                    peak = changes["peak_memory_gib"] = max(reached, peak or 0)
-                if item.kind == "start":
-                    resumed = as_step(record.get("resumed_from_step"))
-                    if resumed is not None:
-                        changes["resumed_from_step"] = resumed
-                        _supersede(session, job_id, attempt_id, resumed)
-                    if state == JobState.STARTING.value and transition(
-                        session, job_id, JobState.RUNNING, JobState.STARTING
-                    ):
-                        state = changes["state"] = JobState.RUNNING.value
-            if rows:  # one statement for the batch: the ORM's unit of work per record cost the loop most of its time
-                session.execute(MetricRecord.__table__.insert(), rows)  # type: ignore[attr-defined]
-            changes.update(last_record_at=last_at, record_interval_s=interval)
-            session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**changes))
-            session.commit()
+        found = session.execute(
+            select(
+                Attempt.job_id, Attempt.state, Attempt.last_record_at, Attempt.record_interval_s,
+                Attempt.peak_memory_gib,
+            ).where(col(Attempt.id) == attempt_id)
+        ).first()  # fmt: skip
+        if found is None:
+            return
+        job_id, state, last_at, interval, peak = found
+        last_at = _aware(last_at)
+        changes: dict[str, Any] = {"metrics_offset": offset}
+        rows = []
+        for item in kept:
+            rows.append(
+                {
+                    "job_id": job_id,
+                    "attempt_id": attempt_id,
+                    "kind": item.kind,
+                    "step": item.step,
+                    "data": item.data,
+                }
+            )
+            if not item.valid:
+                log.warning("attempt %s: a record kept raw: %s", attempt_id, item.data.get("reason"))
+                continue
+            record = item.data
+            when = record_time(record) or utcnow()
+            if last_at is not None and when >= last_at:
+                gap = (when - last_at).total_seconds()
+                interval = gap if interval is None else (1 - RHYTHM_WEIGHT) * interval + RHYTHM_WEIGHT * gap
+            last_at = max(when, last_at) if last_at is not None else when
+            if record.get("current_steps") is not None:
+                changes["last_step"] = item.step
+            if record.get("total_steps") is not None:
+                changes["total_steps"] = as_step(record["total_steps"])
+            reached = finite_number(record.get("peak_vram_reserved", record.get("vram_reserved")))
+            if reached is not None:
+                peak = changes["peak_memory_gib"] = max(reached, peak or 0)
+            if item.kind == "start":
+                resumed = as_step(record.get("resumed_from_step"))
+                if resumed is not None:
+                    changes["resumed_from_step"] = resumed
+                    _supersede(session, job_id, attempt_id, resumed)
+                if state == JobState.STARTING.value and transition(
+                    session, job_id, JobState.RUNNING, JobState.STARTING
+                ):
+                    state = changes["state"] = JobState.RUNNING.value
+        if rows:  # one statement for the batch: the ORM's unit of work per record cost the loop most of its time
+            session.execute(MetricRecord.__table__.insert(), rows)  # type: ignore[attr-defined]
+        changes.update(last_record_at=last_at, record_interval_s=interval)
+        session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**changes))
 
     def cancelling_attempts(self) -> list[int]:
         with Session(self.engine) as session:

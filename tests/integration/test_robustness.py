@@ -155,10 +155,10 @@ class FailingStore(SqlStore):
 
     poisoned: int | None = None
 
-    def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None:
+    def _add_records(self, session: Session, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None:
         if attempt_id == self.poisoned:
             raise RuntimeError("a bug in storing this attempt's records")
-        super().add_records(attempt_id, records, offset)
+        super()._add_records(session, attempt_id, records, offset)
 
 
 def test_an_error_on_one_attempt_fails_that_attempt_never_the_loop(tmp_path: Path, standin):
