@@ -3,9 +3,13 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from server.db import make_engine, upgrade_database
+from server.settings import Settings
+from server.store import SqlStore
 from tests.integration.daemon import Daemon, process_group_alive
 
 
@@ -27,3 +31,11 @@ def daemon(tmp_path) -> Iterator[Daemon]:
             if process_group_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         d.kill_workers()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqlStore:
+    """The real store on a fresh SQLite database in tmp_path, migrated by Alembic: no daemon, no processes."""
+    engine = make_engine(Settings(data_dir=tmp_path))
+    upgrade_database(engine)
+    return SqlStore(engine)

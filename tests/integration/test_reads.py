@@ -24,7 +24,7 @@ from scheduler.probe_cache import RecentProbe
 from scheduler.states import JobState
 from server import jobs
 from server.app import create_app
-from server.db import make_engine, pool_size, read_snapshot, upgrade_database
+from server.db import make_engine, pool_size, read_snapshot
 from server.machine import LazyMachine, Machine
 from server.models import Job, JobSummary
 from server.read_cache import DatabaseVersion
@@ -33,13 +33,6 @@ from server.store import SqlStore
 from tests.helpers import REPO, tiny_spec
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
-    engine = make_engine(Settings(data_dir=tmp_path))
-    upgrade_database(engine)
-    return SqlStore(engine)
 
 
 def add_job(store: SqlStore, name: str, **values) -> int:  # type: ignore[no-untyped-def]

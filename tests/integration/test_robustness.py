@@ -29,13 +29,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
-    engine = make_engine(Settings(data_dir=tmp_path))
-    upgrade_database(engine)
-    return SqlStore(engine)
-
-
-@pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> str:
     """The stand-in worker module, importable by the workers the scheduler spawns."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))

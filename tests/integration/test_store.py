@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 from sqlmodel import Session, col
 
@@ -18,20 +17,11 @@ from scheduler.fake_probe import FakeProbe
 from scheduler.placement import GiB, Placement
 from scheduler.states import JobState
 from server import jobs
-from server.db import make_engine, upgrade_database
 from server.machine import Machine
 from server.models import Attempt, Job
-from server.settings import Settings
 from server.store import SqlStore, estimate_need
 from tests.helpers import REPO, tiny_spec
 from worker.spec import EXIT_OOM, JobSpec
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
-    engine = make_engine(Settings(data_dir=tmp_path))
-    upgrade_database(engine)
-    return SqlStore(engine)
 
 
 def submit(store: SqlStore, **overrides) -> int:
