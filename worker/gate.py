@@ -19,8 +19,8 @@ import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from worker.layout import EXIT_NOT_STARTED, METRICS_FILE
 from worker.records import append_record
-from worker.spec import EXIT_NOT_STARTED, METRICS_FILE
 
 GATE_ENV = "FTQ_START_GATE"
 PID_FILE = "worker.pid"

@@ -17,6 +17,21 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+# The run-dir layout and the exit codes live in worker.layout (no pydantic there: the start gate and the
+# benchmarks' stand-in workers need them before, or without, the slow imports); the spec re-exports them.
+from worker.layout import (
+    CHECKPOINT_DIR,
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_NOT_STARTED,
+    EXIT_OOM,
+    LOG_FILE,
+    METRICS_FILE,
+    OUTPUT_DIR,
+    SPEC_FILE,
+)
+
 # Every number is bounded where it enters, to what its column holds and what training can mean: counts of steps
 # and samples fit a 32-bit integer (far beyond any real run, and well inside SQLite's 64-bit INTEGER, so nothing
 # the worker later reports from them can overflow a column); the seed is what numpy accepts (0 .. 2**32 - 1).
@@ -225,17 +240,16 @@ class JobSpec(BaseModel):
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
 
 
-# The run-dir layout both sides rely on (DESIGN.md, "The way a job goes").
-SPEC_FILE = "spec.json"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "worker.log"
-OUTPUT_DIR = "output"
-CHECKPOINT_DIR = "checkpoints"
-
-# Exit codes the worker uses, so the supervisor can tell why it ended without
-# parsing its log. 0 is success; anything else not listed is an unexpected crash.
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_OOM = 3
-EXIT_NOT_STARTED = 4  # the daemon died before it told the worker to go: nothing was trained
-EXIT_CANCELLED = 143  # 128 + SIGTERM, what a shell reports for a process ended by it
+__all__ = [
+    "CHECKPOINT_DIR",
+    "EXIT_BAD_INPUT",
+    "EXIT_CANCELLED",
+    "EXIT_FAILED",
+    "EXIT_NOT_STARTED",
+    "EXIT_OOM",
+    "LOG_FILE",
+    "METRICS_FILE",
+    "OUTPUT_DIR",
+    "SPEC_FILE",
+    "JobSpec",
+]
