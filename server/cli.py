@@ -86,6 +86,8 @@ def jobs_table(jobs: list[dict[str, Any]]) -> str:
         reason = job.get("reason") or ""
         if job["state"] == "succeeded":
             reason = ""
+        if job.get("stalled_for_s"):
+            reason = f"stalled? no record for {job['stalled_for_s']:.0f} s"
         rows.append((str(job["id"]), job["name"], job["state"], gpu, step, _fmt_loss(job.get("loss")), reason[:60]))
     return render_table(rows)
 

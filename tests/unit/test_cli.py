@@ -53,3 +53,8 @@ def test_jobs_table_shows_where_and_how_far():
     assert table[1].split() == ["1", "a", "running", "0,1", "5/96", "7.2500"]
     assert table[2].split()[3] == "cpu"
     assert table[3].endswith("bad input: dataset 'x'")
+
+
+def test_a_stalled_job_says_so_in_the_table():
+    job = {"id": 3, "name": "quiet", "state": "running", "cuda_visible_devices": "0", "stalled_for_s": 93.4}
+    assert "stalled? no record for 93 s" in jobs_table([job])
