@@ -127,7 +127,7 @@ class Scheduler:
             except Exception as exc:  # each attempt's trouble is caught inside; what is left is the database's
                 if not self.store.is_unavailable(exc):
                     raise
-                self.health.database_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.health.database_error = _said(exc)
                 log.warning("scheduler: %s skipped, the database is unavailable (%s)", phase.__name__, exc)
         self._heartbeat()
         self.health.last_tick_at = time.monotonic()
@@ -145,7 +145,7 @@ class Scheduler:
             return True
         except Exception as exc:
             if self.store.is_unavailable(exc):
-                self.health.database_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.health.database_error = _said(exc)
                 log.warning("attempt %s: could not %s, the database is unavailable (%s)", attempt_id, what, exc)
                 return False
             log.exception("attempt %s: could not %s; failing the attempt", attempt_id, what)
@@ -181,7 +181,7 @@ class Scheduler:
             self.store.heartbeat(os.getpid())
             self.health.database_error = None
         except Exception as exc:
-            self.health.database_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.health.database_error = _said(exc)
             log.warning("the database cannot be written: %s", exc)
         try:
             found = os.statvfs(self.runs_dir.parent if self.runs_dir.parent.exists() else ".")
@@ -193,7 +193,7 @@ class Scheduler:
             self.probe.snapshot()
             self.health.probe_error = None
         except Exception as exc:
-            self.health.probe_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.health.probe_error = _said(exc)
             log.warning("the GPU probe failed: %s", exc)
 
     def _fault_point(self, point: str) -> None:
@@ -278,7 +278,7 @@ class Scheduler:
     def _tail_all(self) -> None:
         now = time.monotonic()
         # One read of /proc for every attempt due, not one each: with many jobs the scan is the loop's main cost.
-        due = [t for t in self._tracked.values() if now - t.descendants_seen_at >= DESCENDANTS_EVERY_S]
+        due = any(now - t.descendants_seen_at >= DESCENDANTS_EVERY_S for t in self._tracked.values())
         children = process_children() if due else {}
         batch: list[tuple[int, Tracked, list[dict[str, Any]], int]] = []
         for attempt_id, tracked in list(self._tracked.items()):
@@ -359,7 +359,7 @@ class Scheduler:
                 gpus, topology = self.probe.snapshot(), self.probe.topology()
                 self.health.probe_error = None
             except Exception as exc:  # the GPU jobs wait, and /healthz says why; CPU jobs go on
-                self.health.probe_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.health.probe_error = _said(exc)
                 log.warning("the GPU probe failed; GPU jobs wait: %s", exc)
         result = plan(queue, gpus, self.store.leased_resources(), self.cpu_slots, self.margin_bytes, topology)
         for placement in result.placements:
@@ -420,6 +420,11 @@ class Scheduler:
     def live_pids(self) -> dict[int, int]:
         """attempt id -> worker pid, for the processes this daemon supervises."""
         return {attempt_id: t.proc.pid for attempt_id, t in self._tracked.items()}
+
+
+def _said(exc: BaseException) -> str:
+    """An error as /healthz tells it: its type and message, bounded."""
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _advance(tracked: Tracked, records: list[dict[str, Any]], offset: int) -> None:

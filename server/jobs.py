@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +30,7 @@ from server.models import (
     Lease,
     MetricRecord,
     Progress,
+    as_utc,
     utcnow,
 )
 from server.paths import check_spec_inputs
@@ -171,8 +171,7 @@ def _summary_fields(
     live = attempt is not None and attempt.ended_at is None
     stalled = None
     if live and job.state == JobState.RUNNING.value:
-        last = attempt.last_record_at
-        last = last.replace(tzinfo=timezone.utc) if last is not None and last.tzinfo is None else last
+        last = as_utc(attempt.last_record_at)
         stalled = stalled_for_s(utcnow(), last, attempt.record_interval_s, stall.factor, stall.min_s)
     progress = None
     if attempt is not None and attempt.last_step is not None:

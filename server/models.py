@@ -22,6 +22,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(when: datetime | None) -> datetime | None:
+    """A time read back from the database: SQLite returns datetimes without their zone, and ours are all UTC."""
+    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when
+
+
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from scheduler.records import as_step, finite_number, record_time, storable
 from scheduler.retry import memory_settings, next_after_oom
 from scheduler.states import ACTIVE, JobState, route
 from server.admission import estimate
-from server.models import Attempt, Daemon, Job, Lease, MetricRecord, utcnow
+from server.models import Attempt, Daemon, Job, Lease, MetricRecord, as_utc, utcnow
 from server.transitions import transition
 from worker.spec import JobSpec
 
@@ -157,7 +156,7 @@ class SqlStore:
         if found is None:
             return
         job_id, state, last_at, interval, peak = found
-        last_at = _aware(last_at)
+        last_at = as_utc(last_at)
         changes: dict[str, Any] = {"metrics_offset": offset}
         rows = []
         for item in kept:
@@ -259,14 +258,13 @@ class SqlStore:
         target, reason = outcome.state, outcome.reason
         if state == JobState.CANCELLING:
             target = JobState.CANCELLED  # a cancel asked for wins over how the process happened to end
-        newest = session.exec(select(func.max(Attempt.number)).where(Attempt.job_id == job.id)).one()
         retry, ran_out = None, {}
         if target == JobState.OOM:
             retry = next_after_oom(job.spec, job.tried, job.oom_retries, int(job.spec.get("oom_retry", 3)))
             reason = f"{outcome.reason}; {retry.reason}"
             # Kept even when giving up, so that a later retry never comes back to these settings.
             ran_out = {"tried": [*job.tried, memory_settings(job.spec)]}
-        steps = route(state, target) if state in ACTIVE and attempt.number == newest else None
+        steps = route(state, target) if state in ACTIVE and _is_newest(session, job.id, attempt.number) else None
         if steps is None:
             # Not this attempt's to decide (the job is not live, or a newer attempt exists): the attempt
             # still ends and its GPUs are freed, and the job's state stays what the database says.
@@ -319,21 +317,18 @@ class SqlStore:
         """
         now = utcnow()
         with Session(self.engine) as session:
-            job_id = session.exec(select(Attempt.job_id).where(Attempt.id == attempt_id)).first()
+            found = session.exec(select(Attempt.job_id, Attempt.number).where(Attempt.id == attempt_id)).first()
             session.execute(
                 update(Attempt)
                 .where(col(Attempt.id) == attempt_id, col(Attempt.ended_at).is_(None))
                 .values(state=JobState.FAILED.value, ended_at=now, reason=reason)
             )
-            if job_id is not None:
-                newest = session.exec(select(func.max(Attempt.number)).where(Attempt.job_id == job_id)).one()
-                number = session.exec(select(Attempt.number).where(Attempt.id == attempt_id)).first()
-                if number == newest:
-                    for frm, to in (
-                        ([JobState.STARTING, JobState.RUNNING], JobState.FAILED),
-                        ([JobState.CANCELLING], JobState.CANCELLED),
-                    ):
-                        transition(session, job_id, to, frm, ended_at=now, reason=reason)
+            if found is not None and _is_newest(session, *found):
+                for frm, to in (
+                    ([JobState.STARTING, JobState.RUNNING], JobState.FAILED),
+                    ([JobState.CANCELLING], JobState.CANCELLED),
+                ):
+                    transition(session, found[0], to, frm, ended_at=now, reason=reason)
             session.execute(delete(Lease).where(col(Lease.attempt_id) == attempt_id))
             session.commit()
 
@@ -376,6 +371,11 @@ def estimate_need(spec: dict[str, Any]) -> int:
     return found.per_gpu if found is not None and int(spec.get("gpus", 1)) > 0 else 0
 
 
+def _is_newest(session: Session, job_id: int, number: int) -> bool:
+    """Whether attempt `number` is the job's newest: only the newest may move the job's state."""
+    return session.exec(select(func.max(Attempt.number)).where(Attempt.job_id == job_id)).one() == number
+
+
 def _queued(job_id: Any, priority: Any, gpus: Any, need: Any, gpu_ids_text: Any) -> QueuedJob:
     ids = json.loads(gpu_ids_text) if gpu_ids_text else None
     if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
@@ -388,11 +388,6 @@ def _queued(job_id: Any, priority: Any, gpus: Any, need: Any, gpu_ids_text: Any)
         need_bytes=int(need or 0),
         gpu_ids=tuple(ids) if ids else None,
     )
-
-
-def _aware(when: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without their zone; ours are always UTC."""
-    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when
 
 
 def _live(
