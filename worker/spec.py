@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from worker.key_fates import REFUSED, REPORTING, SECRETS, WITHOUT_EFFECT, is_default, nearest
 
 # The run-dir layout and the exit codes live in worker.layout (no pydantic there: the start gate and the
 # benchmarks' stand-in workers need them before, or without, the slow imports); the spec re-exports them.
@@ -31,6 +33,8 @@ from worker.layout import (
     OUTPUT_DIR,
     SPEC_FILE,
 )
+from worker.spec_methods import MethodFields
+from worker.spec_passed import PassedToTrainer
 
 # Every number is bounded where it enters, to what its column holds and what training can mean: counts of steps
 # and samples fit a 32-bit integer (far beyond any real run, and well inside SQLite's 64-bit INTEGER, so nothing
@@ -49,33 +53,12 @@ def _no_nul(value: str) -> str:
 # A path as a spec names it: bounded, and without the NUL byte that every system call would refuse.
 PathText = Annotated[str, Field(min_length=1, max_length=PATH_MAX), AfterValidator(_no_nul)]
 
-# LLaMA-Factory keys that ftq recognises but cannot honour yet: each maps to the
-# sentence a person needs to fix the spec.
-NOT_SUPPORTED_YET: dict[str, str] = {
-    "quantization_bit": "QLoRA is not supported by this ftq yet; remove the key to train in 16/32-bit",
-    "quantization_method": "quantization is not supported by this ftq yet; remove the key",
-    "adapter_name_or_path": "starting from an existing adapter is not supported by this ftq yet; remove the key",
-    "resume_from_checkpoint": "ftq resumes by itself on requeue; remove the key",
-    "packing": "sequence packing is not supported by this ftq yet; remove the key",
-    "neat_packing": "sequence packing is not supported by this ftq yet; remove the key",
-    "eval_dataset": "a separate eval_dataset is not supported by this ftq yet; use val_size",
-    "train_on_prompt": "train_on_prompt is not supported by this ftq yet; ftq trains on assistant turns only",
-}
-
-# Keys that only steer LLaMA-Factory's own bookkeeping. ftq owns the output
-# location (RUN_DIR/output) and keeps no preprocessing cache, so these are
-# accepted for compatibility and recorded with the job, but change nothing.
-RECORDED_ONLY = (
-    "output_dir",
-    "overwrite_output_dir",
-    "overwrite_cache",
-    "plot_loss",
-    "preprocessing_num_workers",
-    "template",
-)
+# LLaMA-Factory's stages besides sft, each refused with the same sentence.
+OTHER_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
+REPORTERS_OK = ("none",)
 
 
-class JobSpec(BaseModel):
+class JobSpec(MethodFields, PassedToTrainer):
     """What to fine-tune, on what, how, and with how many GPUs."""
 
     # allow_inf_nan: Infinity and NaN (which JSON parsers accept) are refused: no field means anything with them.
@@ -107,12 +90,19 @@ class JobSpec(BaseModel):
 
     # --- model ---
     model_name_or_path: PathText = Field(description="Local directory of a transformers model.")
+    adapter_name_or_path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16_384,
+        description="Local adapter directories, comma-separated: all but the last are merged into the model and "
+        "the last trains on (a new adapter over all of them with create_new_adapter).",
+    )
     trust_remote_code: bool = False
 
     # --- method ---
     stage: Literal["sft"] = "sft"
     do_train: Literal[True] = True
-    finetuning_type: Literal["lora", "full"] = "lora"
+    finetuning_type: Literal["lora", "oft", "freeze", "full"] = "lora"
     lora_rank: int = Field(default=8, ge=1, le=1024)
     lora_alpha: int | None = Field(
         default=None, ge=1, le=65_536, description="Defaults to 2 x lora_rank, as in LLaMA-Factory."
@@ -127,11 +117,32 @@ class JobSpec(BaseModel):
         min_length=1, max_length=4096, description="Comma-separated names from dataset_dir/dataset_info.json."
     )
     dataset_dir: PathText = "data"
+    eval_dataset: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="Datasets to evaluate on (not with val_size)."
+    )
+    template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="A LLaMA-Factory template name (qwen, llama3 …); unset: the tokenizer's own chat template.",
+    )
+    default_system: str | None = Field(default=None, max_length=65_536)
+    tool_format: str | None = Field(default=None, min_length=1, max_length=100)
+    enable_thinking: bool | None = True
     cutoff_len: int = Field(default=2048, ge=8, le=1_048_576)
+    train_on_prompt: bool = False
+    mask_history: bool = False
     max_samples: int | None = Field(default=None, ge=1, le=INT32_MAX)
     val_size: float = Field(
         default=0.0, ge=0.0, le=10_000_000, description="A fraction (< 1) or a count (>= 1) held out for eval."
     )
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
+    interleave_probs: str | None = Field(default=None, min_length=1, max_length=4096)
+    tokenized_path: PathText | None = Field(
+        default=None, description="Where the tokenized set is saved, and reused by the next job that names it."
+    )
+    preprocessing_batch_size: int = Field(default=1000, ge=1, le=1_000_000)
+    preprocessing_num_workers: int | None = Field(default=None, ge=1, le=1024)
 
     # --- training (transformers' own argument names) ---
     per_device_train_batch_size: int = Field(default=1, ge=1, le=4096)
@@ -171,36 +182,35 @@ class JobSpec(BaseModel):
     dataloader_num_workers: int = Field(default=0, ge=0, le=64)
     report_to: Literal["none"] | list[Literal["none"]] = "none"
     ddp_timeout: int = Field(default=1800, ge=1, le=INT32_MAX, description="Seconds.")
-
-    # --- accepted for compatibility; see RECORDED_ONLY ---
-    output_dir: PathText | None = None
-    overwrite_output_dir: bool | None = None
-    overwrite_cache: bool | None = None
-    plot_loss: bool | None = None
-    preprocessing_num_workers: int | None = Field(default=None, ge=1, le=1024)
-    template: str | None = Field(
-        default=None, max_length=100, description="Recorded; ftq renders turns with the tokenizer's own chat template."
+    do_eval: bool = Field(default=False, description="Evaluate once more after training (with eval data).")
+    output_dir: PathText | None = Field(
+        default=None,
+        description="Where the final adapter or model is also written, inside the daemon's FTQ_OUTPUT_DIRS.",
+    )
+    overwrite_output_dir: bool = False
+    without_effect: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keys accepted without effect, with their values; the job's notes say why (set by ftq).",
     )
 
     @model_validator(mode="wrap")
     @classmethod
-    def _report_everything(cls, data: Any, handler: Any) -> Any:
-        """Not-supported keys are reported together with every other problem, not instead of them."""
-        if not isinstance(data, dict) or not any(key in NOT_SUPPORTED_YET for key in data):
+    def _sort_keys(cls, data: Any, handler: Any) -> Any:
+        """Give every key its fate (worker.key_fates) and report every problem together, each naming its key."""
+        if not isinstance(data, dict):
             return handler(data)
-        problems: list[InitErrorDetails] = [
-            {"type": PydanticCustomError("not_supported", NOT_SUPPORTED_YET[key]), "loc": (key,), "input": value}
-            for key, value in data.items()
-            if key in NOT_SUPPORTED_YET
-        ]
+        kept, without_effect, problems = sort_keys(data, set(cls.model_fields))
         try:
-            handler({k: v for k, v in data.items() if k not in NOT_SUPPORTED_YET})
+            spec = handler({**kept, "without_effect": without_effect} if without_effect else kept)
         except ValidationError as exc:
             problems += [
                 {"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"], "input": e["input"]}
                 for e in exc.errors(include_url=False)
             ]
-        raise ValidationError.from_exception_data(cls.__name__, problems)
+            spec = None
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return spec
 
     @model_validator(mode="before")
     @classmethod
@@ -209,6 +219,12 @@ class JobSpec(BaseModel):
             data = {**data, "gpus": len(data["gpu_ids"])}
         if isinstance(data, dict) and isinstance(data.get("oom_retry"), bool):
             data = {**data, "oom_retry": 3 if data["oom_retry"] else 0}
+        # LLaMA-Factory's switch, said once as the field everything else reads (the OOM retry turns it on there).
+        if isinstance(data, dict) and isinstance(data.get("disable_gradient_checkpointing"), bool):
+            wanted = not data["disable_gradient_checkpointing"]
+            if data.get("gradient_checkpointing", wanted) is wanted:
+                data = {k: v for k, v in data.items() if k != "disable_gradient_checkpointing"}
+                data["gradient_checkpointing"] = wanted
         return data
 
     @model_validator(mode="after")
@@ -224,10 +240,23 @@ class JobSpec(BaseModel):
             raise ValueError("deepspeed needs at least one GPU; set gpus: 1 or more, or remove deepspeed")
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both true; choose one mixed-precision mode")
-        if self.eval_strategy != "no" and self.val_size == 0:
-            raise ValueError(f"eval_strategy is {self.eval_strategy!r} but val_size is 0; set val_size (e.g. 0.1)")
         if self.val_size >= 1 and self.val_size != int(self.val_size):
             raise ValueError("val_size must be a fraction below 1 or a whole count of examples")
+        if self.eval_dataset is not None and self.val_size > 0:
+            raise ValueError("eval_dataset and val_size are both set; evaluate on one or the other")
+        if self.eval_strategy != "no" and self.val_size == 0 and self.eval_dataset is None:
+            raise ValueError(
+                f"eval_strategy is {self.eval_strategy!r} but there is no eval data; set val_size or eval_dataset"
+            )
+        if self.disable_gradient_checkpointing is not None:
+            raise ValueError(
+                "disable_gradient_checkpointing and gradient_checkpointing contradict each other; keep one of them"
+            )
+        if self.interleave_probs is not None and self.mix_strategy == "concat":
+            raise ValueError("interleave_probs needs mix_strategy interleave_under or interleave_over")
+        problems = self.method_problems(self.finetuning_type, self.adapter_paths, self.deepspeed is not None)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -236,8 +265,54 @@ class JobSpec(BaseModel):
         return [name.strip() for name in self.dataset.split(",") if name.strip()]
 
     @property
+    def eval_dataset_names(self) -> list[str]:
+        return [name.strip() for name in (self.eval_dataset or "").split(",") if name.strip()]
+
+    @property
+    def adapter_paths(self) -> list[str]:
+        return [path.strip() for path in (self.adapter_name_or_path or "").split(",") if path.strip()]
+
+    @property
     def effective_lora_alpha(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    @property
+    def liger(self) -> bool:
+        return self.enable_liger_kernel or self.use_liger_kernel
+
+
+def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], dict[str, Any], list[InitErrorDetails]]:
+    """(keys for the model's fields, keys accepted without effect, problems), per worker.key_fates."""
+    kept: dict[str, Any] = {}
+    without_effect: dict[str, Any] = dict(data.get("without_effect") or {}) if "without_effect" in data else {}
+    problems: list[InitErrorDetails] = []
+
+    def refuse(key: str, why: str) -> None:
+        problems.append({"type": PydanticCustomError("refused", why), "loc": (key,), "input": data[key]})
+
+    for key, value in data.items():
+        if key == "without_effect":
+            unknown = [k for k in without_effect if k not in WITHOUT_EFFECT]
+            if unknown:
+                refuse(key, f"holds {', '.join(map(repr, unknown[:5]))}, which are not keys ftq accepts without effect")
+        elif key == "stage" and value in OTHER_STAGES:
+            refuse(key, f"stage {value!r} is not run by ftq: it runs supervised fine-tuning (stage: sft) only")
+        elif key == "report_to" and value not in (None, [], "none", ["none"]):
+            refuse(key, f"{REPORTING}; set report_to: none")
+        elif key in fields:
+            kept[key] = value
+        elif key in WITHOUT_EFFECT:
+            if not is_default(key, value):
+                without_effect[key] = "(hidden)" if key in SECRETS else value
+        elif key in REFUSED:
+            if not is_default(key, value):
+                refuse(key, REFUSED[key][1])
+        else:
+            known = fields | set(WITHOUT_EFFECT) | set(REFUSED)
+            guess = nearest(key, known)
+            hint = f"; did you mean {guess}?" if guess else "; remove it (see the README's table of keys)"
+            refuse(key, f"{key!r} is not a key ftq or LLaMA-Factory knows{hint}")
+    return kept, without_effect, problems
 
 
 __all__ = [
@@ -252,4 +327,5 @@ __all__ = [
     "OUTPUT_DIR",
     "SPEC_FILE",
     "JobSpec",
+    "sort_keys",
 ]

@@ -71,13 +71,38 @@ def test_the_shipped_jobs_are_valid(path):
 
 def test_unknown_keys_are_named_never_dropped():
     found = problems(lora_rnak=16, learning_rate=1e-4)
-    assert list(found) == ["lora_rnak"] and "not permitted" in found["lora_rnak"]
+    assert list(found) == ["lora_rnak"] and "did you mean lora_rank?" in found["lora_rnak"]
+    assert "README" in problems(zzz_nothing_like_it=1)["zzz_nothing_like_it"]
 
 
-def test_known_but_unsupported_keys_say_what_to_do_beside_every_other_problem():
-    found = problems(packing=True, quantization_bit=4, lora_rnk=8, learning_rate=0)
-    assert set(found) == {"packing", "quantization_bit", "lora_rnk", "learning_rate"}
-    assert "packing is not supported" in found["packing"] and "QLoRA" in found["quantization_bit"]
+def test_refused_keys_say_why_beside_every_other_problem():
+    found = problems(packing=True, use_badam=True, lora_rnk=8, learning_rate=0, stage="dpo")
+    assert set(found) == {"packing", "use_badam", "lora_rnk", "learning_rate", "stage"}
+    assert "packing is not run" in found["packing"] and "BAdam" in found["use_badam"]
+    assert "sft" in found["stage"]
+
+
+def test_a_default_value_is_accepted_whatever_the_key():
+    spec = JobSpec(
+        model_name_or_path="m", dataset="d", resume_from_checkpoint=None, use_badam=False, packing=None, fsdp=None
+    )
+    assert spec.without_effect == {}
+
+
+def test_keys_without_effect_are_kept_with_their_values_but_never_a_secret():
+    spec = JobSpec(model_name_or_path="m", dataset="d", plot_loss=True, hf_hub_token="hf_secret", temperature=0.3)
+    assert spec.without_effect == {"plot_loss": True, "hf_hub_token": "(hidden)", "temperature": 0.3}
+    again = JobSpec.model_validate(spec.model_dump(mode="json"))  # the worker reads the stored spec back
+    assert again.without_effect == spec.without_effect
+    assert "without_effect" in problems(without_effect={"lora_rank": 3})
+
+
+def test_llamafactory_switch_for_gradient_checkpointing_is_stored_as_the_one_field():
+    on = JobSpec(model_name_or_path="m", dataset="d", disable_gradient_checkpointing=False)
+    assert on.gradient_checkpointing is True and on.disable_gradient_checkpointing is None
+    off = JobSpec(model_name_or_path="m", dataset="d", disable_gradient_checkpointing=True)
+    assert off.gradient_checkpointing is False
+    assert "contradict" in "".join(problems(disable_gradient_checkpointing=True, gradient_checkpointing=True).values())
 
 
 def test_pinned_gpus_set_the_count_and_must_agree_with_it():
@@ -94,7 +119,10 @@ def test_ranges_and_choices_name_the_field():
 
 def test_contradictions_are_refused():
     assert "choose one" in "".join(problems(bf16=True, fp16=True).values())
-    assert "set val_size" in "".join(problems(eval_strategy="steps").values())
+    assert "set val_size or eval_dataset" in "".join(problems(eval_strategy="steps").values())
+    assert "one or the other" in "".join(problems(eval_dataset="a", val_size=0.1).values())
+    assert "LoRA only" in "".join(problems(finetuning_type="full", use_dora=True).values())
+    assert "bnb" in "".join(problems(quantization_bit=4, quantization_method="gptq").values())
     assert "whole count" in "".join(problems(val_size=2.5).values())
 
 
