@@ -73,7 +73,10 @@ def create_app(
             fault=settings.daemon_fault,
             # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
             spawn=functools.partial(
-                spawn_worker, daemon_settings=worker_settings(settings.input_dirs, settings.allow_remote_code)
+                spawn_worker,
+                daemon_settings=worker_settings(
+                    settings.input_dirs, settings.allow_remote_code, settings.writable_dirs
+                ),
             ),
         )
         scheduler.start()

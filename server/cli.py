@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import yaml
 
+from server.cli_paths import absolute_paths
+
 TERMINAL = {"succeeded", "failed", "oom", "cancelled"}
 
 
@@ -130,6 +132,16 @@ def summary_table(client: Client, jobs: list[dict[str, Any]]) -> str:
     return render_table(rows)
 
 
+def result_lines(client: Client, jobs: list[dict[str, Any]]) -> list[str]:
+    """Where each succeeded job's adapter or model is."""
+    lines = []
+    for job in jobs:
+        full = client.request("GET", f"/jobs/{job['id']}")
+        if full.get("result"):
+            lines.append(f"job {job['id']} ({job['name']}): result in {full['result']}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ftq", description="Run many LLM fine-tunes at once on a machine's GPUs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,8 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     client = Client()
     if args.command == "submit":
         for path in args.files:
-            job = client.request("POST", "/jobs", json=load_spec(path, args.overrides))
+            spec = absolute_paths(load_spec(path, args.overrides), Path.cwd())
+            job = client.request("POST", "/jobs", json=spec)
             print(f"submitted job {job['id']} ({job['name']}) from {path}")
+            for note in job.get("notes", []):
+                print(f"  note: {note}")
     elif args.command == "list":
         params = {"limit": 1000, **({"state": args.state} if args.state else {})}
         print(jobs_table(client.request("GET", "/jobs", params=params)["data"]))
@@ -185,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "watch":
         jobs = watch(client, args.job_ids or None)
         print("\n" + summary_table(client, jobs))
+        for line in result_lines(client, jobs):
+            print(line)
     elif args.command == "logs":
         print(client.request("GET", f"/jobs/{args.job_id}/logs", params={"tail": args.tail}), end="")
     elif args.command == "cancel":

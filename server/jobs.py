@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from scheduler.placement import GiB, QueuedJob, cpu_slot_names, explain_wait
@@ -15,9 +14,9 @@ from scheduler.retry import memory_settings
 from scheduler.states import ACTIVE, JobState
 from scheduler.tail import last_lines
 from server import queries
-from server.admission import Assessment, admission_errors, assess, remote_code_errors
+from server.admission import admission_errors, assess, remote_code_errors
 from server.db import read_snapshot
-from server.errors import Conflict, InvalidSpec, NotFound, describe_error
+from server.errors import Conflict, NotFound, field_error
 from server.health import stalled_for_s
 from server.machine import Machine, MachineSource, machine_of
 from server.models import (
@@ -33,29 +32,20 @@ from server.models import (
     as_utc,
     utcnow,
 )
+from server.notes import spec_notes
 from server.paths import check_spec_inputs
 from server.settings import Settings
+from server.submission import check_submission
 from server.transitions import current_attempt, transition
+from worker.requirements import missing, needs
 from worker.spec import LOG_FILE, JobSpec
 
 
-def submit(
-    session: Session, spec: JobSpec, input_dirs: list[Path], machine: Machine, allow_remote_code: bool = False
-) -> Job:
-    """Check everything, report every problem at once, and queue the job only when all is well."""
-    refused = remote_code_errors(spec, allow_remote_code)
-    try:
-        resolved, files = check_spec_inputs(spec, input_dirs)
-    except InvalidSpec as exc:
-        raise InvalidSpec.from_errors(
-            refused + (exc.errors or []) + admission_errors(spec, Assessment(), machine.gpus, machine.cpu_slots)
-        ) from None
-    assessment = assess(
-        resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology, files=files
-    )
-    errors = refused + admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
-    if errors:
-        raise InvalidSpec.from_errors(errors)
+def submit(session: Session, raw: dict[str, Any], settings: Settings, machine: Machine) -> Job:
+    """Check everything, report every problem at once (server.submission), and queue the job only when all is
+    well."""
+    checked = check_submission(raw, settings.input_dirs, settings.writable_dirs, machine, settings.allow_remote_code)
+    resolved, assessment = checked.spec, checked.assessment
     job = Job(
         name=resolved.name,
         state=JobState.QUEUED.value,
@@ -72,11 +62,9 @@ def submit(
     return job
 
 
-def estimate(
-    spec: JobSpec, input_dirs: list[Path], machine: Machine, allow_remote_code: bool = False
-) -> dict[str, Any]:
+def estimate(spec: JobSpec, settings: Settings, machine: Machine) -> dict[str, Any]:
     """POST /estimate: the breakdown, whether and where it fits now, and what would make it fit."""
-    resolved, files = check_spec_inputs(spec, input_dirs)
+    resolved, files = check_spec_inputs(spec, settings.input_dirs, output_roots=settings.writable_dirs)
     assessment = assess(
         resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology, files=files
     )
@@ -91,7 +79,8 @@ def estimate(
         "fits_now": {"cuda_visible_devices": fits_now.cuda_visible_devices, "gpus": list(fits_now.resources)}
         if fits_now
         else None,
-        "problems": remote_code_errors(resolved, allow_remote_code)
+        "problems": remote_code_errors(resolved, settings.allow_remote_code)
+        + [field_error(k, m) for k, m in missing(needs(resolved, files.model_config), resolved.gpus)]
         + admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots),
         "suggestions": assessment.suggestions,
     }
@@ -233,6 +222,8 @@ def describe(
             "attempts": [AttemptPublic.model_validate(a) for a in attempts],
             "latest_metrics": newest[1] if newest else None,
             "final_loss": end[1].get("final_loss") if end else None,
+            "result": end[1].get("result") if end and end[1].get("status") == "succeeded" else None,
+            "notes": spec_notes(job.spec),
             "wall_time_s": round(wall, 2) if wall is not None else None,
         }
     )
@@ -292,9 +283,8 @@ def requeue(
     session: Session,
     job: Job,
     overrides: dict[str, Any],
-    input_dirs: list[Path],
+    settings: Settings,
     machine: Machine,
-    allow_remote_code: bool = False,
 ) -> Job:
     """A new attempt for a failed / oom / cancelled job, resuming from its last checkpoint."""
     assert job.id is not None
@@ -306,22 +296,10 @@ def requeue(
         merged["gpus"] = len(overrides["gpu_ids"])
     if "gpus" in overrides and "gpu_ids" not in overrides:
         merged.pop("gpu_ids", None)  # a new GPU count unpins the job
-    try:
-        spec = JobSpec.model_validate(merged)
-    except ValidationError as exc:
-        raise InvalidSpec.from_errors([describe_error(e) for e in exc.errors()]) from None
-    # The daemon may have been restarted without FTQ_ALLOW_REMOTE_CODE since the job was submitted.
-    refused = remote_code_errors(spec, allow_remote_code)
-    try:
-        resolved, files = check_spec_inputs(spec, input_dirs)
-    except InvalidSpec as exc:
-        raise InvalidSpec.from_errors(refused + (exc.errors or [])) from None
-    assessment = assess(
-        resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology, files=files
-    )
-    errors = refused + admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
-    if errors:
-        raise InvalidSpec.from_errors(errors)
+    # Checked as a submit is: the daemon may have been restarted with other settings since (remote code,
+    # output dirs), and the files the spec names may have changed.
+    checked = check_submission(merged, settings.input_dirs, settings.writable_dirs, machine, settings.allow_remote_code)
+    resolved, assessment = checked.spec, checked.assessment
     need = assessment.need_bytes
     last = current_attempt(session, job.id)
     if last is not None and last.ended_at is None:  # never two live attempts of one job

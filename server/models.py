@@ -189,6 +189,13 @@ class JobPublic(JobSummary):
     latest_metrics: dict[str, Any] | None
     final_loss: float | None = None
     wall_time_s: float | None = None
+    result: str | None = PydanticField(
+        default=None, description="Where the trained adapter or model is, once the job has succeeded."
+    )
+    notes: list[str] = PydanticField(
+        default_factory=list,
+        description="What ftq did with keys the spec alone does not show: those accepted without effect, and why.",
+    )
 
 
 class JobsPublic(SQLModel):

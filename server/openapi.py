@@ -78,6 +78,8 @@ JOB_EXAMPLES = {
 }
 
 BEARER = "bearerAuth"
+# Operations that read their body as a plain object (to check it whole) but take a job spec.
+SPEC_BODIES = ("submit_job",)
 
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:
@@ -106,6 +108,9 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         for path, item in schema.get("paths", {}).items():
             for operation in item.values():
                 _errors_are_json(operation)
+                if operation.get("operationId") in SPEC_BODIES:
+                    content = operation["requestBody"]["content"]["application/json"]
+                    content["schema"] = {"$ref": "#/components/schemas/JobSpec"}
                 if path != "/healthz":
                     operation["security"] = security
         app.openapi_schema = schema

@@ -17,8 +17,9 @@ problem of the spec.
 from __future__ import annotations
 
 import os
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,13 +69,72 @@ class _Reading:
         self.field, self.path = field, os.fspath(path)
 
 
+@dataclass(frozen=True)
+class PathFields:
+    """The fields of a spec that name paths, taken from a valid spec or, when it has other problems, from
+    the raw body (where their types are right), so that a bad path is reported with every other problem."""
+
+    model_name_or_path: str | None = None
+    dataset_dir: str = "data"
+    dataset_names: tuple[str, ...] = ()
+    eval_dataset_names: tuple[str, ...] = ()
+    deepspeed: str | None = None
+    adapter_paths: tuple[str, ...] = ()
+    tokenized_path: str | None = None
+    output_dir: str | None = None
+    overwrite_output_dir: bool = False
+
+    @classmethod
+    def of(cls, source: JobSpec | Mapping[str, Any]) -> PathFields:
+        if isinstance(source, JobSpec):
+            return cls(
+                source.model_name_or_path,
+                source.dataset_dir,
+                tuple(source.dataset_names),
+                tuple(source.eval_dataset_names),
+                source.deepspeed,
+                tuple(source.adapter_paths),
+                source.tokenized_path,
+                source.output_dir,
+                source.overwrite_output_dir,
+            )
+
+        def text(key: str) -> str | None:
+            value = source.get(key)
+            return value if isinstance(value, str) and value and "\x00" not in value else None
+
+        def names(key: str) -> tuple[str, ...]:
+            return tuple(part.strip() for part in (text(key) or "").split(",") if part.strip())
+
+        return cls(
+            text("model_name_or_path"),
+            text("dataset_dir") or "data",
+            names("dataset"),
+            names("eval_dataset"),
+            text("deepspeed"),
+            names("adapter_name_or_path"),
+            text("tokenized_path"),
+            text("output_dir"),
+            source.get("overwrite_output_dir") is True,
+        )
+
+
 def check_spec_inputs(
-    spec: JobSpec, roots: list[Path], timeout_s: float = CHECK_TIMEOUT_S
+    spec: JobSpec, roots: list[Path], timeout_s: float = CHECK_TIMEOUT_S, output_roots: list[Path] | None = None
 ) -> tuple[JobSpec, SpecFiles]:
     """The spec with absolute real paths and the JSON read for it, or InvalidSpec naming every bad field."""
+    update, files = check_paths(PathFields.of(spec), roots, output_roots or [], timeout_s)
+    return spec.model_copy(update=update), files
+
+
+def check_paths(
+    fields: PathFields, roots: list[Path], output_roots: list[Path], timeout_s: float = CHECK_TIMEOUT_S
+) -> tuple[dict[str, Any], SpecFiles]:
+    """Every path field checked: (the fields made absolute and real, the JSON read), or InvalidSpec."""
     reading = _Reading()
     real_roots = [os.path.realpath(root) for root in roots]
-    return bounded(lambda: _check(spec, real_roots, reading), timeout_s, reading)
+    real_outputs = [os.path.realpath(root) for root in output_roots]
+    return bounded(lambda: _check(fields, real_roots, real_outputs, reading), timeout_s, reading)
 
 
 def resolve_spec_paths(spec: JobSpec, roots: list[Path]) -> JobSpec:
@@ -127,21 +187,123 @@ def _absolute(raw: str, roots: list[str]) -> str:
     return path if os.path.isabs(path) else os.path.join(roots[0], path)
 
 
-def _check(spec: JobSpec, roots: list[str], reading: _Reading) -> tuple[JobSpec, SpecFiles]:
+def _check(
+    fields: PathFields, roots: list[str], output_roots: list[str], reading: _Reading
+) -> tuple[dict[str, Any], SpecFiles]:
     errors: list[dict[str, Any]] = []
-    model_dir = _resolve_dir("model_name_or_path", spec.model_name_or_path, roots, errors, reading)
-    model_config = _check_model(model_dir, roots, errors, reading) if model_dir is not None else None
-    data_dir = _resolve_dir("dataset_dir", spec.dataset_dir, roots, errors, reading)
+    update: dict[str, Any] = {}
+    model_config = None
+    if fields.model_name_or_path is not None:
+        model_dir = _resolve_model_dir(fields.model_name_or_path, roots, errors, reading)
+        if model_dir is not None:
+            model_config = _check_model(model_dir, roots, errors, reading)
+            update["model_name_or_path"] = str(model_dir)
+    data_dir = _resolve_dir("dataset_dir", fields.dataset_dir, roots, errors, reading)
     if data_dir is not None:
-        _check_datasets(spec, data_dir, roots, errors, reading)
-    update = {"model_name_or_path": str(model_dir), "dataset_dir": str(data_dir)}
+        update["dataset_dir"] = str(data_dir)
+        _check_datasets(fields.dataset_names, "dataset", data_dir, roots, errors, reading)
+        _check_datasets(fields.eval_dataset_names, "eval_dataset", data_dir, roots, errors, reading)
+    if fields.adapter_paths:
+        adapters = [_check_adapter(path, roots, errors, reading) for path in fields.adapter_paths]
+        if all(adapters):
+            update["adapter_name_or_path"] = ",".join(str(a) for a in adapters)
     deepspeed_config = None
-    if spec.deepspeed is not None:
-        deepspeed, deepspeed_config = _check_deepspeed(spec.deepspeed, roots, errors, reading)
+    if fields.deepspeed is not None:
+        deepspeed, deepspeed_config = _check_deepspeed(fields.deepspeed, roots, errors, reading)
         update["deepspeed"] = str(deepspeed)
+    for key in ("output_dir", "tokenized_path"):
+        raw = getattr(fields, key)
+        if raw is not None:
+            written = _check_output(key, raw, output_roots, errors, reading, fields.overwrite_output_dir)
+            if written is not None:
+                update[key] = written
     if errors:
         raise InvalidSpec.from_errors(errors)
-    return spec.model_copy(update=update), SpecFiles(model_config, deepspeed_config)
+    return update, SpecFiles(model_config, deepspeed_config)
+
+
+# A name LLaMA-Factory would fetch from the Hugging Face Hub: owner/name, nothing more.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _resolve_model_dir(raw: str, roots: list[str], errors: list[dict[str, Any]], reading: _Reading) -> Path | None:
+    """The model directory; a hub id that names no local directory gets how to make a local copy."""
+    if HUB_ID.match(raw) and not os.path.lexists(_absolute(raw, roots)):
+        errors.append(field_error("model_name_or_path", hub_refusal(raw, roots)))
+        return None
+    return _resolve_dir("model_name_or_path", raw, roots, errors, reading)
+
+
+def hub_refusal(model_id: str, roots: list[str]) -> str:
+    where = ", ".join(show(root) for root in roots)
+    return (
+        f"{model_id!r} looks like a Hugging Face Hub id, and the daemon loads models from local directories only "
+        f"(it has no network). On a machine with network access run `huggingface-cli download {model_id} "
+        f"--local-dir DIR`, put DIR inside a directory the daemon may read ({where}; FTQ_INPUT_DIRS), and set "
+        "model_name_or_path to it"
+    )
+
+
+def _check_adapter(raw: str, roots: list[str], errors: list[dict[str, Any]], reading: _Reading) -> Path | None:
+    """An adapter directory: inside the input dirs, with peft's adapter_config.json."""
+    if HUB_ID.match(raw) and not os.path.lexists(_absolute(raw, roots)):
+        errors.append(field_error("adapter_name_or_path", hub_refusal(raw, roots)))
+        return None
+    adapter = _resolve_dir("adapter_name_or_path", raw, roots, errors, reading)
+    if adapter is None:
+        return None
+    config = adapter / "adapter_config.json"
+    reading.at("adapter_name_or_path", config)
+    try:
+        read_confined_object(config, roots)
+    except BadFile as exc:
+        errors.append(field_error("adapter_name_or_path", f"{exc} (a peft adapter directory has adapter_config.json)"))
+        return None
+    return adapter
+
+
+# Files that say an output_dir already holds a trained model (LLaMA-Factory's CHECKPOINT_NAMES, in short).
+MODEL_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+def _check_output(
+    key: str, raw: str, output_roots: list[str], errors: list[dict[str, Any]], reading: _Reading, overwrite: bool
+) -> str | None:
+    """A directory ftq will write: inside FTQ_OUTPUT_DIRS (relative to the first), and, for output_dir, not
+    holding a model already unless overwrite_output_dir (LLaMA-Factory's rule)."""
+    if not output_roots:
+        errors.append(field_error(key, "this daemon has no output dirs (FTQ_OUTPUT_DIRS) to write it in"))
+        return None
+    path = _absolute(raw, output_roots)
+    reading.at(key, path)
+    try:
+        real = os.path.realpath(path)  # it need not exist yet: what counts is where it would be written
+    except (OSError, ValueError) as exc:
+        errors.append(field_error(key, f"{show(path)} cannot be resolved ({exc})"))
+        return None
+    if not within(real, output_roots):
+        errors.append(
+            field_error(
+                key,
+                f"{show(path)} lies outside the directories this daemon may write (FTQ_OUTPUT_DIRS: "
+                f"{', '.join(map(show, output_roots))}): choose a path there, or remove the key (the result "
+                "stays in the job's run dir)",
+            )
+        )
+        return None
+    if os.path.lexists(real) and not os.path.isdir(real):
+        errors.append(field_error(key, f"{show(real)} exists and is not a directory"))
+        return None
+    if key == "output_dir" and not overwrite and any(os.path.lexists(os.path.join(real, n)) for n in MODEL_FILES):
+        errors.append(
+            field_error(
+                key,
+                f"{show(real)} already holds a trained model; set overwrite_output_dir: true, or choose another "
+                "output_dir",
+            )
+        )
+        return None
+    return real
 
 
 def _resolve_dir(
@@ -213,8 +375,15 @@ def read_spec_files(spec: JobSpec) -> SpecFiles:
 
 
 def _check_datasets(
-    spec: JobSpec, data_dir: Path, roots: list[str], errors: list[dict[str, Any]], reading: _Reading
+    names: Sequence[str],
+    key: str,
+    data_dir: Path,
+    roots: list[str],
+    errors: list[dict[str, Any]],
+    reading: _Reading,
 ) -> None:
+    if not names:
+        return
     info_path = data_dir / "dataset_info.json"
     reading.at("dataset_dir", info_path)
     if not os.path.lexists(info_path):
@@ -233,17 +402,17 @@ def _check_datasets(
     if not isinstance(info, dict):
         errors.append(field_error("dataset_dir", f"{info_path} must hold a JSON object of dataset entries"))
         return
-    for name in spec.dataset_names:
+    for name in names:
         entry = info.get(name)
         if not isinstance(entry, dict):
             known = ", ".join(sorted(info)) or "none"
-            errors.append(field_error("dataset", f"{name!r} is not in {info_path} (it has: {known})"))
+            errors.append(field_error(key, f"{name!r} is not in {info_path} (it has: {known})"))
             continue
         file_name = entry.get("file_name")
         if not isinstance(file_name, str):
             errors.append(
                 field_error(
-                    "dataset",
+                    key,
                     f"{name!r} has no local file_name in {info_path}; hub datasets "
                     "cannot be fetched here, download it and name the file",
                 )
@@ -256,9 +425,9 @@ def _check_datasets(
         except (OSError, ValueError):
             escapes = False  # a name that cannot be resolved: files_of says why
         if escapes:
-            errors.append(field_error("dataset", f"{name!r}: {show(file_name)} escapes {data_dir}"))
+            errors.append(field_error(key, f"{name!r}: {show(file_name)} escapes {data_dir}"))
             continue
         try:
             files_of(file_path, roots)
         except BadFile as exc:
-            errors.append(field_error("dataset", f"{name!r}: {exc}"))
+            errors.append(field_error(key, f"{name!r}: {exc}"))

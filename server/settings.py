@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         description="Directories a spec may read models and data from (os.pathsep-separated); "
         "relative spec paths resolve against the first.",
     )
+    output_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Directories a spec's output_dir and tokenized_path may name (os.pathsep-separated; "
+        "relative ones resolve against the first). Default: the data dir.",
+    )
     allow_remote_code: bool = Field(
         default=False,
         description="Let specs set trust_remote_code: true, which runs the model directory's Python files as the "
@@ -77,7 +82,7 @@ class Settings(BaseSettings):
         "and for the scheduler.",
     )
 
-    @field_validator("input_dirs", mode="before")
+    @field_validator("input_dirs", "output_dirs", mode="before")
     @classmethod
     def _split_input_dirs(cls, value: object) -> object:
         if isinstance(value, str):
@@ -95,6 +100,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"FTQ_INPUT_DIRS: {d} is not a directory")
             resolved.append(d.resolve())
         return resolved
+
+    @field_validator("output_dirs")
+    @classmethod
+    def _output_dirs_exist(cls, dirs: list[Path]) -> list[Path]:
+        for d in dirs:
+            if not d.is_dir():
+                raise ValueError(f"FTQ_OUTPUT_DIRS: {d} is not a directory")
+        return [d.resolve() for d in dirs]
+
+    @property
+    def writable_dirs(self) -> list[Path]:
+        """Where jobs may write their output_dir and tokenized_path: FTQ_OUTPUT_DIRS, or the data dir."""
+        return self.output_dirs or [self.data_dir.resolve()]
 
     @field_validator("fake_gpus", "api_token")
     @classmethod

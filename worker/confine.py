@@ -25,6 +25,7 @@ from typing import Any
 # What the daemon tells its workers (scheduler.supervisor passes them): the input dirs as it resolved them,
 # os.pathsep-separated, and whether a spec may run a model directory's own Python (trust_remote_code).
 INPUT_DIRS_ENV = "FTQ_INPUT_DIRS"
+OUTPUT_DIRS_ENV = "FTQ_OUTPUT_DIRS"
 REMOTE_CODE_ENV = "FTQ_ALLOW_REMOTE_CODE"
 
 # A model's config.json, a dataset_info.json and a DeepSpeed config are a few KiB; the largest real ones stay
@@ -73,12 +74,25 @@ class CannotRead(BadFile):
 # ---- what the daemon tells the worker -----------------------------------------------------------------------
 
 
-def worker_settings(input_dirs: Sequence[str | os.PathLike[str]], allow_remote_code: bool) -> dict[str, str]:
+def worker_settings(
+    input_dirs: Sequence[str | os.PathLike[str]],
+    allow_remote_code: bool,
+    output_dirs: Sequence[str | os.PathLike[str]] = (),
+) -> dict[str, str]:
     """The environment a worker learns its confinement from, as the daemon resolved it."""
     return {
         INPUT_DIRS_ENV: os.pathsep.join(os.path.realpath(d) for d in input_dirs),
+        OUTPUT_DIRS_ENV: os.pathsep.join(os.path.realpath(d) for d in output_dirs),
         REMOTE_CODE_ENV: "1" if allow_remote_code else "0",
     }
+
+
+def output_dirs_from_env(env: Mapping[str, str]) -> list[str] | None:
+    """The directories the daemon lets this worker write (output_dir, tokenized_path); None when run by hand."""
+    value = env.get(OUTPUT_DIRS_ENV)
+    if value is None:
+        return None
+    return [os.path.realpath(part) for part in value.split(os.pathsep) if part.strip()]
 
 
 def input_dirs_from_env(env: Mapping[str, str]) -> list[str] | None:

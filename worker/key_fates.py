@@ -288,6 +288,13 @@ REFUSED: dict[str, tuple[Any, str]] = {
 }
 
 
+# transformers 5's names for keys LLaMA-Factory files spell the older way: honoured as the older key.
+ALIASES: dict[str, str] = {
+    "activation_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
+}
+
+
 def is_default(key: str, value: Any) -> bool:
     """Whether `value` is what LLaMA-Factory (or transformers) would use anyway, so it asks for nothing."""
     fate = WITHOUT_EFFECT.get(key) or REFUSED.get(key)

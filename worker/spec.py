@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from worker.key_fates import REFUSED, REPORTING, SECRETS, WITHOUT_EFFECT, is_default, nearest
+from worker.key_fates import ALIASES, REFUSED, REPORTING, SECRETS, WITHOUT_EFFECT, is_default, nearest
 
 # The run-dir layout and the exit codes live in worker.layout (no pydantic there: the start gate and the
 # benchmarks' stand-in workers need them before, or without, the slow imports); the spec re-exports them.
@@ -299,6 +299,11 @@ def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], d
             refuse(key, f"stage {value!r} is not run by ftq: it runs supervised fine-tuning (stage: sft) only")
         elif key == "report_to" and value not in (None, [], "none", ["none"]):
             refuse(key, f"{REPORTING}; set report_to: none")
+        elif key in ALIASES:
+            if ALIASES[key] in data and data[ALIASES[key]] != value:
+                refuse(key, f"is transformers' new name for {ALIASES[key]}, which says otherwise; keep one of them")
+            else:
+                kept[ALIASES[key]] = value
         elif key in fields:
             kept[key] = value
         elif key in WITHOUT_EFFECT:
@@ -308,7 +313,7 @@ def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], d
             if not is_default(key, value):
                 refuse(key, REFUSED[key][1])
         else:
-            known = fields | set(WITHOUT_EFFECT) | set(REFUSED)
+            known = fields | set(WITHOUT_EFFECT) | set(REFUSED) | set(ALIASES)
             guess = nearest(key, known)
             hint = f"; did you mean {guess}?" if guess else "; remove it (see the README's table of keys)"
             refuse(key, f"{key!r} is not a key ftq or LLaMA-Factory knows{hint}")

@@ -36,10 +36,11 @@ from worker.checkpoints import (
     plan_resume,
     read_shape,
 )
-from worker.confine import BadFile, Roots, input_dirs_from_env
+from worker.confine import BadFile, Roots, input_dirs_from_env, output_dirs_from_env
 from worker.data import DataError, build_datasets
 from worker.faults import FaultInjector, faults_from_env
 from worker.model import load_model, load_tokenizer
+from worker.publish import publish
 from worker.ranks import exception_chain, exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
 from worker.records import make_record
 from worker.resume import CheckpointLoadError, ResumingTrainer, ShapeCallback
@@ -203,14 +204,26 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
             log.error("training diverged: %s", diverged)
             return end("failed", EXIT_FAILED, error=f"training diverged: {diverged}")
 
-        # 5. save the adapter (LoRA) or the whole model (full), with the tokenizer beside it. Every rank
-        # calls save_model (ZeRO-3 gathers the weights from all of them); the main process writes.
+        # 5. a last evaluation when asked for (LLaMA-Factory's do_eval), recorded like the others
+        if spec.do_eval and eval_set is not None:
+            trainer.evaluate()
+
+        # 6. save the adapter (LoRA, OFT) or the whole model, with the tokenizer beside it. Every rank calls
+        # save_model (ZeRO-3 gathers the weights from all of them); the main process writes, then places the
+        # result in output_dir too when the spec names one (worker.publish).
         output = run_dir / OUTPUT_DIR
         trainer.save_model(str(output))
+        where = str(output.resolve())
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(output))
-            log.info("saved %s to %s", "adapter" if spec.finetuning_type == "lora" else "model", output)
-        return end("succeeded", 0, output=OUTPUT_DIR, final_loss=_final_loss(result, callback))
+            log.info("saved %s to %s", "model" if spec.finetuning_type in ("full", "freeze") else "adapter", output)
+            if spec.output_dir:
+                try:
+                    where = publish(output, spec.output_dir, output_dirs_from_env(os.environ))
+                except BadFile as exc:
+                    why = f"training succeeded and the result is in {where}, but {exc}"
+                    return end("failed", EXIT_FAILED, error=why, output=OUTPUT_DIR)
+        return end("succeeded", 0, output=OUTPUT_DIR, result=where, final_loss=_final_loss(result, callback))
     except BaseException as exc:  # every way out must leave an end record
         return _classify(exc, cancel, end)
 

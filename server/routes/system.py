@@ -33,4 +33,4 @@ def estimate(
     spec: Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)], settings: SettingsDep, machine: MachineDep
 ) -> dict[str, Any]:
     """The memory estimate of a spec, where it would fit now, and what would make it fit."""
-    return service.estimate(spec, settings.input_dirs, machine, settings.allow_remote_code)
+    return service.estimate(spec, settings, machine)

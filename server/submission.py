@@ -1,0 +1,73 @@
+"""Everything a submitted spec is checked for, in one pass, so that one 422 tells everything.
+
+Keys and values (worker.spec), paths (server.paths), what the spec needs installed
+or a GPU for (worker.requirements), remote code, and whether this machine can ever
+run it (server.admission) are checked together. The path checks run on the raw
+body's fields when the spec has other problems, so a file's problems come in one
+answer, each naming its field, instead of one wave per submission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.admission import Assessment, admission_errors, assess
+from server.errors import InvalidSpec, describe_error, field_error
+from server.machine import Machine
+from server.paths import PathFields, SpecFiles, check_paths
+from worker.confine import remote_code_refusal
+from worker.requirements import missing, needs
+from worker.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A spec that passed every check: its paths absolute and real, the JSON read for it, its assessment."""
+
+    spec: JobSpec
+    files: SpecFiles
+    assessment: Assessment
+
+
+def check_submission(
+    raw: dict[str, Any],
+    input_dirs: list[Path],
+    output_dirs: list[Path],
+    machine: Machine,
+    allow_remote_code: bool = False,
+) -> Checked:
+    """The checked spec, or InvalidSpec with every problem of `raw` at once."""
+    errors: list[dict[str, Any]] = []
+    spec: JobSpec | None = None
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        errors += [describe_error(e) for e in exc.errors()]
+    if raw.get("trust_remote_code") is True and not allow_remote_code:
+        errors.append(field_error("trust_remote_code", remote_code_refusal()))
+    update: dict[str, Any] = {}
+    files = SpecFiles()
+    paths_ok = True
+    try:
+        update, files = check_paths(PathFields.of(spec if spec is not None else raw), input_dirs, output_dirs)
+    except InvalidSpec as exc:
+        errors += exc.errors or []
+        paths_ok = False
+    if spec is None:
+        raise InvalidSpec.from_errors(errors)
+    gpus = spec.gpus
+    errors += [field_error(key, message) for key, message in missing(needs(spec, files.model_config), gpus)]
+    if not paths_ok:
+        raise InvalidSpec.from_errors(errors + admission_errors(spec, Assessment(), machine.gpus, machine.cpu_slots))
+    resolved = spec.model_copy(update=update)
+    assessment = assess(
+        resolved, machine.gpus, set(machine.holders), machine.margin_bytes, machine.topology, files=files
+    )
+    errors += admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots)
+    if errors:
+        raise InvalidSpec.from_errors(errors)
+    return Checked(resolved, files, assessment)
