@@ -14,7 +14,7 @@ TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test lint setup clean
+.PHONY: run test lint setup clean gpu-check
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# The GPU checks in one go (QLoRA 4-bit, sdpa against eager): on a machine with an NVIDIA GPU and a CUDA torch.
+gpu-check: $(STAMP)
+	@$(BIN)/python -c "import bitsandbytes" 2>/dev/null || $(PIP) install -q $(TORCH_PIP_ARGS) -e ".[gpu]"
+	$(BIN)/python -m bench.gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

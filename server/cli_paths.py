@@ -30,7 +30,7 @@ def absolute_paths(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
         resolved["dataset_dir"] = DATASET_DIR_DEFAULT
     for key in ALWAYS_PATHS:
         value = resolved.get(key)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and not value.startswith("REMOTE:"):  # a hub dataset dir: the daemon says
             resolved[key] = _absolute(value, cwd)
     for key in MAYBE_PATHS:
         value = resolved.get(key)

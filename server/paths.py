@@ -198,7 +198,17 @@ def _check(
         if model_dir is not None:
             model_config = _check_model(model_dir, roots, errors, reading)
             update["model_name_or_path"] = str(model_dir)
-    data_dir = _resolve_dir("dataset_dir", fields.dataset_dir, roots, errors, reading)
+    if fields.dataset_dir.startswith(REMOTE):
+        errors.append(
+            field_error(
+                "dataset_dir",
+                f"{show(fields.dataset_dir)} is a dataset dir on a hub (LLaMA-Factory's REMOTE:), and the daemon "
+                "reads local directories only: download it and set dataset_dir to that directory",
+            )
+        )
+        data_dir = None
+    else:
+        data_dir = _resolve_dir("dataset_dir", fields.dataset_dir, roots, errors, reading)
     if data_dir is not None:
         update["dataset_dir"] = str(data_dir)
         _check_datasets(fields.dataset_names, "dataset", data_dir, roots, errors, reading)
@@ -222,6 +232,7 @@ def _check(
     return update, SpecFiles(model_config, deepspeed_config)
 
 
+REMOTE = "REMOTE:"  # LLaMA-Factory's prefix for a dataset_dir on the ModelScope / Hugging Face hub
 # A name LLaMA-Factory would fetch from the Hugging Face Hub: owner/name, nothing more.
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
