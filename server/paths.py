@@ -5,9 +5,11 @@ config on the daemon's machine. Relative paths resolve against the first input
 dir; every path, after symlinks, must lie inside one of them, so no spec reads
 what the daemon was not given. Each file is read through worker.confine (regular
 files only, never blocking on a FIFO, JSON at most JSON_LIMIT), every file of the
-model directory is checked the way the worker checks it (worker.modelfiles), and
-the whole check runs in a thread of its own that the request waits for at most
-CHECK_TIMEOUT_S: a stuck network filesystem holds that thread, not the request.
+model directory is checked the way the worker checks it (worker.modelfiles), every
+dataset the way the worker resolves it (worker.dataset_info: what ftq refuses, and
+the first rows of each file for the mapped columns), and the whole check runs in
+a thread of its own that the request waits for at most CHECK_TIMEOUT_S: a stuck
+network filesystem holds that thread, not the request.
 
 The worker checks all of it again when it reads (the files may change after
 submit); this is so that a person hears of a bad path at once, with every other
@@ -34,6 +36,8 @@ from worker.confine import (
     within,
 )
 from worker.confine import read_json_object as read_confined_object
+from worker.data_checks import interleave_probs_problems, tokenized_path_problem
+from worker.dataset_info import check_entry
 from worker.modelfiles import check_model_files
 from worker.spec import JobSpec
 
@@ -69,12 +73,17 @@ class _Reading:
 
 
 def check_spec_inputs(
-    spec: JobSpec, roots: list[Path], timeout_s: float = CHECK_TIMEOUT_S
+    spec: JobSpec, roots: list[Path], timeout_s: float = CHECK_TIMEOUT_S, output_roots: list[Path] | None = None
 ) -> tuple[JobSpec, SpecFiles]:
-    """The spec with absolute real paths and the JSON read for it, or InvalidSpec naming every bad field."""
+    """The spec with absolute real paths and the JSON read for it, or InvalidSpec naming every bad field.
+
+    `output_roots`: the daemon's output dirs, where tokenized_path must lie (None: not checked here; the worker
+    checks it against FTQ_OUTPUT_DIRS).
+    """
     reading = _Reading()
     real_roots = [os.path.realpath(root) for root in roots]
-    return bounded(lambda: _check(spec, real_roots, reading), timeout_s, reading)
+    real_outputs = None if output_roots is None else [os.path.realpath(root) for root in output_roots]
+    return bounded(lambda: _check(spec, real_roots, reading, real_outputs), timeout_s, reading)
 
 
 def resolve_spec_paths(spec: JobSpec, roots: list[Path]) -> JobSpec:
@@ -127,7 +136,9 @@ def _absolute(raw: str, roots: list[str]) -> str:
     return path if os.path.isabs(path) else os.path.join(roots[0], path)
 
 
-def _check(spec: JobSpec, roots: list[str], reading: _Reading) -> tuple[JobSpec, SpecFiles]:
+def _check(
+    spec: JobSpec, roots: list[str], reading: _Reading, output_roots: list[str] | None = None
+) -> tuple[JobSpec, SpecFiles]:
     errors: list[dict[str, Any]] = []
     model_dir = _resolve_dir("model_name_or_path", spec.model_name_or_path, roots, errors, reading)
     model_config = _check_model(model_dir, roots, errors, reading) if model_dir is not None else None
@@ -139,6 +150,10 @@ def _check(spec: JobSpec, roots: list[str], reading: _Reading) -> tuple[JobSpec,
     if spec.deepspeed is not None:
         deepspeed, deepspeed_config = _check_deepspeed(spec.deepspeed, roots, errors, reading)
         update["deepspeed"] = str(deepspeed)
+    if spec.tokenized_path is not None and output_roots is not None:
+        problem = tokenized_path_problem(spec.tokenized_path, output_roots)
+        if problem:
+            errors.append(field_error("tokenized_path", problem.removeprefix("tokenized_path: ")))
     if errors:
         raise InvalidSpec.from_errors(errors)
     return spec.model_copy(update=update), SpecFiles(model_config, deepspeed_config)
@@ -233,32 +248,54 @@ def _check_datasets(
     if not isinstance(info, dict):
         errors.append(field_error("dataset_dir", f"{info_path} must hold a JSON object of dataset entries"))
         return
-    for name in spec.dataset_names:
-        entry = info.get(name)
-        if not isinstance(entry, dict):
-            known = ", ".join(sorted(info)) or "none"
-            errors.append(field_error("dataset", f"{name!r} is not in {info_path} (it has: {known})"))
-            continue
-        file_name = entry.get("file_name")
-        if not isinstance(file_name, str):
-            errors.append(
-                field_error(
-                    "dataset",
-                    f"{name!r} has no local file_name in {info_path}; hub datasets "
-                    "cannot be fetched here, download it and name the file",
-                )
+    names = {"dataset": spec.dataset_names, "eval_dataset": spec.eval_dataset_names}
+    for field, field_names in names.items():
+        for name in field_names:
+            _check_dataset(field, name, info, info_path, data_dir, roots, errors, reading)
+    counts = {field: len(field_names) for field, field_names in names.items()}
+    for problem in interleave_probs_problems(spec.interleave_probs, counts):
+        errors.append(field_error("interleave_probs", problem))
+
+
+def _check_dataset(
+    field: str,
+    name: str,
+    info: dict[str, Any],
+    info_path: Path,
+    data_dir: Path,
+    roots: list[str],
+    errors: list[dict[str, Any]],
+    reading: _Reading,
+) -> None:
+    entry = info.get(name)
+    if not isinstance(entry, dict):
+        known = ", ".join(sorted(info)) or "none"
+        errors.append(field_error(field, f"{name!r} is not in {info_path} (it has: {known})"))
+        return
+    file_name = entry.get("file_name")
+    if not isinstance(file_name, str):
+        errors.append(
+            field_error(
+                field,
+                f"{name!r} has no local file_name in {info_path}; hub datasets "
+                "cannot be fetched here, download it and name the file",
             )
-            continue
-        file_path = data_dir / file_name
-        reading.at("dataset", file_path)
-        try:
-            escapes = not within(os.path.realpath(file_path), [str(data_dir)])
-        except (OSError, ValueError):
-            escapes = False  # a name that cannot be resolved: files_of says why
-        if escapes:
-            errors.append(field_error("dataset", f"{name!r}: {show(file_name)} escapes {data_dir}"))
-            continue
-        try:
-            files_of(file_path, roots)
-        except BadFile as exc:
-            errors.append(field_error("dataset", f"{name!r}: {exc}"))
+        )
+        return
+    file_path = data_dir / file_name
+    reading.at(field, file_path)
+    try:
+        escapes = not within(os.path.realpath(file_path), [str(data_dir)])
+    except (OSError, ValueError):
+        escapes = False  # a name that cannot be resolved: files_of says why
+    if escapes:
+        errors.append(field_error(field, f"{name!r}: {show(file_name)} escapes {data_dir}"))
+        return
+    try:
+        files_of(file_path, roots)
+    except BadFile as exc:
+        errors.append(field_error(field, f"{name!r}: {exc}"))
+        return
+    # What the worker refuses too (worker.dataset_info): preference, prompt-only and multimodal data, unknown
+    # formatting and file types, and files whose first rows lack the mapped columns.
+    errors += [field_error(field, problem) for problem in check_entry(name, entry, info_path, roots)[1]]
