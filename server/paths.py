@@ -5,9 +5,11 @@ config on the daemon's machine. Relative paths resolve against the first input
 dir; every path, after symlinks, must lie inside one of them, so no spec reads
 what the daemon was not given. Each file is read through worker.confine (regular
 files only, never blocking on a FIFO, JSON at most JSON_LIMIT), every file of the
-model directory is checked the way the worker checks it (worker.modelfiles), and
-the whole check runs in a thread of its own that the request waits for at most
-CHECK_TIMEOUT_S: a stuck network filesystem holds that thread, not the request.
+model directory is checked the way the worker checks it (worker.modelfiles), every
+dataset the way the worker resolves it (worker.dataset_info: what ftq refuses, and
+the first rows of each file for the mapped columns), and the whole check runs in
+a thread of its own that the request waits for at most CHECK_TIMEOUT_S: a stuck
+network filesystem holds that thread, not the request.
 
 The worker checks all of it again when it reads (the files may change after
 submit); this is so that a person hears of a bad path at once, with every other
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +37,8 @@ from worker.confine import (
     within,
 )
 from worker.confine import read_json_object as read_confined_object
+from worker.data_checks import interleave_probs_problems, tokenized_location, tokenized_path_problem
+from worker.dataset_info import check_entry
 from worker.modelfiles import check_model_files
 from worker.spec import JobSpec
 
@@ -83,6 +87,7 @@ class PathFields:
     tokenized_path: str | None = None
     output_dir: str | None = None
     overwrite_output_dir: bool = False
+    interleave_probs: str | None = None  # not a path, but checked against the datasets the paths lead to
 
     @classmethod
     def of(cls, source: JobSpec | Mapping[str, Any]) -> PathFields:
@@ -97,6 +102,7 @@ class PathFields:
                 source.tokenized_path,
                 source.output_dir,
                 source.overwrite_output_dir,
+                source.interleave_probs,
             )
 
         def text(key: str) -> str | None:
@@ -116,6 +122,7 @@ class PathFields:
             text("tokenized_path"),
             text("output_dir"),
             source.get("overwrite_output_dir") is True,
+            text("interleave_probs"),
         )
 
 
@@ -211,8 +218,7 @@ def _check(
         data_dir = _resolve_dir("dataset_dir", fields.dataset_dir, roots, errors, reading)
     if data_dir is not None:
         update["dataset_dir"] = str(data_dir)
-        _check_datasets(fields.dataset_names, "dataset", data_dir, roots, errors, reading)
-        _check_datasets(fields.eval_dataset_names, "eval_dataset", data_dir, roots, errors, reading)
+        _check_datasets(fields, data_dir, roots, errors, reading)
     if fields.adapter_paths:
         adapters = [_check_adapter(path, roots, errors, reading) for path in fields.adapter_paths]
         if all(adapters):
@@ -221,12 +227,18 @@ def _check(
     if fields.deepspeed is not None:
         deepspeed, deepspeed_config = _check_deepspeed(fields.deepspeed, roots, errors, reading)
         update["deepspeed"] = str(deepspeed)
-    for key in ("output_dir", "tokenized_path"):
-        raw = getattr(fields, key)
-        if raw is not None:
-            written = _check_output(key, raw, output_roots, errors, reading, fields.overwrite_output_dir)
-            if written is not None:
-                update[key] = written
+    if fields.output_dir is not None:
+        written = _check_output(
+            "output_dir", fields.output_dir, output_roots, errors, reading, fields.overwrite_output_dir
+        )
+        if written is not None:
+            update["output_dir"] = written
+    if fields.tokenized_path is not None:
+        problem = tokenized_path_problem(fields.tokenized_path, output_roots)
+        if problem:
+            errors.append(field_error("tokenized_path", problem.removeprefix("tokenized_path: ")))
+        else:
+            update["tokenized_path"] = str(tokenized_location(fields.tokenized_path, output_roots))
     if errors:
         raise InvalidSpec.from_errors(errors)
     return update, SpecFiles(model_config, deepspeed_config)
@@ -386,14 +398,9 @@ def read_spec_files(spec: JobSpec) -> SpecFiles:
 
 
 def _check_datasets(
-    names: Sequence[str],
-    key: str,
-    data_dir: Path,
-    roots: list[str],
-    errors: list[dict[str, Any]],
-    reading: _Reading,
+    fields: PathFields, data_dir: Path, roots: list[str], errors: list[dict[str, Any]], reading: _Reading
 ) -> None:
-    if not names:
+    if not fields.dataset_names and not fields.eval_dataset_names:
         return
     info_path = data_dir / "dataset_info.json"
     reading.at("dataset_dir", info_path)
@@ -413,32 +420,54 @@ def _check_datasets(
     if not isinstance(info, dict):
         errors.append(field_error("dataset_dir", f"{info_path} must hold a JSON object of dataset entries"))
         return
-    for name in names:
-        entry = info.get(name)
-        if not isinstance(entry, dict):
-            known = ", ".join(sorted(info)) or "none"
-            errors.append(field_error(key, f"{name!r} is not in {info_path} (it has: {known})"))
-            continue
-        file_name = entry.get("file_name")
-        if not isinstance(file_name, str):
-            errors.append(
-                field_error(
-                    key,
-                    f"{name!r} has no local file_name in {info_path}; hub datasets "
-                    "cannot be fetched here, download it and name the file",
-                )
+    names = {"dataset": fields.dataset_names, "eval_dataset": fields.eval_dataset_names}
+    for field, field_names in names.items():
+        for name in field_names:
+            _check_dataset(field, name, info, info_path, data_dir, roots, errors, reading)
+    counts = {field: len(field_names) for field, field_names in names.items()}
+    for problem in interleave_probs_problems(fields.interleave_probs, counts):
+        errors.append(field_error("interleave_probs", problem))
+
+
+def _check_dataset(
+    field: str,
+    name: str,
+    info: dict[str, Any],
+    info_path: Path,
+    data_dir: Path,
+    roots: list[str],
+    errors: list[dict[str, Any]],
+    reading: _Reading,
+) -> None:
+    entry = info.get(name)
+    if not isinstance(entry, dict):
+        known = ", ".join(sorted(info)) or "none"
+        errors.append(field_error(field, f"{name!r} is not in {info_path} (it has: {known})"))
+        return
+    file_name = entry.get("file_name")
+    if not isinstance(file_name, str):
+        errors.append(
+            field_error(
+                field,
+                f"{name!r} has no local file_name in {info_path}; hub datasets "
+                "cannot be fetched here, download it and name the file",
             )
-            continue
-        file_path = data_dir / file_name
-        reading.at("dataset", file_path)
-        try:
-            escapes = not within(os.path.realpath(file_path), [str(data_dir)])
-        except (OSError, ValueError):
-            escapes = False  # a name that cannot be resolved: files_of says why
-        if escapes:
-            errors.append(field_error(key, f"{name!r}: {show(file_name)} escapes {data_dir}"))
-            continue
-        try:
-            files_of(file_path, roots)
-        except BadFile as exc:
-            errors.append(field_error(key, f"{name!r}: {exc}"))
+        )
+        return
+    file_path = data_dir / file_name
+    reading.at(field, file_path)
+    try:
+        escapes = not within(os.path.realpath(file_path), [str(data_dir)])
+    except (OSError, ValueError):
+        escapes = False  # a name that cannot be resolved: files_of says why
+    if escapes:
+        errors.append(field_error(field, f"{name!r}: {show(file_name)} escapes {data_dir}"))
+        return
+    try:
+        files_of(file_path, roots)
+    except BadFile as exc:
+        errors.append(field_error(field, f"{name!r}: {exc}"))
+        return
+    # What the worker refuses too (worker.dataset_info): preference, prompt-only and multimodal data, unknown
+    # formatting and file types, and files whose first rows lack the mapped columns.
+    errors += [field_error(field, problem) for problem in check_entry(name, entry, info_path, roots)[1]]

@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # What the daemon tells its workers (scheduler.supervisor passes them): the input dirs as it resolved them,
-# os.pathsep-separated, and whether a spec may run a model directory's own Python (trust_remote_code).
+# os.pathsep-separated, the output dirs likewise (where a job may write besides its run dir: output_dir,
+# tokenized_path), and whether a spec may run a model directory's own Python (trust_remote_code).
 INPUT_DIRS_ENV = "FTQ_INPUT_DIRS"
 OUTPUT_DIRS_ENV = "FTQ_OUTPUT_DIRS"
 REMOTE_CODE_ENV = "FTQ_ALLOW_REMOTE_CODE"
@@ -77,27 +78,36 @@ class CannotRead(BadFile):
 def worker_settings(
     input_dirs: Sequence[str | os.PathLike[str]],
     allow_remote_code: bool,
-    output_dirs: Sequence[str | os.PathLike[str]] = (),
+    output_dirs: Sequence[str | os.PathLike[str]] | None = None,
 ) -> dict[str, str]:
     """The environment a worker learns its confinement from, as the daemon resolved it."""
-    return {
+    settings = {
         INPUT_DIRS_ENV: os.pathsep.join(os.path.realpath(d) for d in input_dirs),
-        OUTPUT_DIRS_ENV: os.pathsep.join(os.path.realpath(d) for d in output_dirs),
         REMOTE_CODE_ENV: "1" if allow_remote_code else "0",
     }
-
-
-def output_dirs_from_env(env: Mapping[str, str]) -> list[str] | None:
-    """The directories the daemon lets this worker write (output_dir, tokenized_path); None when run by hand."""
-    value = env.get(OUTPUT_DIRS_ENV)
-    if value is None:
-        return None
-    return [os.path.realpath(part) for part in value.split(os.pathsep) if part.strip()]
+    if output_dirs is not None:
+        settings[OUTPUT_DIRS_ENV] = os.pathsep.join(os.path.realpath(d) for d in output_dirs)
+    return settings
 
 
 def input_dirs_from_env(env: Mapping[str, str]) -> list[str] | None:
     """The input dirs the daemon gave this worker; None when it was started by hand, outside a daemon."""
-    value = env.get(INPUT_DIRS_ENV)
+    return _dirs(env.get(INPUT_DIRS_ENV))
+
+
+def output_dirs_from_env(env: Mapping[str, str]) -> list[str] | None:
+    """The dirs the daemon lets this worker write to besides its run dir; None when it was started by hand.
+
+    A daemon that confines reads (FTQ_INPUT_DIRS set) but names no output dirs lets the worker write nowhere
+    else: [] then, never None, so that a missing setting can never mean "anywhere".
+    """
+    dirs = _dirs(env.get(OUTPUT_DIRS_ENV))
+    if dirs is None and env.get(INPUT_DIRS_ENV) is not None:
+        return []
+    return dirs
+
+
+def _dirs(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [os.path.realpath(part) for part in value.split(os.pathsep) if part.strip()]

@@ -151,7 +151,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         set_seed(spec.seed)
         args = training_arguments(spec, run_dir, cuda, roots)
         tokenizer = load_tokenizer(spec, roots)
-        train_set, eval_set, collator = build_datasets(spec, tokenizer, roots)
+        train_set, eval_set, collator = build_datasets(spec, tokenizer, roots, output_dirs_from_env(os.environ))
         shape = TrainingShape(
             spec.per_device_train_batch_size, spec.gradient_accumulation_steps, world_size, len(train_set),
             spec.cutoff_len, spec.gradient_checkpointing, spec.deepspeed is not None,

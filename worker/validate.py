@@ -2,9 +2,10 @@
 
 The spec itself (worker.spec), its model directory (every file in it: inside the
 daemon's input dirs, regular, its JSON parsed and its safetensors headers whole),
-its datasets, its DeepSpeed config, whether the daemon allows its remote code, and
-the test-only FTQ_FAULT: a person fixing a spec should see every problem in one go,
-not one per attempt.
+its datasets (worker.data_checks: dataset_info.json entries, the first rows of
+every file, interleave_probs, tokenized_path), its DeepSpeed config, whether the
+daemon allows its remote code, and the test-only FTQ_FAULT: a person fixing a spec
+should see every problem in one go, not one per attempt.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from worker.confine import (
     Roots,
     check_dir,
     input_dirs_from_env,
+    output_dirs_from_env,
     read_json_object,
     remote_code_allowed,
     remote_code_refusal,
 )
-from worker.data import DataError, resolve_datasets
+from worker.data_checks import data_problems
 from worker.faults import FaultSpecError, faults_from_env
 from worker.modelfiles import check_model_files
 from worker.spec import SPEC_FILE, JobSpec
@@ -60,12 +62,8 @@ def read_and_validate(run_dir: Path, env: Mapping[str, str] = os.environ) -> tup
     # The paths are checked from the raw dict so that a bad field elsewhere does not hide a missing model.
     if isinstance(raw.get("model_name_or_path"), str):
         problems += check_model_dir(Path(raw["model_name_or_path"]), roots)
-    if isinstance(raw.get("dataset"), str):
-        names = [name.strip() for name in raw["dataset"].split(",") if name.strip()]
-        try:
-            resolve_datasets(names, raw.get("dataset_dir") or "data", roots)
-        except DataError as exc:
-            problems.append(str(exc))
+    for field, problem in data_problems(raw, roots, output_dirs_from_env(env)):
+        problems.append(f"eval_dataset: {problem}" if field == "eval_dataset" else problem)  # the others name theirs
     if isinstance(raw.get("deepspeed"), str) and raw["deepspeed"]:
         problems += check_deepspeed(Path(raw["deepspeed"]), pure_bf16=raw.get("pure_bf16") is True, roots=roots)
     try:

@@ -8,11 +8,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from tests.unit.data_helpers import OPENAI_ENTRY, chat, make_tokenizer, write_dataset
 from worker.data import (
     IGNORE_INDEX,
+    Conversation,
     DataError,
     PadCollator,
     build_datasets,
@@ -20,53 +21,18 @@ from worker.data import (
     split_examples,
     tokenize_conversation,
 )
-
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from worker.encode import chat_messages
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny byte-level BPE with a ChatML template, built here: tests never download."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(["where is my order", "your refund has been issued", "hello, how can I help"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = CHATML
-    return fast
-
-
-def write_dataset(tmp_path: Path, info: dict, files: dict[str, list | str]) -> Path:
-    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
-    for name, rows in files.items():
-        text = rows if isinstance(rows, str) else "\n".join(json.dumps(row) for row in rows)
-        (tmp_path / name).write_text(text)
-    return tmp_path
-
-
-OPENAI_ENTRY = {
-    "file_name": "chat.jsonl",
-    "formatting": "sharegpt",
-    "columns": {"messages": "messages"},
-    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-             "system_tag": "system"},
-}  # fmt: skip
-
-
-def chat(*turns: tuple[str, str]) -> dict:
-    return {"messages": [{"role": role, "content": content} for role, content in turns]}
+    return make_tokenizer()
 
 
 def test_alpaca_joins_instruction_and_input_and_keeps_history_and_system(tmp_path: Path) -> None:
-    info = {"faq": {"file_name": "faq.json", "columns": {"system": "sys", "history": "history"}}}
+    # LLaMA-Factory: an entry that gives `columns` names every column it reads (the rest are None).
+    columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "sys", "history": "history"}
+    info = {"faq": {"file_name": "faq.json", "columns": columns}}
     rows = [
         {"instruction": "Summarise", "input": "the order shipped", "output": "Shipped.", "sys": "Be brief.",
          "history": [["hi", "hello"]]},
@@ -77,32 +43,55 @@ def test_alpaca_joins_instruction_and_input_and_keeps_history_and_system(tmp_pat
 
     first, second = load_conversations(["faq"], tmp_path, None)
 
+    assert first.system == "Be brief."
     assert first.messages == [
-        {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "Summarise\nthe order shipped"},
         {"role": "assistant", "content": "Shipped."},
     ]
     assert second.messages == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}]
+    assert second.system is None
 
 
-def test_sharegpt_default_tags_and_observation_function_roles(tmp_path: Path) -> None:
+def test_sharegpt_default_tags_keep_function_and_observation_roles_and_system_and_tools_apart(tmp_path: Path) -> None:
+    tools = [{"name": "track", "parameters": {"type": "object"}}]
     row = {
+        "tools": json.dumps(tools),
         "conversations": [
             {"from": "system", "value": "You are support."},
             {"from": "human", "value": "Track order 7"},
             {"from": "function_call", "value": '{"name": "track"}'},
             {"from": "observation", "value": '{"status": "shipped"}'},
             {"from": "gpt", "value": "It shipped."},
-        ]
+        ],
     }
-    write_dataset(tmp_path, {"sg": {"file_name": "sg.jsonl", "formatting": "sharegpt"}}, {"sg.jsonl": [row]})
+    columns = {"messages": "conversations", "tools": "tools"}
+    entry = {"file_name": "sg.jsonl", "formatting": "sharegpt", "columns": columns}
+    write_dataset(tmp_path, {"sg": entry}, {"sg.jsonl": [row]})
 
     (conv,) = load_conversations(["sg"], tmp_path, None)
 
-    assert [m["role"] for m in conv.messages] == ["system", "user", "assistant", "tool", "assistant"]
-    assert conv.messages[0]["content"] == "You are support."
+    # LLaMA-Factory's roles: a template (or the chat-template path) decides how each is rendered.
+    assert [m["role"] for m in conv.messages] == ["user", "function", "observation", "assistant"]
+    assert conv.system == "You are support."
+    assert json.loads(conv.tools) == tools
+    # The chat-template path: the system prompt first, a call is the assistant's, a result a tool message.
+    assert [m["role"] for m in chat_messages(conv)] == ["system", "user", "assistant", "tool", "assistant"]
+
+
+def test_tools_given_as_a_list_become_json_text_and_tags_an_entry_leaves_out_are_none(tmp_path: Path) -> None:
+    tools = [{"name": "track"}]
+    rows = [
+        {**chat(("user", "a"), ("assistant", "b")), "tools": tools},
+        chat(("user", "a"), ("observation", "b")),  # the entry's tags name no observation_tag: no such role
+    ]
+    entry = {**OPENAI_ENTRY, "columns": {"messages": "messages", "tools": "tools"}}
+    write_dataset(tmp_path, {"cs": entry}, {"chat.jsonl": rows})
+
+    (conv,) = load_conversations(["cs"], tmp_path, None)
+
+    assert json.loads(conv.tools) == tools
 
 
 def test_openai_messages_format_with_tags(tmp_path: Path) -> None:
@@ -111,7 +100,8 @@ def test_openai_messages_format_with_tags(tmp_path: Path) -> None:
 
     (conv,) = load_conversations(["cs"], tmp_path, None)
 
-    assert conv.messages == rows[0]["messages"]
+    assert conv.system == "Be kind."
+    assert conv.messages == rows[0]["messages"][1:]
 
 
 def test_malformed_alternation_is_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -187,12 +177,6 @@ def test_a_fifo_as_a_dataset_file_is_refused_without_blocking(tmp_path: Path) ->
         load_conversations(["cs"], tmp_path, None, [str(tmp_path)])
 
 
-def test_csv_is_not_supported_yet(tmp_path: Path) -> None:
-    write_dataset(tmp_path, {"t": {"file_name": "t.csv"}}, {"t.csv": "instruction,output\na,b\n"})
-    with pytest.raises(DataError, match="t.csv is csv; only json and jsonl"):
-        load_conversations(["t"], tmp_path, None)
-
-
 def test_max_samples_caps_each_dataset_and_datasets_concatenate(tmp_path: Path) -> None:
     rows = [chat(("user", f"q{i}"), ("assistant", f"a{i}")) for i in range(5)]
     info = {"a": OPENAI_ENTRY, "b": {**OPENAI_ENTRY, "file_name": "other.jsonl"}}
@@ -226,7 +210,7 @@ def test_only_assistant_tokens_are_labelled(tokenizer: PreTrainedTokenizerFast, 
     example = tokenize_conversation(tokenizer, conv, cutoff_len=1024)
 
     assert example is not None
-    full_text = tokenizer.apply_chat_template(conv.messages, tokenize=False)
+    full_text = tokenizer.apply_chat_template(chat_messages(conv), tokenize=False)
     assert tokenizer.decode(example["input_ids"]) == full_text
     spans = labelled_spans(example["labels"])
     decoded = [tokenizer.decode(span) for span in spans]
@@ -246,8 +230,6 @@ def labelled_spans(labels: list[int]) -> list[list[int]]:
 
 
 def test_truncation_at_cutoff_len_and_drop_when_no_label_left(tokenizer: PreTrainedTokenizerFast) -> None:
-    from worker.data import Conversation
-
     conv = Conversation([{"role": "user", "content": "where is my order " * 3}, {"role": "assistant", "content": "ok"}])
     full = tokenize_conversation(tokenizer, conv, cutoff_len=10_000)
     assert full is not None
@@ -262,8 +244,6 @@ def test_truncation_at_cutoff_len_and_drop_when_no_label_left(tokenizer: PreTrai
 
 
 def test_tokenizer_without_chat_template_is_a_clear_error(tokenizer: PreTrainedTokenizerFast) -> None:
-    from worker.data import Conversation
-
     bare = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>")
     with pytest.raises(DataError, match="no chat_template"):
         tokenize_conversation(bare, Conversation([{"role": "user", "content": "a"}]), cutoff_len=10)

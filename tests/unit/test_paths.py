@@ -24,7 +24,7 @@ def root(tmp_path):
     (tmp_path / "models/tiny").mkdir(parents=True)
     (tmp_path / "models/tiny/config.json").write_text("{}")
     (tmp_path / "data").mkdir()
-    (tmp_path / "data/a.jsonl").write_text("{}\n")
+    (tmp_path / "data/a.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     info = {"a": {"file_name": "a.jsonl"}, "hub": {"hf_hub_url": "org/x"}, "up": {"file_name": "../secret.jsonl"}}
     (tmp_path / "data/dataset_info.json").write_text(json.dumps(info))
     (tmp_path / "secret.jsonl").write_text("{}\n")
