@@ -9,10 +9,12 @@ record must say `resumed_from_step` before the model loads.
 
 A checkpoint is usable when it was saved whole (transformers writes
 trainer_state.json last), its files are not cut short, and it holds what this
-attempt can load: an adapter of the same rank for LoRA, full weights for full
-fine-tuning, and the optimizer state in the form this attempt reads
-(optimizer.pt without DeepSpeed, DeepSpeed's own `global_step*` directory with
-it, saved by as many ranks when ZeRO partitioned it). The newest usable one
+attempt can load: an adapter of the same kind and rank for LoRA or OFT, full
+weights for full and freeze fine-tuning, trained the same way (the method
+ftq_checkpoint.json records: a freeze checkpoint's optimizer state fits neither
+a full job nor one that trains other layers), and the optimizer state in the
+form this attempt reads (optimizer.pt without DeepSpeed, DeepSpeed's own
+`global_step*` directory with it, saved by as many ranks when ZeRO partitioned it). The newest usable one
 wins; newer ones that are not usable are moved to checkpoints/unusable/ with a
 note saying why, so that "the newest checkpoint" always means "how far the job
 got" for the attempts after this one.
@@ -55,10 +57,14 @@ class Checkpoint:
 class Expected:
     """What this attempt can load."""
 
-    finetuning_type: str  # "lora" or "full"
-    lora_rank: int
+    finetuning_type: str  # "lora", "oft", "freeze" or "full"
+    lora_rank: int  # the rank a LoRA checkpoint's adapter must have
     deepspeed: bool
     world_size: int
+    # Other adapter_config.json values the checkpoint's adapter must have (use_dora; OFT's r and block size).
+    adapter: tuple[tuple[str, Any], ...] = ()
+    # How the weights train (worker.methods.describe_method), compared with what ftq_checkpoint.json recorded.
+    method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class TrainingShape:
     cutoff_len: int | None = None
     gradient_checkpointing: bool | None = None
     deepspeed: bool | None = None
+    method: str | None = None  # worker.methods.describe_method: what trained, and so what the optimizer state holds
 
     @property
     def effective_batch(self) -> int:
@@ -148,26 +155,52 @@ def check_checkpoint(checkpoint: Checkpoint, expected: Expected) -> str | None:
             return f"incomplete: it has no readable {TRAINER_STATE} (its save was cut short)"
         if state.get("global_step") != checkpoint.step:
             return f"{TRAINER_STATE} says global_step {state.get('global_step')!r}, not {checkpoint.step}"
-        return _check_optimizer(path, expected) or (None if expected.deepspeed else _check_weights(path, expected))
+        return (
+            _check_method(path, expected)
+            or _check_optimizer(path, expected)
+            or (None if expected.deepspeed else _check_weights(path, expected))
+        )
     except OSError as exc:  # gone under us (another rank set it aside), unreadable, ...
         return f"cannot be read: {exc}"
 
 
+PEFT_TYPES = {"lora": "LORA", "oft": "OFT"}  # finetuning_type -> peft_type in adapter_config.json
+ADAPTER_NAMES = {"LORA": "a LoRA", "OFT": "an OFT"}
+
+
+def _check_method(path: Path, expected: Expected) -> str | None:
+    """Trained another way (freeze for a full job, other layers, another optimizer): its state does not fit."""
+    saved = read_shape(path)
+    if expected.method is None or saved is None or saved.method is None or saved.method == expected.method:
+        return None
+    return f"it was trained as {saved.method!r}, but this job trains {expected.method!r}"
+
+
 def _check_weights(path: Path, expected: Expected) -> str | None:
     has_adapter = (path / "adapter_config.json").is_file()
-    if expected.finetuning_type == "lora":
+    wanted = PEFT_TYPES.get(expected.finetuning_type)
+    if wanted is not None:
+        name = ADAPTER_NAMES[wanted]
         if not has_adapter:
             if _has_full_weights(path):
-                return "it holds full model weights, but this job trains a LoRA adapter"
+                return f"it holds full model weights, but this job trains {name} adapter"
             return "it has no adapter_config.json"
         config = _read_json(path / "adapter_config.json")
         if config is None:
             return "its adapter_config.json is not readable"
-        if config.get("r") != expected.lora_rank:
+        if config.get("peft_type", wanted) != wanted:
+            kind = config.get("peft_type")
+            return f"it holds {ADAPTER_NAMES.get(kind, f'a {kind}')} adapter, but this job trains {name} adapter"
+        if wanted == "LORA" and config.get("r") != expected.lora_rank:
             return f"its adapter has rank {config.get('r')!r}, but this job's lora_rank is {expected.lora_rank}"
+        for key, value in expected.adapter:
+            if key in config and config[key] != value:
+                return f"its adapter has {key} {config[key]!r}, but this job's is {value!r}"
         return _check_weight_files(path, ("adapter_model",))
     if has_adapter and not _has_full_weights(path):
-        return "it holds a LoRA adapter, but this job fine-tunes the full model"
+        kind = (_read_json(path / "adapter_config.json") or {}).get("peft_type", "LORA")
+        job = "fine-tunes the full model" if expected.finetuning_type == "full" else "trains whole layers (freeze)"
+        return f"it holds {ADAPTER_NAMES.get(kind, f'a {kind}')} adapter, but this job {job}"
     return _check_weight_files(path, ("model", "pytorch_model"))
 
 

@@ -1,4 +1,8 @@
-"""Tokenizer and model for a job: local files only, LoRA or full fine-tuning.
+"""Tokenizer and model for a job: local files only, loaded and set up for its fine-tuning method.
+
+The order is LLaMA-Factory's (model/loader.py): the config is patched (attention,
+MoE aux loss, quantization), the model loads, it is prepared for training (fp32
+norms and logits), and then the method picks what trains (worker.adapters).
 
 Right before each from_pretrained every file of the model directory is checked
 (worker.modelfiles: inside the input dirs, regular, safetensors headers whole),
@@ -10,13 +14,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.integrations import is_deepspeed_zero3_enabled
 
+from worker.adapters import setup_method
 from worker.confine import BadFile, Roots, remote_code_allowed, show
+from worker.kernels import configure_moe, upcast_layernorm, upcast_lmhead_output
+from worker.methods import attn_implementation
 from worker.modelfiles import TOKENIZER_FILES, bad_file_behind, check_model_files
+from worker.quantize import is_quantized, quantization_kwargs
 from worker.ranks import exception_is_oom
 from worker.spec import JobSpec
 
@@ -30,9 +40,14 @@ class ModelLoadError(BadFile):
 def load_tokenizer(spec: JobSpec, roots: Roots = None) -> PreTrainedTokenizerBase:
     """The model's own tokenizer, right-padded, with eos standing in for a missing pad token."""
     check_before_loading(spec.model_name_or_path, roots)
+    if not spec.use_fast_tokenizer:
+        log.info("use_fast_tokenizer: false has no effect: transformers 5 always loads the fast tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            spec.model_name_or_path, local_files_only=True, trust_remote_code=_trust_remote_code(spec)
+            spec.model_name_or_path,
+            local_files_only=True,
+            trust_remote_code=_trust_remote_code(spec),
+            use_fast=spec.use_fast_tokenizer,
         )
     except Exception as exc:
         error = load_error("tokenizer", spec.model_name_or_path, roots, exc, TOKENIZER_FILES)
@@ -54,8 +69,9 @@ def pick_dtype(spec: JobSpec, cuda: bool) -> torch.dtype:
 
     On CPU, float32: mixed precision is a GPU matter. With full fine-tuning the
     weights stay float32 as master weights and bf16/fp16 come from autocast
-    (LLaMA-Factory does the same unless pure_bf16). With LoRA the frozen base is
-    loaded in half precision and peft keeps the adapter weights in float32.
+    (LLaMA-Factory does the same unless pure_bf16). With LoRA, OFT and freeze the
+    frozen base is loaded in half precision (QLoRA's compute dtype too) and the
+    parameters that train are kept in float32 (worker.adapters).
 
     pure_bf16 (LLaMA-Factory's meaning) loads bfloat16 everywhere, full
     fine-tuning included, and trains without an fp32 master copy. CPUs do
@@ -77,32 +93,66 @@ def pick_dtype(spec: JobSpec, cuda: bool) -> torch.dtype:
 
 
 def load_model(spec: JobSpec, cuda: bool, roots: Roots = None) -> Any:
-    """The causal LM ready for training: a peft model for LoRA, all parameters trainable for full."""
+    """The causal LM ready for training, with exactly the parameters of its method trainable."""
     dtype = pick_dtype(spec, cuda)
+    zero3 = is_deepspeed_zero3_enabled()  # known by now: the TrainingArguments are made before the model
     check_before_loading(spec.model_name_or_path, roots)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
+    config = _loaded(
+        spec,
+        roots,
+        lambda: AutoConfig.from_pretrained(
+            spec.model_name_or_path, local_files_only=True, trust_remote_code=_trust_remote_code(spec)
+        ),
+    )
+    for setting in configure_moe(config, spec.moe_aux_loss_coef):
+        log.info("moe_aux_loss_coef: %s", setting)
+    extra = quantization_kwargs(spec, config, dtype, zero3)
+    attention = attn_implementation(spec.flash_attn)
+    if attention is not None:
+        extra["attn_implementation"] = attention
+    model = _loaded(
+        spec,
+        roots,
+        lambda: AutoModelForCausalLM.from_pretrained(
             spec.model_name_or_path,
+            config=config,
             local_files_only=True,
             trust_remote_code=_trust_remote_code(spec),
             dtype=dtype,
-        )
+            **extra,
+        ),
+    )
+    quantized = is_quantized(spec, config)
+    log.info(
+        "loaded %s (%s) in %s with %s attention%s",
+        spec.model_name_or_path, type(model).__name__, dtype, model.config._attn_implementation,
+        " (quantized)" if quantized else "",
+    )  # fmt: skip
+    if spec.gradient_checkpointing:
+        # The KV cache is useless in training and conflicts with recomputation.
+        model.config.use_cache = False
+    if spec.upcast_layernorm:
+        upcast_layernorm(model)
+    if spec.upcast_lmhead_output:
+        upcast_lmhead_output(model)
+    # LLaMA-Factory's rule: trainable parameters in float32 unless pure_bf16, or ZeRO-3 (which keeps fp32 itself)
+    # without quantization.
+    cast_fp32 = not spec.pure_bf16 and (spec.quantization_bit is not None or not zero3)
+    model = setup_method(model, spec, cast_fp32=cast_fp32, quantized=quantized, zero3=zero3, roots=roots)
+    trainable, total = count_parameters(model)
+    log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+    return model
+
+
+def _loaded(spec: JobSpec, roots: Roots, load: Callable[[], Any]) -> Any:
+    """What `load` returns; a failure that a file of the model directory explains is bad input naming it."""
+    try:
+        return load()
     except Exception as exc:
         error = load_error("model", spec.model_name_or_path, roots, exc, ("config.json",))
         if error is None:
             raise
         raise error from exc
-    log.info("loaded %s (%s) in %s", spec.model_name_or_path, type(model).__name__, dtype)
-    if spec.gradient_checkpointing:
-        # The KV cache is useless in training and conflicts with recomputation.
-        model.config.use_cache = False
-    if spec.finetuning_type == "lora":
-        model = _wrap_lora(model, spec)
-    else:
-        model.requires_grad_(True)
-    trainable, total = count_parameters(model)
-    log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
-    return model
 
 
 def check_before_loading(model_dir: str, roots: Roots) -> None:
@@ -129,25 +179,6 @@ def _trust_remote_code(spec: JobSpec) -> bool:
     # worker.validate has refused the spec already when the daemon does not allow remote code; this keeps
     # transformers from running it even if something got past that.
     return spec.trust_remote_code and remote_code_allowed(os.environ)
-
-
-def _wrap_lora(model: Any, spec: JobSpec) -> Any:
-    from peft import LoraConfig, TaskType, get_peft_model  # peft is slow to import; only LoRA jobs pay for it
-
-    if spec.gradient_checkpointing:
-        # The frozen embeddings' output has no grad, so checkpointed blocks would give the adapters none either.
-        model.enable_input_require_grads()
-    target: str | list[str] = (
-        "all-linear" if spec.lora_target == "all" else [name.strip() for name in spec.lora_target.split(",")]
-    )
-    config = LoraConfig(
-        r=spec.lora_rank,
-        lora_alpha=spec.effective_lora_alpha,
-        lora_dropout=spec.lora_dropout,
-        target_modules=target,
-        task_type=TaskType.CAUSAL_LM,
-    )
-    return get_peft_model(model, config)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

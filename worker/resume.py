@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from worker.cancel import Cancelled
 from worker.checkpoints import UNUSABLE_MARK, TrainingShape, write_shape
+from worker.loraplus import LoraPlus
 from worker.ranks import exception_is_oom
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,21 @@ class ResumingTrainer(Trainer):
     weights or adapter, then the optimizer and scheduler, then the RNG state.
     A missing or broken RNG state only costs bit-for-bit reproducibility
     (transformers itself just logs a missing one), so it is logged, not raised.
+
+    With `loraplus` the optimizer is LoRA+'s (worker.loraplus); created here, as
+    the Trainer creates its own, so that DeepSpeed and resuming see it the same way.
     """
+
+    def __init__(self, *args: Any, loraplus: LoraPlus | None = None, **kwargs: Any) -> None:
+        self.loraplus = loraplus
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        if self.loraplus is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        self.optimizer = self.loraplus.create_optimizer(self.model if model is None else model, self.args)
+        log.info("LoRA+ optimizer: B matrices at learning_rate x %g", self.loraplus.lr_ratio)
+        return self.optimizer
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         try:

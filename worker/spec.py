@@ -33,6 +33,7 @@ from worker.layout import (
     OUTPUT_DIR,
     SPEC_FILE,
 )
+from worker.methods import method_problems
 from worker.spec_methods import MethodFields
 from worker.spec_passed import PassedToTrainer
 
@@ -255,6 +256,7 @@ class JobSpec(MethodFields, PassedToTrainer):
         if self.interleave_probs is not None and self.mix_strategy == "concat":
             raise ValueError("interleave_probs needs mix_strategy interleave_under or interleave_over")
         problems = self.method_problems(self.finetuning_type, self.adapter_paths, self.deepspeed is not None)
+        problems += method_problems(self)  # what peft and transformers refuse of the method keys
         if problems:
             raise ValueError("; ".join(problems))
         return self

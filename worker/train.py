@@ -39,6 +39,8 @@ from worker.checkpoints import (
 from worker.confine import BadFile, Roots, input_dirs_from_env, output_dirs_from_env
 from worker.data import DataError, build_datasets
 from worker.faults import FaultInjector, faults_from_env
+from worker.loraplus import LoraPlus
+from worker.methods import MethodError, describe_method, expected_adapter
 from worker.model import load_model, load_tokenizer
 from worker.publish import publish
 from worker.ranks import exception_chain, exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
@@ -55,7 +57,8 @@ from worker.spec import (
     OUTPUT_DIR,
     JobSpec,
 )
-from worker.validate import read_and_validate, read_deepspeed
+from worker.trainer_args import merge_arguments, method_arguments
+from worker.validate import read_and_validate, read_deepspeed, trained_on_adapter
 
 log = logging.getLogger("worker")
 
@@ -135,12 +138,14 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
             raise Cancelled()
         # 1. validate everything that can be checked without loading a model, and pick the checkpoint to
         # resume from (cheaply: the start record says which before the model loads)
-        spec, problems = read_and_validate(run_dir)
+        spec, problems = read_and_validate(run_dir, cuda=cuda)
         if spec is None or problems:
             for problem in problems:
                 log.error("bad input: %s", problem)
             return end("failed", EXIT_BAD_INPUT, error="; ".join(problems))
-        expected = Expected(spec.finetuning_type, spec.lora_rank, spec.deepspeed is not None, world_size)
+        lora_rank, adapter = expected_adapter(spec, trained_on_adapter(spec, roots))
+        method = describe_method(spec)
+        expected = Expected(spec.finetuning_type, lora_rank, spec.deepspeed is not None, world_size, adapter, method)
         plan = plan_resume(run_dir / CHECKPOINT_DIR, expected, set_aside=rank == 0)
         resume = plan.checkpoint
         _log_plan(plan)
@@ -154,7 +159,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         train_set, eval_set, collator = build_datasets(spec, tokenizer, roots, output_dirs_from_env(os.environ))
         shape = TrainingShape(
             spec.per_device_train_batch_size, spec.gradient_accumulation_steps, world_size, len(train_set),
-            spec.cutoff_len, spec.gradient_checkpointing, spec.deepspeed is not None,
+            spec.cutoff_len, spec.gradient_checkpointing, spec.deepspeed is not None, method,
         )  # fmt: skip
         faults = faults_from_env(os.environ)
 
@@ -178,6 +183,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                 data_collator=collator,
                 processing_class=tokenizer,
                 callbacks=callbacks,
+                loraplus=LoraPlus.of(spec),
             )
             cancel.training = True
             try:
@@ -216,7 +222,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         where = str(output.resolve())
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(output))
-            log.info("saved %s to %s", "model" if spec.finetuning_type in ("full", "freeze") else "adapter", output)
+            log.info("saved %s to %s", "adapter" if spec.finetuning_type in ("lora", "oft") else "model", output)
             if spec.output_dir:
                 try:
                     where = publish(output, spec.output_dir, output_dirs_from_env(os.environ))
@@ -261,8 +267,9 @@ def _classify(exc: BaseException, cancel: CancelFlag, end: Any) -> int:
         # A DataLoader worker killed by the same SIGTERM surfaces as its own error: still a cancel.
         log.info("cancelled by SIGTERM")
         return end("cancelled", EXIT_CANCELLED, error="cancelled (SIGTERM)")
-    if isinstance(exc, (DataError, BadFile)):
-        # A file the job names is wrong (not UTF-8, truncated, outside the input dirs): the message names it.
+    if isinstance(exc, (DataError, BadFile, MethodError)):
+        # A file the job names is wrong (not UTF-8, truncated, outside the input dirs), or the method asks for
+        # what the model does not have (a module freeze cannot find): the message names it.
         log.error("bad input: %s", exc)
         return end("failed", EXIT_BAD_INPUT, error=str(exc).strip()[:2000])
     error = f"{type(exc).__name__}: {str(exc).strip()}"[:2000]
@@ -303,7 +310,7 @@ def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool, roots: Roots = 
     # transformers 5 renamed gradient_checkpointing; use whichever this version has without a warning.
     fields = TrainingArguments.__dataclass_fields__
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    return TrainingArguments(
+    ftq = dict(
         output_dir=str(run_dir / CHECKPOINT_DIR),
         per_device_train_batch_size=spec.per_device_train_batch_size,
         per_device_eval_batch_size=spec.per_device_eval_batch_size,
@@ -339,6 +346,8 @@ def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool, roots: Roots = 
         disable_tqdm=True,  # the log is a file; progress is in metrics.jsonl
         remove_unused_columns=False,
     )
+    # The spec's passed-through and method keys (worker.trainer_args says where they meet ftq's own).
+    return TrainingArguments(**merge_arguments(ftq, method_arguments(spec, cuda, set(fields))))
 
 
 def describe_device(cuda: bool) -> str:

@@ -27,17 +27,25 @@ from worker.confine import (
     read_json_object,
     remote_code_allowed,
     remote_code_refusal,
+    show,
 )
 from worker.data_checks import data_problems
 from worker.faults import FaultSpecError, faults_from_env
 from worker.modelfiles import check_model_files
+from worker.requirements import missing, needs
 from worker.spec import SPEC_FILE, JobSpec
 
 INSTALL_DEEPSPEED = "pip install 'ftq[deepspeed]'"
 
 
-def read_and_validate(run_dir: Path, env: Mapping[str, str] = os.environ) -> tuple[JobSpec | None, list[str]]:
-    """The spec and every problem found in it, its model directory, its datasets and FTQ_FAULT."""
+def read_and_validate(
+    run_dir: Path, env: Mapping[str, str] = os.environ, cuda: bool | None = None
+) -> tuple[JobSpec | None, list[str]]:
+    """The spec and every problem found in it, its model directory, adapters, datasets and FTQ_FAULT.
+
+    With `cuda` (whether this worker sees a CUDA device) also what the job needs
+    that this machine lacks: packages, a GPU (worker.requirements).
+    """
     roots = input_dirs_from_env(env)  # None: run by hand, not by a daemon, so nothing to confine to
     path = run_dir / SPEC_FILE
     try:
@@ -64,6 +72,11 @@ def read_and_validate(run_dir: Path, env: Mapping[str, str] = os.environ) -> tup
         problems += check_model_dir(Path(raw["model_name_or_path"]), roots)
     for field, problem in data_problems(raw, roots, output_dirs_from_env(env)):
         problems.append(f"eval_dataset: {problem}" if field == "eval_dataset" else problem)  # the others name theirs
+    if spec is not None:
+        for path in spec.adapter_paths:
+            problems += check_adapter_dir(Path(path), roots)
+        if cuda is not None:
+            problems += check_requirements(spec, roots, cuda)
     if isinstance(raw.get("deepspeed"), str) and raw["deepspeed"]:
         problems += check_deepspeed(Path(raw["deepspeed"]), pure_bf16=raw.get("pure_bf16") is True, roots=roots)
     try:
@@ -88,6 +101,38 @@ def check_model_dir(path: Path, roots: Roots = None) -> list[str]:
         problems.append(f"model_name_or_path: {path} has no tokenizer files")
     problems += [f"model_name_or_path: {problem}" for problem in check_model_files(path, roots, parse=True)]
     return problems
+
+
+def check_adapter_dir(path: Path, roots: Roots = None) -> list[str]:
+    """A directory of adapter_name_or_path is a peft adapter inside the input dirs (its files are checked on load)."""
+    try:
+        check_dir(path, roots)
+    except BadFile as exc:
+        return [f"adapter_name_or_path: {exc}"]
+    if not (path / "adapter_config.json").is_file():
+        return [f"adapter_name_or_path: {show(path)} has no adapter_config.json: it is not a peft adapter"]
+    return []
+
+
+def trained_on_adapter(spec: JobSpec, roots: Roots = None) -> dict[str, Any] | None:
+    """The adapter_config.json of the adapter the job trains on (the last one, without create_new_adapter)."""
+    if not spec.adapter_paths or spec.create_new_adapter or spec.finetuning_type != "lora":
+        return None
+    try:
+        return read_json_object(Path(spec.adapter_paths[-1]) / "adapter_config.json", roots)
+    except BadFile:
+        return None  # check_adapter_dir has said why
+
+
+def check_requirements(spec: JobSpec, roots: Roots, cuda: bool) -> list[str]:
+    """What the job needs that this worker lacks, in the words the server refuses with at submit."""
+    try:
+        config: dict[str, Any] | None = read_json_object(Path(spec.model_name_or_path) / "config.json", roots)
+    except BadFile:
+        config = None  # check_model_dir reports it
+    # DeepSpeed's own import is tried by check_deepspeed, which also catches a broken install.
+    found = missing([n for n in needs(spec, config) if n.field != "deepspeed"], spec.gpus, cuda=cuda)
+    return [f"{field}: {message}" for field, message in found]
 
 
 def read_deepspeed(path: Path, roots: Roots = None) -> dict[str, Any]:
