@@ -83,6 +83,12 @@ LOCATIONS = ("body", "path", "query", "header", "cookie")
 RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "int_parsing", "int_from_float")
 
 
+REQUIRED_HINTS = {
+    "model_name_or_path": "the local directory of the model to fine-tune",
+    "dataset": "the datasets to train on, comma-separated names from dataset_dir/dataset_info.json",
+}
+
+
 def describe_error(error: Any, ranges: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One pydantic error as {field, message}, with a fix where we know one.
 
@@ -97,7 +103,7 @@ def describe_error(error: Any, ranges: Mapping[str, str] | None = None) -> dict[
     if error.get("type") == "extra_forbidden":
         message = f"unknown key {field!r}: ftq does not know it; remove it or check its spelling"
     elif error.get("type") == "missing":
-        message = f"{field} is required"
+        message = f"{field} is required: {REQUIRED_HINTS.get(field, 'add it to the spec')}"
     elif where != "body" and ranges and field in ranges and error.get("type") in RANGE_ERRORS:
         message = f"{field} must be {ranges[field]}; got {error.get('input')!r}"
     else:

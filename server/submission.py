@@ -24,6 +24,15 @@ from worker.requirements import missing, needs
 from worker.spec import JobSpec
 
 
+def _the_rest(raw: dict[str, Any], errors: list[dict[str, Any]]) -> JobSpec | None:
+    """The spec without the keys that have problems, when that much is valid; None otherwise."""
+    bad = {error["field"].split(".")[0] for error in errors}
+    try:
+        return JobSpec.model_validate({key: value for key, value in raw.items() if key not in bad})
+    except ValidationError:
+        return None
+
+
 @dataclass(frozen=True)
 class Checked:
     """A spec that passed every check: its paths absolute and real, the JSON read for it, its assessment."""
@@ -47,6 +56,7 @@ def check_submission(
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
         errors += [describe_error(e) for e in exc.errors()]
+    spec_errors = list(errors)
     if raw.get("trust_remote_code") is True and not allow_remote_code:
         errors.append(field_error("trust_remote_code", remote_code_refusal()))
     update: dict[str, Any] = {}
@@ -57,10 +67,11 @@ def check_submission(
     except InvalidSpec as exc:
         errors += exc.errors or []
         paths_ok = False
+    rest = spec if spec is not None else _the_rest(raw, spec_errors)
+    if rest is not None:  # what the spec needs installed, from the keys that are fine when others are not
+        errors += [field_error(k, m) for k, m in missing(needs(rest, files.model_config), rest.gpus)]
     if spec is None:
         raise InvalidSpec.from_errors(errors)
-    gpus = spec.gpus
-    errors += [field_error(key, message) for key, message in missing(needs(spec, files.model_config), gpus)]
     if not paths_ok:
         raise InvalidSpec.from_errors(errors + admission_errors(spec, Assessment(), machine.gpus, machine.cpu_slots))
     resolved = spec.model_copy(update=update)

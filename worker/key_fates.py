@@ -63,6 +63,7 @@ WITHOUT_EFFECT: dict[str, tuple[Any, str]] = {
         "ftq resumes a requeued job from the job's own checkpoints; a checkpoint named here is not loaded",
     ),
     "logging_dir": (None, REPORTING),
+    "report_to": ("none", REPORTING),
     "plot_loss": (False, "ftq does not draw loss plots; the metrics are in GET /jobs/{id}/metrics and the dashboard"),
     "include_effective_tokens_per_second": (False, "ftq reports throughput in every metric record"),
     "include_tokens_per_second": (False, "ftq reports throughput in every metric record"),

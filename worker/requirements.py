@@ -107,7 +107,8 @@ def needs(spec: JobSpec, model_config: dict[str, Any] | None) -> list[Need]:
         found.append(Need("use_galore", "galore_torch", "pip install galore-torch", False, "GaLore (use_galore)"))
     if spec.use_apollo:
         found.append(Need("use_apollo", "apollo_torch", "pip install apollo-torch", False, "APOLLO (use_apollo)"))
-    found += _optim_needs(spec)
+    if not (spec.use_galore or spec.use_apollo):  # those name their package already; their optim is theirs
+        found += _optim_needs(spec)
     if spec.deepspeed is not None:
         found.append(Need("deepspeed", "deepspeed", DEEPSPEED_EXTRA, True, "DeepSpeed (deepspeed)"))
     return found

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from worker.key_fates import ALIASES, REFUSED, REPORTING, SECRETS, WITHOUT_EFFECT, is_default, nearest
+from worker.key_fates import ALIASES, REFUSED, SECRETS, WITHOUT_EFFECT, is_default, nearest
 
 # The run-dir layout and the exit codes live in worker.layout (no pydantic there: the start gate and the
 # benchmarks' stand-in workers need them before, or without, the slow imports); the spec re-exports them.
@@ -181,7 +181,6 @@ class JobSpec(MethodFields, PassedToTrainer):
     eval_steps: int | None = Field(default=None, ge=1, le=INT32_MAX)
     seed: int = Field(default=42, ge=0, le=SEED_MAX)
     dataloader_num_workers: int = Field(default=0, ge=0, le=64)
-    report_to: Literal["none"] | list[Literal["none"]] = "none"
     ddp_timeout: int = Field(default=1800, ge=1, le=INT32_MAX, description="Seconds.")
     do_eval: bool = Field(default=False, description="Evaluate once more after training (with eval data).")
     output_dir: PathText | None = Field(
@@ -299,8 +298,8 @@ def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], d
                 refuse(key, f"holds {', '.join(map(repr, unknown[:5]))}, which are not keys ftq accepts without effect")
         elif key == "stage" and value in OTHER_STAGES:
             refuse(key, f"stage {value!r} is not run by ftq: it runs supervised fine-tuning (stage: sft) only")
-        elif key == "report_to" and value not in (None, [], "none", ["none"]):
-            refuse(key, f"{REPORTING}; set report_to: none")
+        elif key == "report_to" and value in (None, [], "none", ["none"]):
+            pass  # LLaMA-Factory's "nothing", however it is spelt
         elif key in ALIASES:
             if ALIASES[key] in data and data[ALIASES[key]] != value:
                 refuse(key, f"is transformers' new name for {ALIASES[key]}, which says otherwise; keep one of them")
