@@ -25,13 +25,15 @@ import torch
 from datasets import Dataset, Features, List, Value
 
 from worker import tokenized
-from worker.confine import Roots
+from worker.confine import BadFile, Roots, read_json_object
 from worker.convert import Conversation, convert_rows
 from worker.data_checks import parse_interleave_probs, tokenized_location
 from worker.data_files import read_rows
 from worker.dataset_info import DataError, DatasetAttr, resolve_datasets
 from worker.encode import IGNORE_INDEX, Encoder, make_encoder, tokenize_conversation
 from worker.mixing import merge_datasets, split_dataset, split_examples
+from worker.templates import MalformedMessages
+from worker.tool_formats import MalformedToolJson
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ def build_datasets(
     attrs = resolve_datasets(spec.dataset_names, spec.dataset_dir, roots, peek_files=False)
     eval_names = list(getattr(spec, "eval_dataset_names", None) or [])
     eval_attrs = resolve_datasets(eval_names, spec.dataset_dir, roots, peek_files=False) if eval_names else []
-    encode = make_encoder(spec, tokenizer)
+    model_dir = getattr(spec, "model_name_or_path", None)
+    encode = make_encoder(spec, tokenizer, model_vocab_size(model_dir, roots) if model_dir else None)
     collator = PadCollator(tokenizer.pad_token_id)
     if getattr(spec, "tokenized_path", None) is None:
         return (*prepare(spec, attrs, eval_attrs, encode, roots), collator)
@@ -121,6 +124,16 @@ def encode_dataset(dataset: Dataset, encode: Encoder, spec: Any, what: str) -> D
     return encoded
 
 
+def model_vocab_size(model_dir: str, roots: Roots) -> int | None:
+    """The rows of the model's embedding, from its config.json (None where it does not say)."""
+    try:
+        config = read_json_object(Path(model_dir) / "config.json", roots)
+    except BadFile:
+        return None
+    size = config.get("vocab_size", (config.get("text_config") or {}).get("vocab_size"))
+    return size if isinstance(size, int) and size > 0 else None
+
+
 @dataclass
 class _EncodeBatch:
     """A batch of conversations to the rows of token ids of those that keep a label (picklable for num_proc)."""
@@ -130,7 +143,11 @@ class _EncodeBatch:
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
         out: dict[str, list[list[int]]] = {key: [] for key in TOKEN_FEATURES}
         for messages, system, tools in zip(batch["_messages"], batch["_system"], batch["_tools"], strict=True):
-            example = self.encode(Conversation(messages, system, tools))
+            try:
+                example = self.encode(Conversation(messages, system, tools))
+            except (MalformedMessages, MalformedToolJson) as why:  # one example's own problem: skipped, counted
+                log.warning("an example was skipped: %s", why)
+                example = None
             if example is not None:
                 for key in out:
                     out[key].append(example[key])

@@ -107,8 +107,8 @@ def needs(spec: JobSpec, model_config: dict[str, Any] | None) -> list[Need]:
         found.append(Need("use_galore", "galore_torch", "pip install galore-torch", False, "GaLore (use_galore)"))
     if spec.use_apollo:
         found.append(Need("use_apollo", "apollo_torch", "pip install apollo-torch", False, "APOLLO (use_apollo)"))
-    if not (spec.use_galore or spec.use_apollo):  # those name their package already; their optim is theirs
-        found += _optim_needs(spec)
+    named = {need.package for need in found}  # use_galore / use_apollo name their package already
+    found += [need for need in _optim_needs(spec) if need.package not in named]
     if spec.deepspeed is not None:
         found.append(Need("deepspeed", "deepspeed", DEEPSPEED_EXTRA, True, "DeepSpeed (deepspeed)"))
     return found

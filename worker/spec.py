@@ -36,6 +36,8 @@ from worker.layout import (
 from worker.methods import method_problems
 from worker.spec_methods import MethodFields
 from worker.spec_passed import PassedToTrainer
+from worker.templates import TEMPLATE_NAMES
+from worker.tool_formats import TOOL_FORMAT_NAMES
 
 # Every number is bounded where it enters, to what its column holds and what training can mean: counts of steps
 # and samples fit a 32-bit integer (far beyond any real run, and well inside SQLite's 64-bit INTEGER, so nothing
@@ -202,6 +204,10 @@ class JobSpec(MethodFields, PassedToTrainer):
         kept, without_effect, problems = sort_keys(data, set(cls.model_fields))
         try:
             spec = handler({**kept, "without_effect": without_effect} if without_effect else kept)
+            problems += [
+                {"type": PydanticCustomError("combination", why), "loc": (field,), "input": data.get(field)}
+                for field, why in spec.combination_problems()
+            ]
         except ValidationError as exc:
             problems += [
                 {"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"], "input": e["input"]}
@@ -227,38 +233,49 @@ class JobSpec(MethodFields, PassedToTrainer):
                 data["gradient_checkpointing"] = wanted
         return data
 
-    @model_validator(mode="after")
-    def _check_combinations(self) -> JobSpec:
+    def combination_problems(self) -> list[tuple[str, str]]:
+        """(field, why) for each combination of keys that cannot work together, every one of them at once."""
+        found: list[tuple[str, str]] = []
         if self.gpu_ids is not None:
             if len(set(self.gpu_ids)) != len(self.gpu_ids) or min(self.gpu_ids) < 0:
-                raise ValueError(f"gpu_ids {self.gpu_ids} must be distinct indices >= 0")
+                found.append(("gpu_ids", f"gpu_ids {self.gpu_ids} must be distinct indices >= 0"))
             if self.gpus != len(self.gpu_ids):
-                raise ValueError(f"gpus is {self.gpus} but gpu_ids names {len(self.gpu_ids)}; drop gpus or match it")
+                found.append(
+                    ("gpus", f"gpus is {self.gpus} but gpu_ids names {len(self.gpu_ids)}; drop gpus or match it")
+                )
         if self.pure_bf16 and self.fp16:
-            raise ValueError("pure_bf16 and fp16 are both true; choose one")
+            found.append(("pure_bf16", "pure_bf16 and fp16 are both true; choose one"))
         if self.deepspeed is not None and self.gpus == 0:
-            raise ValueError("deepspeed needs at least one GPU; set gpus: 1 or more, or remove deepspeed")
+            found.append(("deepspeed", "deepspeed needs at least one GPU; set gpus: 1 or more, or remove deepspeed"))
         if self.bf16 and self.fp16:
-            raise ValueError("bf16 and fp16 are both true; choose one mixed-precision mode")
+            found.append(("fp16", "bf16 and fp16 are both true; choose one mixed-precision mode"))
         if self.val_size >= 1 and self.val_size != int(self.val_size):
-            raise ValueError("val_size must be a fraction below 1 or a whole count of examples")
+            found.append(("val_size", "val_size must be a fraction below 1 or a whole count of examples"))
         if self.eval_dataset is not None and self.val_size > 0:
-            raise ValueError("eval_dataset and val_size are both set; evaluate on one or the other")
+            found.append(("eval_dataset", "eval_dataset and val_size are both set; evaluate on one or the other"))
         if self.eval_strategy != "no" and self.val_size == 0 and self.eval_dataset is None:
-            raise ValueError(
-                f"eval_strategy is {self.eval_strategy!r} but there is no eval data; set val_size or eval_dataset"
-            )
+            why = f"eval_strategy is {self.eval_strategy!r} but there is no eval data; set val_size or eval_dataset"
+            found.append(("eval_strategy", why))
         if self.disable_gradient_checkpointing is not None:
-            raise ValueError(
-                "disable_gradient_checkpointing and gradient_checkpointing contradict each other; keep one of them"
-            )
+            why = "disable_gradient_checkpointing and gradient_checkpointing contradict each other; keep one of them"
+            found.append(("disable_gradient_checkpointing", why))
         if self.interleave_probs is not None and self.mix_strategy == "concat":
-            raise ValueError("interleave_probs needs mix_strategy interleave_under or interleave_over")
+            found.append(
+                ("interleave_probs", "interleave_probs needs mix_strategy interleave_under or interleave_over")
+            )
+        if self.template is not None and self.template not in TEMPLATE_NAMES:
+            why = (
+                f"{self.template!r} is not a template ftq has; it has: {', '.join(TEMPLATE_NAMES)} (or leave it unset "
+            )
+            found.append(("template", why + "to use the tokenizer's own chat template)"))
+        if self.tool_format is not None and self.tool_format not in TOOL_FORMAT_NAMES:
+            found.append(
+                ("tool_format", f"{self.tool_format!r} is not supported; ftq has: {', '.join(TOOL_FORMAT_NAMES)}")
+            )
         problems = self.method_problems(self.finetuning_type, self.adapter_paths, self.deepspeed is not None)
         problems += method_problems(self)  # what peft and transformers refuse of the method keys
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        found += [(_field_named(problem, set(type(self).model_fields)), problem) for problem in problems]
+        return found
 
     @property
     def dataset_names(self) -> list[str]:
@@ -280,6 +297,12 @@ class JobSpec(MethodFields, PassedToTrainer):
     @property
     def liger(self) -> bool:
         return self.enable_liger_kernel or self.use_liger_kernel
+
+
+def _field_named(problem: str, fields: set[str]) -> str:
+    """The key a sentence is about: its first word when that is a key ("use_dora applies to LoRA only")."""
+    first = problem.split()[0].rstrip(":,") if problem.split() else ""
+    return first if first in fields else "spec"
 
 
 def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], dict[str, Any], list[InitErrorDetails]]:

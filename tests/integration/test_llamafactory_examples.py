@@ -46,7 +46,12 @@ EXPECTED: dict[str, set[str]] = {
     "extras__loraplus__llama3_lora_sft.yaml": set(),
     "extras__mod__llama3_full_sft.yaml": {"mixture_of_depths", "optim"},
     "extras__muon__qwen2_full_sft.yaml": {"use_muon"},
-    "extras__nlg_eval__llama3_lora_predict.yaml": {"do_predict", "predict_with_generate", "adapter_name_or_path", "dataset"},
+    "extras__nlg_eval__llama3_lora_predict.yaml": {
+        "do_predict",
+        "predict_with_generate",
+        "adapter_name_or_path",
+        "dataset",
+    },
     "extras__oft__llama3_oft_sft.yaml": set(),
     "extras__oft__qwen2_5vl_oft_sft.yaml": {"dataset", "template"},
     "extras__pissa__llama3_lora_sft.yaml": {"pissa_convert"},
