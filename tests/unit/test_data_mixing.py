@@ -9,7 +9,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from tests.unit.data_helpers import OPENAI_ENTRY, make_tokenizer, qa, write_dataset
-from worker.data import DataError, build_datasets
+from worker.data import build_datasets
 from worker.spec import JobSpec
 
 
