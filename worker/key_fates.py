@@ -248,7 +248,6 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "neat_packing": (False, PACKING),
     "eval_on_each_dataset": (False, "ftq evaluates on the eval datasets together; remove the key"),
     "preserve_thinking": (False, "keeping earlier turns' thoughts is not run by this ftq yet; remove the key"),
-    "pissa_convert": (False, "converting a PiSSA adapter to a LoRA one is not run by ftq; the PiSSA adapter is saved"),
     "use_badam": (False, f"BAdam {LF_OWN_METHOD}"),
     "use_adam_mini": (False, f"Adam-mini as LLaMA-Factory wires it {LF_OWN_METHOD}"),
     "use_muon": (False, f"Muon as LLaMA-Factory wires it {LF_OWN_METHOD}"),

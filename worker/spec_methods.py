@@ -34,6 +34,9 @@ class MethodFields(BaseModel):
     use_dora: bool = False
     pissa_init: bool = False
     pissa_iter: int = Field(default=16, ge=-1, le=10_000, description="-1: exact SVD; n: fast SVD with n iterations.")
+    pissa_convert: bool = Field(
+        default=False, description="Save the PiSSA adapter as a plain LoRA adapter for the original model."
+    )
     loraplus_lr_ratio: float | None = Field(default=None, gt=0.0, le=1e6)
     loraplus_lr_embedding: float = Field(default=1e-6, gt=0.0, le=1.0)
     create_new_adapter: bool = False
@@ -102,6 +105,8 @@ class MethodFields(BaseModel):
                 for key, used in lora_only.items()
                 if used
             ]
+        if self.pissa_convert and not self.pissa_init:
+            problems.append("pissa_convert converts a PiSSA adapter; set pissa_init: true too, or remove it")
         if adapters and finetuning_type != "lora":
             problems.append("adapter_name_or_path: an adapter is only valid for finetuning_type: lora")
         if self.quantization_bit is not None:

@@ -42,6 +42,7 @@ from worker.faults import FaultInjector, faults_from_env
 from worker.loraplus import LoraPlus
 from worker.methods import MethodError, describe_method, expected_adapter
 from worker.model import load_model, load_tokenizer
+from worker.pissa import save_converted, save_initial
 from worker.publish import publish
 from worker.ranks import exception_chain, exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
 from worker.records import make_record
@@ -185,6 +186,8 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                 callbacks=callbacks,
                 loraplus=LoraPlus.of(spec),
             )
+            if spec.pissa_init and spec.pissa_convert and trainer.is_world_process_zero():
+                pissa_initial = save_initial(trainer.model, run_dir)
             cancel.training = True
             try:
                 result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
@@ -221,6 +224,8 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         trainer.save_model(str(output))
         where = str(output.resolve())
         if trainer.is_world_process_zero():
+            if spec.pissa_init and spec.pissa_convert:
+                save_converted(trainer.model, pissa_initial, output)
             tokenizer.save_pretrained(str(output))
             log.info("saved %s to %s", "adapter" if spec.finetuning_type in ("lora", "oft") else "model", output)
             if spec.output_dir:

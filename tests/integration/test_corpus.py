@@ -149,3 +149,8 @@ def test_ftq_submit_resolves_paths_against_the_directory_it_runs_in(corpus: Corp
     assert spec["model_name_or_path"] == str(corpus.checkout / "models/tiny-chat")
     assert spec["dataset_dir"] == str(corpus.checkout / "data")  # LLaMA-Factory's default, `data`, under the cwd
     corpus.daemon.http.post(f"/jobs/{job_id}/cancel")
+
+
+def test_pissa_convert_saves_a_plain_lora_adapter_of_twice_the_rank(corpus: Corpus):
+    config = json.loads((Path(corpus.ended["pissa"]["result"]) / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["init_lora_weights"] is True  # LoRA on the original base, rank 2 x 8

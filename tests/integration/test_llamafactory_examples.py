@@ -54,7 +54,7 @@ EXPECTED: dict[str, set[str]] = {
     },
     "extras__oft__llama3_oft_sft.yaml": set(),
     "extras__oft__qwen2_5vl_oft_sft.yaml": {"dataset", "template"},
-    "extras__pissa__llama3_lora_sft.yaml": {"pissa_convert"},
+    "extras__pissa__llama3_lora_sft.yaml": set(),
     "extras__qoft__llama3_oft_sft_awq.yaml": set(),
     "extras__qoft__llama3_oft_sft_bnb_npu.yaml": {BNB},
     "extras__qoft__llama3_oft_sft_gptq.yaml": set(),
