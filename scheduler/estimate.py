@@ -215,6 +215,7 @@ def estimate_memory(
     offload_optimizer: bool = False,
     offload_params: bool = False,
     gpus: int = 1,
+    freeze_layers: int = FREEZE_TRAINABLE_LAYERS,
 ) -> MemoryEstimate:
     """Peak bytes per GPU for one fine-tune; sequences are assumed padded to cutoff_len."""
     if finetuning_type not in ("lora", "full", "freeze"):
@@ -234,7 +235,7 @@ def estimate_memory(
     if finetuning_type == "full":
         trainable, frozen_bytes = total, 0.0
     elif finetuning_type == "freeze":
-        trainable = min(FREEZE_TRAINABLE_LAYERS, layers) * shape.layer_parameters()
+        trainable = min(freeze_layers, layers) * shape.layer_parameters()
         frozen_bytes = (total - trainable) * FROZEN_BYTES[precision]
     else:
         trainable = shape.lora_parameters(lora_rank, lora_target)
@@ -259,7 +260,7 @@ def estimate_memory(
     per_layer = _activation_bytes_per_token_layer(
         shape, finetuning_type, targets, act, precision == "amp" and finetuning_type != "lora"
     )
-    saving_layers = min(FREEZE_TRAINABLE_LAYERS, layers) if finetuning_type == "freeze" else layers
+    saving_layers = min(freeze_layers, layers) if finetuning_type == "freeze" else layers
     # A padded batch (micro-batch > 1) has an explicit attention mask; SDPA turns it into
     # an additive one (batch x 1 x seq x seq, compute dtype) for the memory-efficient
     # kernel and saves that per layer. A single sequence runs is_causal with no mask.
@@ -296,22 +297,27 @@ def zero_from_deepspeed(config: dict[str, Any] | None) -> tuple[int, bool, bool]
 def estimate_for_spec(config: dict[str, Any], spec: JobSpec, deepspeed_config: dict[str, Any] | None) -> MemoryEstimate:
     """The estimate for a job spec; the caller reads config.json and the DeepSpeed JSON."""
     stage, offload_optimizer, offload_params = zero_from_deepspeed(deepspeed_config)
+    # OFT, like LoRA, trains small adapters beside a frozen (perhaps quantized) base: estimated as LoRA of its rank.
+    method = "lora" if spec.finetuning_type == "oft" else spec.finetuning_type
+    rank = (spec.oft_rank or spec.oft_block_size) if spec.finetuning_type == "oft" else spec.lora_rank
+    target = spec.oft_target if spec.finetuning_type == "oft" else spec.lora_target
     return estimate_memory(
         ModelShape.from_config(config),
-        finetuning_type=spec.finetuning_type,
-        lora_rank=spec.lora_rank,
-        lora_target=spec.lora_target,
+        finetuning_type=method,
+        lora_rank=rank,
+        lora_target=target,
         micro_batch=spec.per_device_train_batch_size,
         cutoff_len=spec.cutoff_len,
         gradient_checkpointing=spec.gradient_checkpointing,
         bf16=spec.bf16,
         fp16=spec.fp16,
         pure_bf16=spec.pure_bf16,
-        quantization_bit=getattr(spec, "quantization_bit", None),  # not in JobSpec yet
+        quantization_bit=spec.quantization_bit,
         zero_stage=stage,
         offload_optimizer=offload_optimizer,
         offload_params=offload_params,
         gpus=spec.gpus,
+        freeze_layers=abs(spec.freeze_trainable_layers) or FREEZE_TRAINABLE_LAYERS,
     )
 
 

@@ -308,3 +308,19 @@ def test_to_dict_is_rounded_gib_for_the_api() -> None:
 def test_bad_method_arguments_say_which(overrides: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         estimate("qwen2.5-0.5b", **overrides)
+
+
+def test_the_spec_methods_reach_the_estimate() -> None:
+    config = load_model_config(FIXTURES / "llama-2-7b.json")
+
+    def per_gpu(**fields: Any) -> int:
+        spec = JobSpec(model_name_or_path="m", dataset="d", bf16=True, per_device_train_batch_size=4, **fields)
+        return estimate_for_spec(config, spec, None).per_gpu
+
+    lora, full = per_gpu(), per_gpu(finetuning_type="full")
+    oft = per_gpu(finetuning_type="oft", oft_block_size=32)
+    assert lora < full and oft < full  # OFT's adapters beside a frozen base, like LoRA
+    assert per_gpu(quantization_bit=4) < per_gpu(quantization_bit=8) < lora
+    assert per_gpu(finetuning_type="freeze", freeze_trainable_layers=1) < per_gpu(
+        finetuning_type="freeze", freeze_trainable_layers=8
+    )
