@@ -75,7 +75,10 @@ def confined(tmp_path: Path, inputs: Path) -> Iterator[Daemon]:
 
 def field_errors(response: Any) -> dict[str, str]:
     assert response.status_code == 422, response.text
-    return {e["field"]: e["message"] for e in response.json()["errors"]}
+    found: dict[str, str] = {}
+    for e in response.json()["errors"]:  # a field may have several problems: all of them, one per line
+        found[e["field"]] = "\n".join(filter(None, [found.get(e["field"]), e["message"]]))
+    return found
 
 
 def test_bad_paths_are_422s_naming_the_field_and_the_file_and_the_api_keeps_answering(

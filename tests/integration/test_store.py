@@ -19,6 +19,7 @@ from scheduler.states import JobState
 from server import jobs
 from server.machine import Machine
 from server.models import Attempt, Job
+from server.settings import Settings
 from server.store import SqlStore, estimate_need
 from tests.helpers import REPO, tiny_spec
 from worker.spec import EXIT_OOM, JobSpec
@@ -116,7 +117,7 @@ def test_a_requeue_by_hand_gives_automatic_retries_afresh_and_never_repeats_what
         job = session.get(Job, job_id)
         assert job is not None
         overrides = {"per_device_train_batch_size": 2, "gradient_checkpointing": False, "cutoff_len": 64}
-        jobs.requeue(session, job, overrides, [REPO], machine)
+        jobs.requeue(session, job, overrides, Settings(data_dir=tmp_path, input_dirs=[REPO]), machine)
     assert job_of(store, job_id).oom_retries == 0
     run_out_of_memory(store, job_id, tmp_path, peak_gib=3.0)
 
