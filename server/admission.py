@@ -18,6 +18,7 @@ from scheduler.probe import GpuInfo
 from server.errors import field_error
 from server.paths import SpecFiles, read_spec_files
 from worker.confine import remote_code_refusal
+from worker.requirements import missing, needs
 from worker.spec import JobSpec
 
 Z3 = {"zero_optimization": {"stage": 3}}
@@ -142,11 +143,16 @@ def suggestions(
     return lines
 
 
-def remote_code_errors(spec: JobSpec, allow_remote_code: bool) -> list[dict[str, str]]:
+def remote_code_errors(trust_remote_code: bool, allow_remote_code: bool) -> list[dict[str, str]]:
     """trust_remote_code is the operator's call (FTQ_ALLOW_REMOTE_CODE), not the submitter's."""
-    if spec.trust_remote_code and not allow_remote_code:
+    if trust_remote_code and not allow_remote_code:
         return [field_error("trust_remote_code", remote_code_refusal())]
     return []
+
+
+def requirement_errors(spec: JobSpec, model_config: dict[str, Any] | None) -> list[dict[str, str]]:
+    """What the spec needs that this machine lacks: a package, or a GPU for a CPU slot (worker.requirements)."""
+    return [field_error(key, message) for key, message in missing(needs(spec, model_config), spec.gpus)]
 
 
 def admission_errors(

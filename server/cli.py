@@ -117,8 +117,10 @@ def watch(client: Client, ids: list[int] | None, interval: float = 1.0, out: Any
 
 
 def summary_table(client: Client, jobs: list[dict[str, Any]]) -> str:
-    """Each job's outcome: where it ran, its loss from first to last record, its wall time."""
+    """Each job's outcome: where it ran, its loss from first to last record, its wall time; then where each
+    succeeded job's adapter or model is."""
     rows = [("ID", "NAME", "STATE", "GPUS", "STEPS", "LOSS FIRST -> LAST", "WALL TIME")]
+    results = []
     for job in jobs:
         full = client.request("GET", f"/jobs/{job['id']}")
         attempt = (full.get("attempts") or [{}])[-1]
@@ -129,17 +131,9 @@ def summary_table(client: Client, jobs: list[dict[str, Any]]) -> str:
         loss = f"{_fmt_loss(losses[0].get('loss'))} -> {_fmt_loss(losses[-1].get('loss'))}" if losses else "-"
         wall = f"{full['wall_time_s']:.1f} s" if full.get("wall_time_s") is not None else "-"
         rows.append((str(job["id"]), job["name"], full["state"], gpus, steps, loss, wall))
-    return render_table(rows)
-
-
-def result_lines(client: Client, jobs: list[dict[str, Any]]) -> list[str]:
-    """Where each succeeded job's adapter or model is."""
-    lines = []
-    for job in jobs:
-        full = client.request("GET", f"/jobs/{job['id']}")
         if full.get("result"):
-            lines.append(f"job {job['id']} ({job['name']}): result in {full['result']}")
-    return lines
+            results.append(f"job {job['id']} ({job['name']}): result in {full['result']}")
+    return "\n".join([render_table(rows), *results])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,8 +194,6 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "watch":
         jobs = watch(client, args.job_ids or None)
         print("\n" + summary_table(client, jobs))
-        for line in result_lines(client, jobs):
-            print(line)
     elif args.command == "logs":
         print(client.request("GET", f"/jobs/{args.job_id}/logs", params={"tail": args.tail}), end="")
     elif args.command == "cancel":

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from server.cli import TERMINAL, Client, load_spec, result_lines, summary_table, watch
+from server.cli import TERMINAL, Client, load_spec, summary_table, watch
 
 JOBS_DIR = Path("configs/jobs")
 
@@ -76,8 +76,6 @@ def run_demo(job_files: list[Path] | None) -> int:
         jobs = watch(client, ids)
         print(f"\nAll {len(jobs)} jobs ended in {time.monotonic() - started:.1f} s:\n")
         print(summary_table(client, jobs))
-        for line in result_lines(client, jobs):
-            print(line)
         return 0 if all(j["state"] == "succeeded" for j in jobs) else 1
     except KeyboardInterrupt:
         print("\nInterrupted: cancelling the demo's jobs ...")

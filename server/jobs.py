@@ -14,9 +14,9 @@ from scheduler.retry import memory_settings
 from scheduler.states import ACTIVE, JobState
 from scheduler.tail import last_lines
 from server import queries
-from server.admission import admission_errors, assess, remote_code_errors
+from server.admission import admission_errors, assess, remote_code_errors, requirement_errors
 from server.db import read_snapshot
-from server.errors import Conflict, NotFound, field_error
+from server.errors import Conflict, NotFound
 from server.health import stalled_for_s
 from server.machine import Machine, MachineSource, machine_of
 from server.models import (
@@ -37,7 +37,6 @@ from server.paths import check_spec_inputs
 from server.settings import Settings
 from server.submission import check_submission
 from server.transitions import current_attempt, transition
-from worker.requirements import missing, needs
 from worker.spec import LOG_FILE, JobSpec
 
 
@@ -79,8 +78,8 @@ def estimate(spec: JobSpec, settings: Settings, machine: Machine) -> dict[str, A
         "fits_now": {"cuda_visible_devices": fits_now.cuda_visible_devices, "gpus": list(fits_now.resources)}
         if fits_now
         else None,
-        "problems": remote_code_errors(resolved, settings.allow_remote_code)
-        + [field_error(k, m) for k, m in missing(needs(resolved, files.model_config), resolved.gpus)]
+        "problems": remote_code_errors(resolved.trust_remote_code, settings.allow_remote_code)
+        + requirement_errors(resolved, files.model_config)
         + admission_errors(resolved, assessment, machine.gpus, machine.cpu_slots),
         "suggestions": assessment.suggestions,
     }

@@ -37,7 +37,7 @@ from worker.confine import (
     within,
 )
 from worker.confine import read_json_object as read_confined_object
-from worker.data_checks import interleave_probs_problems, tokenized_location, tokenized_path_problem
+from worker.data_checks import interleave_probs_problems, output_location, tokenized_path_problem
 from worker.dataset_info import check_entry
 from worker.modelfiles import check_model_files
 from worker.spec import JobSpec
@@ -238,7 +238,7 @@ def _check(
         if problem:
             errors.append(field_error("tokenized_path", problem.removeprefix("tokenized_path: ")))
         else:
-            update["tokenized_path"] = str(tokenized_location(fields.tokenized_path, output_roots))
+            update["tokenized_path"] = str(output_location(fields.tokenized_path, output_roots))
     if errors:
         raise InvalidSpec.from_errors(errors)
     return update, SpecFiles(model_config, deepspeed_config)
@@ -297,7 +297,7 @@ def _check_output(
     if not output_roots:
         errors.append(field_error(key, "this daemon has no output dirs (FTQ_OUTPUT_DIRS) to write it in"))
         return None
-    path = _absolute(raw, output_roots)
+    path = str(output_location(raw, output_roots))
     reading.at(key, path)
     try:
         real = os.path.realpath(path)  # it need not exist yet: what counts is where it would be written

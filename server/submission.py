@@ -15,12 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.admission import Assessment, admission_errors, assess
-from server.errors import InvalidSpec, describe_error, field_error
+from server.admission import Assessment, admission_errors, assess, remote_code_errors, requirement_errors
+from server.errors import InvalidSpec, describe_error
 from server.machine import Machine
 from server.paths import PathFields, SpecFiles, check_paths
-from worker.confine import remote_code_refusal
-from worker.requirements import missing, needs
 from worker.spec import JobSpec
 
 
@@ -57,8 +55,7 @@ def check_submission(
     except ValidationError as exc:
         errors += [describe_error(e) for e in exc.errors()]
     spec_errors = list(errors)
-    if raw.get("trust_remote_code") is True and not allow_remote_code:
-        errors.append(field_error("trust_remote_code", remote_code_refusal()))
+    errors += remote_code_errors(raw.get("trust_remote_code") is True, allow_remote_code)
     update: dict[str, Any] = {}
     files = SpecFiles()
     paths_ok = True
@@ -69,7 +66,7 @@ def check_submission(
         paths_ok = False
     rest = spec if spec is not None else _the_rest(raw, spec_errors)
     if rest is not None:  # what the spec needs installed, from the keys that are fine when others are not
-        errors += [field_error(k, m) for k, m in missing(needs(rest, files.model_config), rest.gpus)]
+        errors += requirement_errors(rest, files.model_config)
     if spec is None:
         raise InvalidSpec.from_errors(errors)
     if not paths_ok:

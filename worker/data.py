@@ -27,11 +27,12 @@ from datasets import Dataset, Features, List, Value
 from worker import tokenized
 from worker.confine import BadFile, Roots, read_json_object
 from worker.convert import Conversation, convert_rows
-from worker.data_checks import parse_interleave_probs, tokenized_location
+from worker.data_checks import output_location, parse_interleave_probs
 from worker.data_files import read_rows
 from worker.dataset_info import DataError, DatasetAttr, resolve_datasets
-from worker.encode import IGNORE_INDEX, Encoder, make_encoder, tokenize_conversation
+from worker.encode import Encoder, make_encoder
 from worker.mixing import merge_datasets, split_dataset, split_examples
+from worker.supervised import IGNORE_INDEX
 from worker.templates import MalformedMessages
 from worker.tool_formats import MalformedToolJson
 
@@ -64,7 +65,7 @@ def build_datasets(
     collator = PadCollator(tokenizer.pad_token_id)
     if getattr(spec, "tokenized_path", None) is None:
         return (*prepare(spec, attrs, eval_attrs, encode, roots), collator)
-    path = tokenized_location(spec.tokenized_path, output_roots)
+    path = output_location(spec.tokenized_path, output_roots)
     made_from = tokenized.recipe(spec, attrs, eval_attrs, tokenizer, roots)
     with tokenized.locked(path, output_roots):
         saved = tokenized.load(path, made_from, output_roots)
@@ -195,5 +196,4 @@ __all__ = [
     "load_conversations",
     "resolve_datasets",
     "split_examples",
-    "tokenize_conversation",
 ]

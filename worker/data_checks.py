@@ -58,8 +58,9 @@ def interleave_probs_problems(text: str | None, counts: dict[str, int]) -> list[
     return problems
 
 
-def tokenized_location(raw: str, output_roots: Roots) -> Path:
-    """Where tokenized_path points: absolute as given, relative to the first output dir (or the cwd unconfined)."""
+def output_location(raw: str, output_roots: Roots) -> Path:
+    """Where a path the job writes (tokenized_path, output_dir) points: absolute as given, relative to the first
+    output dir (or the cwd unconfined)."""
     path = os.path.expanduser(raw)
     if not os.path.isabs(path) and output_roots:
         path = os.path.join(output_roots[0], path)
@@ -78,7 +79,7 @@ def tokenized_path_problem(raw: str, output_roots: Roots) -> str | None:
             "tokenized_path: this daemon names no output dirs (FTQ_OUTPUT_DIRS), so a tokenized set cannot be "
             "written anywhere; drop tokenized_path"
         )
-    path = tokenized_location(raw, output_roots)
+    path = output_location(raw, output_roots)
     try:
         real = os.path.realpath(path)
     except (OSError, ValueError) as exc:

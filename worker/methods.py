@@ -125,8 +125,51 @@ def low_rank_optimizer(spec: JobSpec) -> dict[str, Any]:
 
 
 def method_problems(spec: JobSpec) -> list[str]:
-    """Combinations of method keys that peft or transformers refuse, found before anything loads."""
-    problems = []
+    """Combinations of method keys that LLaMA-Factory (its hparams/parser.py and finetuning_args.py, in its
+    words), peft or transformers refuse, found before anything loads."""
+    problems: list[str] = []
+    if spec.finetuning_type != "lora":
+        lora_only = {
+            "loraplus_lr_ratio": spec.loraplus_lr_ratio is not None,
+            "use_rslora": spec.use_rslora,
+            "use_dora": spec.use_dora,
+            "pissa_init": spec.pissa_init,
+        }
+        problems += [
+            f"{key} applies to LoRA only; set finetuning_type: lora or remove it"
+            for key, used in lora_only.items()
+            if used
+        ]
+    if spec.pissa_convert and not spec.pissa_init:
+        problems.append("pissa_convert converts a PiSSA adapter; set pissa_init: true too, or remove it")
+    if spec.adapter_paths and spec.finetuning_type != "lora":
+        problems.append("adapter_name_or_path: an adapter is only valid for finetuning_type: lora")
+    if spec.quantization_bit is not None:
+        if spec.quantization_method != "bnb":
+            problems.append(
+                f"quantization_method: {spec.quantization_method} is not run by ftq; ftq quantizes on the fly "
+                "with bitsandbytes (bnb). A GPTQ / AWQ / AQLM model is trained from its own pre-quantized "
+                "checkpoint: remove quantization_bit and point model_name_or_path at it"
+            )
+        if spec.finetuning_type not in ("lora", "oft"):
+            problems.append("quantization_bit: quantization works with finetuning_type lora or oft only")
+        if spec.pissa_init:
+            problems.append("pissa_init cannot initialize PiSSA on a quantized model (LLaMA-Factory's rule)")
+        if spec.adapter_paths and spec.create_new_adapter:
+            problems.append("create_new_adapter cannot create a new adapter upon a quantized model")
+        if len(spec.adapter_paths) > 1:
+            problems.append("adapter_name_or_path: a quantized model takes a single adapter; merge them first")
+    elif spec.quantization_method != "bnb":
+        problems.append(
+            f"quantization_method: {spec.quantization_method} without quantization_bit does nothing; "
+            "remove it (a pre-quantized checkpoint brings its own quantization_config)"
+        )
+    if spec.finetuning_type == "lora" and (spec.use_galore or spec.use_apollo):
+        problems.append("use_galore / use_apollo cannot train LoRA; use finetuning_type full or freeze")
+    if spec.use_galore and spec.use_apollo:
+        problems.append("use_galore and use_apollo are both true; choose one")
+    if (spec.use_galore or spec.use_apollo) and spec.deepspeed is not None:
+        problems.append("use_galore / use_apollo are incompatible with DeepSpeed (as in LLaMA-Factory)")
     if spec.finetuning_type == "oft" and (spec.oft_rank == 0) == (spec.oft_block_size == 0):
         state = "both 0" if spec.oft_rank == 0 else f"both set ({spec.oft_rank} and {spec.oft_block_size})"
         problems.append(

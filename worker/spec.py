@@ -272,9 +272,8 @@ class JobSpec(MethodFields, PassedToTrainer):
             found.append(
                 ("tool_format", f"{self.tool_format!r} is not supported; ftq has: {', '.join(TOOL_FORMAT_NAMES)}")
             )
-        problems = self.method_problems(self.finetuning_type, self.adapter_paths, self.deepspeed is not None)
-        problems += method_problems(self)  # what peft and transformers refuse of the method keys
-        found += [(_field_named(problem, set(type(self).model_fields)), problem) for problem in problems]
+        fields = set(type(self).model_fields)
+        found += [(_field_named(problem, fields), problem) for problem in method_problems(self)]
         return found
 
     @property
@@ -308,7 +307,7 @@ def _field_named(problem: str, fields: set[str]) -> str:
 def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], dict[str, Any], list[InitErrorDetails]]:
     """(keys for the model's fields, keys accepted without effect, problems), per worker.key_fates."""
     kept: dict[str, Any] = {}
-    without_effect: dict[str, Any] = dict(data.get("without_effect") or {}) if "without_effect" in data else {}
+    without_effect: dict[str, Any] = dict(data.get("without_effect") or {})
     problems: list[InitErrorDetails] = []
 
     def refuse(key: str, why: str) -> None:

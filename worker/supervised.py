@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-IGNORE_INDEX = -100  # the label the loss skips (also worker.data's; that module imports torch)
+IGNORE_INDEX = -100  # the label the loss skips; worker.data takes it from here
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:

@@ -32,10 +32,10 @@ from worker.confine import (
 from worker.data_checks import data_problems
 from worker.faults import FaultSpecError, faults_from_env
 from worker.modelfiles import check_model_files
-from worker.requirements import missing, needs
+from worker.requirements import DEEPSPEED_EXTRA, missing, needs
 from worker.spec import SPEC_FILE, JobSpec
 
-INSTALL_DEEPSPEED = "pip install 'ftq[deepspeed]'"
+INSTALL_DEEPSPEED = DEEPSPEED_EXTRA  # the one install command, said at submit too
 
 
 def read_and_validate(

@@ -19,9 +19,9 @@ from worker.data import (
     build_datasets,
     load_conversations,
     split_examples,
-    tokenize_conversation,
 )
-from worker.encode import chat_messages
+from worker.encode import make_encoder
+from worker.templates import CHAT_ROLES
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_sharegpt_default_tags_keep_function_and_observation_roles_and_system_an
     assert [m["role"] for m in conv.messages] == ["user", "function", "observation", "assistant"]
     assert conv.system == "You are support."
     assert json.loads(conv.tools) == tools
-    # The chat-template path: the system prompt first, a call is the assistant's, a result a tool message.
-    assert [m["role"] for m in chat_messages(conv)] == ["system", "user", "assistant", "tool", "assistant"]
+    # The chat-template path: a call is the assistant's, a result a tool message.
+    assert [CHAT_ROLES[m["role"]] for m in conv.messages] == ["user", "assistant", "tool", "assistant"]
 
 
 def test_tools_given_as_a_list_become_json_text_and_tags_an_entry_leaves_out_are_none(tmp_path: Path) -> None:
@@ -207,14 +207,21 @@ def test_only_assistant_tokens_are_labelled(tokenizer: PreTrainedTokenizerFast, 
     write_dataset(tmp_path, {"cs": OPENAI_ENTRY}, {"chat.jsonl": [row]})
     (conv,) = load_conversations(["cs"], tmp_path, None)
 
-    example = tokenize_conversation(tokenizer, conv, cutoff_len=1024)
+    example = chat_template_encoder(tokenizer, cutoff_len=1024)(conv)
 
     assert example is not None
-    full_text = tokenizer.apply_chat_template(chat_messages(conv), tokenize=False)
+    turns = [("system", "Be kind."), ("user", "where is my order"), ("assistant", "your refund"),
+             ("user", "hello"), ("assistant", "how can I help")]  # fmt: skip
+    full_text = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=False)
     assert tokenizer.decode(example["input_ids"]) == full_text
     spans = labelled_spans(example["labels"])
     decoded = [tokenizer.decode(span) for span in spans]
     assert decoded == ["your refund<|im_end|>\n", "how can I help<|im_end|>\n"]
+
+
+def chat_template_encoder(tokenizer: PreTrainedTokenizerFast, cutoff_len: int):
+    """The encoder a job without `template` gets: the tokenizer's own chat template."""
+    return make_encoder(SimpleNamespace(cutoff_len=cutoff_len, template=None), tokenizer)
 
 
 def labelled_spans(labels: list[int]) -> list[list[int]]:
@@ -231,22 +238,26 @@ def labelled_spans(labels: list[int]) -> list[list[int]]:
 
 def test_truncation_at_cutoff_len_and_drop_when_no_label_left(tokenizer: PreTrainedTokenizerFast) -> None:
     conv = Conversation([{"role": "user", "content": "where is my order " * 3}, {"role": "assistant", "content": "ok"}])
-    full = tokenize_conversation(tokenizer, conv, cutoff_len=10_000)
+    encode = chat_template_encoder(tokenizer, cutoff_len=10_000)
+    full = encode(conv)
     assert full is not None
     prompt_len = full["labels"].index(next(label for label in full["labels"] if label != IGNORE_INDEX))
+    answer = full["labels"][prompt_len:]
 
-    cut = tokenize_conversation(tokenizer, conv, cutoff_len=prompt_len + 1)
+    cut = chat_template_encoder(tokenizer, cutoff_len=prompt_len + 1)(conv)
     assert cut is not None
     assert len(cut["input_ids"]) == len(cut["labels"]) == len(cut["attention_mask"]) == prompt_len + 1
     assert cut["labels"][-1] != IGNORE_INDEX
+    # LLaMA-Factory's per-turn truncation (infer_seqlen): a short answer is kept whole, the prompt gives way.
+    assert cut["labels"][-len(answer) :] == answer
 
-    assert tokenize_conversation(tokenizer, conv, cutoff_len=prompt_len) is None
+    assert chat_template_encoder(tokenizer, cutoff_len=1)(conv) is None
 
 
 def test_tokenizer_without_chat_template_is_a_clear_error(tokenizer: PreTrainedTokenizerFast) -> None:
     bare = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>")
     with pytest.raises(DataError, match="no chat_template"):
-        tokenize_conversation(bare, Conversation([{"role": "user", "content": "a"}]), cutoff_len=10)
+        chat_template_encoder(bare, cutoff_len=10)
 
 
 def test_build_datasets_and_collator_pad_right(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
