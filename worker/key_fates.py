@@ -39,7 +39,6 @@ KTRANSFORMERS = "KTransformers is another engine, not run by ftq"
 FSDP = "ftq runs multi-GPU jobs with DDP or DeepSpeed, not FSDP; give a DeepSpeed ZeRO-3 config instead"
 PREDICT = "ftq trains; it does not run prediction or generation (run it on the result with llamafactory-cli)"
 VOCAB = "changing the tokenizer's vocabulary is not run by ftq; add the tokens to the model directory's tokenizer"
-PACKING = "sequence packing is not run by this ftq yet; remove the key (each example is its own sequence)"
 LF_OWN_METHOD = "is LLaMA-Factory's own code, not in transformers or a maintained package; ftq does not run it"
 
 # Keys whose values ftq never shows back (in notes or errors): they would put a credential in the database.
@@ -72,6 +71,7 @@ WITHOUT_EFFECT: dict[str, tuple[Any, str]] = {
     "save_safetensors": (True, "ftq always saves safetensors"),
     "remove_unused_columns": (True, "ftq's data collator needs every column it builds"),
     "label_names": (None, "ftq's examples carry their labels under `labels`"),
+    "block_diag_attn": (False, "LLaMA-Factory sets it from neat_packing; set neat_packing: true instead"),
     "length_column_name": ("length", "ftq's examples have no length column; group_by_length measures input_ids"),
     "local_rank": (-1, LAUNCH),
     "use_cpu": (False, "ftq runs a job on a CPU slot when it asks for `gpus: 0`, on GPUs otherwise"),
@@ -241,11 +241,8 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "train_from_scratch": (False, "ftq fine-tunes existing weights; it does not initialize a model from scratch"),
     "use_v1_kernels": (False, "LLaMA-Factory's v1 kernels are its own code; ftq does not run them"),
     "use_kt": (False, KTRANSFORMERS),
-    "block_diag_attn": (False, PACKING),
     "media_dir": (None, MULTIMODAL),
     "streaming": (False, "streaming datasets are not run by ftq: it tokenizes the data once (see tokenized_path)"),
-    "packing": (None, PACKING),
-    "neat_packing": (False, PACKING),
     "eval_on_each_dataset": (False, "ftq evaluates on the eval datasets together; remove the key"),
     "preserve_thinking": (False, "keeping earlier turns' thoughts is not run by this ftq yet; remove the key"),
     "use_badam": (False, f"BAdam {LF_OWN_METHOD}"),

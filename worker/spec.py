@@ -34,6 +34,7 @@ from worker.layout import (
     SPEC_FILE,
 )
 from worker.methods import method_problems
+from worker.spec_batching import BatchingFields
 from worker.spec_methods import MethodFields
 from worker.spec_passed import PassedToTrainer
 from worker.templates import TEMPLATE_NAMES
@@ -61,7 +62,7 @@ OTHER_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
 REPORTERS_OK = ("none",)
 
 
-class JobSpec(MethodFields, PassedToTrainer):
+class JobSpec(MethodFields, PassedToTrainer, BatchingFields):
     """What to fine-tune, on what, how, and with how many GPUs."""
 
     # allow_inf_nan: Infinity and NaN (which JSON parsers accept) are refused: no field means anything with them.

@@ -1,0 +1,30 @@
+"""How ftq's chunked cross-entropy cuts the logits, and which models it cannot serve: shared by the worker
+(worker.chunked_loss) and the memory estimate (scheduler.estimate), so both count the same chunk.
+
+Pure: no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Logits alive at once in the chunked loss: 2**27 fp32 logits are 512 MiB, e.g. ~880 tokens of a 152k vocabulary.
+# Large enough that each chunk's matmul keeps a GPU busy, small enough to be a rounding error beside B x T x V.
+CHUNK_LOGITS = 2**27
+MIN_CHUNK_TOKENS = 64
+
+# config.json keys by which a model changes its logits after the output layer (Gemma 2/3's soft-capping,
+# Cohere's and Granite's scaling) or adds a loss of its own (a MoE router's aux loss): the chunked loss computes
+# output_layer(hidden) and its cross-entropy only, so such a model keeps transformers' own loss.
+LOGIT_CHANGERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
+
+
+def chunk_tokens(vocab_size: int) -> int:
+    """Tokens per chunk of the chunked cross-entropy for a vocabulary of this size."""
+    return max(MIN_CHUNK_TOKENS, CHUNK_LOGITS // max(vocab_size, 1))
+
+
+def loss_blockers(config: dict[str, Any]) -> list[str]:
+    """The config.json keys (top level or text_config) that keep this model on transformers' own loss."""
+    parts = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
+    return [key for key in LOGIT_CHANGERS for part in parts if part.get(key) not in (None, False, 1, 1.0)]
