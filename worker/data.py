@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
 from datasets import Dataset, Features, List, Value
 
 from worker import tokenized
+from worker.batching import FlatCollator, PadCollator, make_collator
 from worker.confine import BadFile, Roots, read_json_object
 from worker.convert import Conversation, convert_rows
 from worker.data_checks import output_location, parse_interleave_probs
@@ -32,6 +32,7 @@ from worker.data_files import read_rows
 from worker.dataset_info import DataError, DatasetAttr, resolve_datasets
 from worker.encode import Encoder, make_encoder
 from worker.mixing import merge_datasets, split_dataset, split_examples
+from worker.packing import PackRows
 from worker.supervised import IGNORE_INDEX
 from worker.templates import MalformedMessages
 from worker.tool_formats import MalformedToolJson
@@ -46,11 +47,12 @@ CONVERSATION_FEATURES = Features(
     }
 )
 TOKEN_FEATURES = Features({key: List(Value("int32")) for key in ("input_ids", "attention_mask", "labels")})
+PACKED_FEATURES = Features({key: List(Value("int32")) for key in ("input_ids", "labels", "position_ids")})
 
 
 def build_datasets(
     spec: Any, tokenizer: Any, roots: Roots = None, output_roots: Roots = None
-) -> tuple[Dataset, Dataset | None, PadCollator]:
+) -> tuple[Dataset, Dataset | None, PadCollator | FlatCollator]:
     """From spec to (train, eval or None, collator); raises DataError with what to fix.
 
     `roots`: the input dirs every dataset file is read from; `output_roots`: the output dirs tokenized_path lies in
@@ -62,7 +64,7 @@ def build_datasets(
     eval_attrs = resolve_datasets(eval_names, spec.dataset_dir, roots, peek_files=False) if eval_names else []
     model_dir = getattr(spec, "model_name_or_path", None)
     encode = make_encoder(spec, tokenizer, model_vocab_size(model_dir, roots) if model_dir else None)
-    collator = PadCollator(tokenizer.pad_token_id)
+    collator = make_collator(spec, tokenizer.pad_token_id)
     if getattr(spec, "tokenized_path", None) is None:
         return (*prepare(spec, attrs, eval_attrs, encode, roots), collator)
     path = output_location(spec.tokenized_path, output_roots)
@@ -122,6 +124,18 @@ def encode_dataset(dataset: Dataset, encode: Encoder, spec: Any, what: str) -> D
         log.warning("%s: dropped %d examples with no label within cutoff_len %d", what, dropped, spec.cutoff_len)
     if not len(encoded):
         raise DataError(f"{what}: no example keeps an assistant token within cutoff_len {spec.cutoff_len}; raise it")
+    if getattr(spec, "packing", None) or getattr(spec, "neat_packing", False):
+        examples = len(encoded)
+        encoded = encoded.map(
+            PackRows(spec.cutoff_len),
+            batched=True,
+            batch_size=getattr(spec, "preprocessing_batch_size", 1000),
+            remove_columns=encoded.column_names,
+            features=PACKED_FEATURES,
+            new_fingerprint=uuid.uuid4().hex,
+        )
+        rows, width = len(encoded), spec.cutoff_len
+        log.info("%s: %d examples packed into %d rows of at most %d tokens", what, examples, rows, width)
     return encoded
 
 
@@ -172,25 +186,11 @@ def _conversations(attr: DatasetAttr, max_samples: int | None, roots: Roots) -> 
     return conversations
 
 
-@dataclass
-class PadCollator:
-    """Right-pads a batch: pad id for input_ids, 0 for attention_mask, -100 for labels."""
-
-    pad_token_id: int
-
-    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(example["input_ids"]) for example in batch)
-        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
-        return {
-            key: torch.tensor([ex[key] + [pad] * (width - len(ex[key])) for ex in batch], dtype=torch.long)
-            for key, pad in pads.items()
-        }
-
-
 __all__ = [
     "IGNORE_INDEX",
     "Conversation",
     "DataError",
+    "FlatCollator",
     "PadCollator",
     "build_datasets",
     "load_conversations",

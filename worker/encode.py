@@ -41,6 +41,12 @@ Encoded = dict[str, list[int]]  # input_ids, attention_mask, labels
 Encoder = Callable[[Conversation], Encoded | None]  # None: nothing left to learn within cutoff_len
 
 
+def encoding_cutoff(spec: Any) -> int:
+    """The length examples are cut to: cutoff_len, or one less under packing, as LLaMA-Factory cuts them."""
+    packs = getattr(spec, "packing", None) or getattr(spec, "neat_packing", False)
+    return spec.cutoff_len - 1 if packs else spec.cutoff_len
+
+
 def make_encoder(spec: Any, tokenizer: Any, vocab_size: int | None = None) -> Encoder:
     """The encoder for this job; raises DataError when it cannot encode at all.
 
@@ -49,12 +55,13 @@ def make_encoder(spec: Any, tokenizer: Any, vocab_size: int | None = None) -> En
     model's embedding rows; a template whose special tokens the model does not have is refused, since
     training on ids past the embedding would fail (LLaMA-Factory needs resize_vocab there).
     """
+    cutoff_len = encoding_cutoff(spec)
     train_on_prompt = bool(getattr(spec, "train_on_prompt", False))
     mask_history = bool(getattr(spec, "mask_history", False))
     name = getattr(spec, "template", None)
     if name is None:
         require_chat_template(tokenizer)
-        return SupervisedEncoder(ChatTemplatePairs(tokenizer), spec.cutoff_len, train_on_prompt, mask_history)
+        return SupervisedEncoder(ChatTemplatePairs(tokenizer), cutoff_len, train_on_prompt, mask_history)
     try:
         template = get_template(name, spec.default_system, spec.tool_format, spec.enable_thinking)
         fix = fix_tokenizer(template, tokenizer)
@@ -72,7 +79,7 @@ def make_encoder(spec: Any, tokenizer: Any, vocab_size: int | None = None) -> En
         )
     pairs = TemplatePairs(template, tokenizer, mask_history)
     return SupervisedEncoder(
-        pairs, spec.cutoff_len, train_on_prompt, mask_history, template.efficient_eos, tokenizer.eos_token_id
+        pairs, cutoff_len, train_on_prompt, mask_history, template.efficient_eos, tokenizer.eos_token_id
     )
 
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from worker.loss_chunks import AUX_LOSS_NAMES
+
 log = logging.getLogger(__name__)
 
 # LLaMA-Factory's LAYERNORM_NAMES: a 1-D parameter whose name holds one of these is a norm's weight or bias.
 NORM_NAMES = ("norm", "ln")
-# The aux-loss coefficient under the names MoE configs give it (Mixtral, Qwen-MoE …; DeepSeek; JetMoE).
-AUX_LOSS_NAMES = ("router_aux_loss_coef", "aux_loss_alpha", "aux_loss_coef")
 
 
 def configure_moe(config: Any, coef: float | None) -> list[str]:

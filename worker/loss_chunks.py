@@ -17,6 +17,13 @@ MIN_CHUNK_TOKENS = 64
 # Cohere's and Granite's scaling) or adds a loss of its own (a MoE router's aux loss): the chunked loss computes
 # output_layer(hidden) and its cross-entropy only, so such a model keeps transformers' own loss.
 LOGIT_CHANGERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
+# The aux-loss coefficient under the names MoE configs give it (Mixtral, Qwen-MoE …; DeepSeek; JetMoE):
+# moe_aux_loss_coef turns the router's aux loss on where the config has one (worker.kernels).
+AUX_LOSS_NAMES = ("router_aux_loss_coef", "aux_loss_alpha", "aux_loss_coef")
+
+LIGER = "liger"
+CHUNKED = "chunked"
+FULL_LOGITS = "full logits"
 
 
 def chunk_tokens(vocab_size: int) -> int:
@@ -24,7 +31,27 @@ def chunk_tokens(vocab_size: int) -> int:
     return max(MIN_CHUNK_TOKENS, CHUNK_LOGITS // max(vocab_size, 1))
 
 
-def loss_blockers(config: dict[str, Any]) -> list[str]:
+def loss_blockers(config: dict[str, Any], moe_aux_loss_coef: float | None = None) -> list[str]:
     """The config.json keys (top level or text_config) that keep this model on transformers' own loss."""
     parts = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
-    return [key for key in LOGIT_CHANGERS for part in parts if part.get(key) not in (None, False, 1, 1.0)]
+    found = [key for key in LOGIT_CHANGERS for part in parts if part.get(key) not in (None, False, 1, 1.0)]
+    if moe_aux_loss_coef:
+        found += [key for key in AUX_LOSS_NAMES for part in parts if key in part]
+    return found
+
+
+def loss_kernel(spec: Any, config: dict[str, Any], *, cuda: bool, zero_stage: int, liger_installed: bool) -> str:
+    """How the job computes its loss: LIGER, CHUNKED or FULL_LOGITS (see worker.chunked_loss).
+
+    enable_liger_kernel asks for Liger's kernels outright (their fused loss among them). Otherwise
+    fused_cross_entropy takes Liger's fused loss on a GPU where it is installed, ftq's chunked loss elsewhere;
+    a model that changes its logits or adds a loss, and ZeRO-3 (whose partitioned output layer is gathered
+    only inside the model's own forward), keep the full logits.
+    """
+    if getattr(spec, "enable_liger_kernel", False) or getattr(spec, "use_liger_kernel", False):
+        return LIGER
+    if not getattr(spec, "fused_cross_entropy", False) or zero_stage >= 3:
+        return FULL_LOGITS
+    if loss_blockers(config, getattr(spec, "moe_aux_loss_coef", None)):
+        return FULL_LOGITS
+    return LIGER if cuda and liger_installed else CHUNKED

@@ -22,10 +22,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from worker.adapters import setup_method
+from worker.batching import is_flat
 from worker.confine import BadFile, Roots, remote_code_allowed, show
 from worker.kernels import configure_moe, upcast_layernorm, upcast_lmhead_output
 from worker.methods import attn_implementation
 from worker.modelfiles import TOKENIZER_FILES, bad_file_behind, check_model_files
+from worker.packed_attention import NAME as PACKED_ATTENTION
+from worker.packed_attention import packed_implementation, register
 from worker.quantize import is_quantized, quantization_kwargs
 from worker.ranks import exception_is_oom
 from worker.spec import JobSpec
@@ -107,7 +110,7 @@ def load_model(spec: JobSpec, cuda: bool, roots: Roots = None) -> Any:
     for setting in configure_moe(config, spec.moe_aux_loss_coef):
         log.info("moe_aux_loss_coef: %s", setting)
     extra = quantization_kwargs(spec, config, dtype, zero3)
-    attention = attn_implementation(spec.flash_attn)
+    attention = model_attention(spec, config.to_dict())
     if attention is not None:
         extra["attn_implementation"] = attention
     model = _loaded(
@@ -128,8 +131,10 @@ def load_model(spec: JobSpec, cuda: bool, roots: Roots = None) -> Any:
         spec.model_name_or_path, type(model).__name__, dtype, model.config._attn_implementation,
         " (quantized)" if quantized else "",
     )  # fmt: skip
-    if spec.gradient_checkpointing:
-        # The KV cache is useless in training and conflicts with recomputation.
+    if spec.gradient_checkpointing or is_flat(spec):
+        # The KV cache is useless in training and conflicts with recomputation. With padding-free rows it would
+        # also be wrong: transformers looks for the examples of a row (restarting position_ids) only without a
+        # cache, and otherwise lets every token attend across the row.
         model.config.use_cache = False
     if spec.upcast_layernorm:
         upcast_layernorm(model)
@@ -142,6 +147,18 @@ def load_model(spec: JobSpec, cuda: bool, roots: Roots = None) -> Any:
     trainable, total = count_parameters(model)
     log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
     return model
+
+
+def model_attention(spec: JobSpec, config: dict[str, Any]) -> str | None:
+    """transformers' attn_implementation for the job: the spec's flash_attn, or ftq's per-example attention
+    for padding-free rows where the spec leaves the choice (worker.packed_attention)."""
+    asked = attn_implementation(spec.flash_attn)
+    if not is_flat(spec):
+        return asked
+    chosen = packed_implementation(asked, config)
+    if chosen == PACKED_ATTENTION:
+        register()
+    return chosen
 
 
 def _loaded(spec: JobSpec, roots: Roots, load: Callable[[], Any]) -> Any:

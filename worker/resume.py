@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from worker.cancel import Cancelled
 from worker.checkpoints import UNUSABLE_MARK, TrainingShape, write_shape
 from worker.loraplus import LoraPlus
+from worker.loss_trainer import LossAndTokens
 from worker.ranks import exception_is_oom
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class CheckpointLoadError(Exception):
         self.why = why
 
 
-class ResumingTrainer(Trainer):
+class ResumingTrainer(LossAndTokens, Trainer):
     """transformers' Trainer whose checkpoint loading fails with CheckpointLoadError.
 
     The three methods wrapped are where Trainer.train reads a checkpoint: the

@@ -70,9 +70,19 @@ def recipe(spec: Any, attrs: list[DatasetAttr], eval_attrs: list[DatasetAttr], t
         "datasets": [_dataset(attr, roots) for attr in attrs],
         "eval_datasets": [_dataset(attr, roots) for attr in eval_attrs],
         **{key: getattr(spec, key, None) for key in RECIPE_FIELDS},
+        **_packing(spec),
         "tokenizer": _tokenizer(spec.model_name_or_path, tokenizer, roots),
     }
     return json.loads(json.dumps(made_from))  # as it reads back from the manifest
+
+
+def _packing(spec: Any) -> dict[str, Any]:
+    """Packed rows depend on the packing keys and on the preprocessing batches they are packed within; a set
+    that is not packed keeps the recipe it always had."""
+    if not (getattr(spec, "packing", None) or getattr(spec, "neat_packing", False)):
+        return {}
+    keys = ("packing", "neat_packing", "preprocessing_batch_size")
+    return {"packed": {key: getattr(spec, key, None) for key in keys}}
 
 
 def _dataset(attr: DatasetAttr, roots: Roots) -> dict[str, Any]:

@@ -11,9 +11,11 @@ leaves one behind (worker.sink), so requeueing loses nothing.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -24,6 +26,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
+from worker.batching import batching_name
 from worker.cancel import CancelFlag, Cancelled, stop_check
 from worker.checkpoints import (
     Checkpoint,
@@ -36,12 +39,14 @@ from worker.checkpoints import (
     plan_resume,
     read_shape,
 )
-from worker.confine import BadFile, Roots, input_dirs_from_env, output_dirs_from_env
+from worker.chunked_loss import ChunkedLoss
+from worker.confine import BadFile, Roots, input_dirs_from_env, output_dirs_from_env, read_json_object
 from worker.data import DataError, build_datasets
 from worker.faults import FaultInjector, faults_from_env
 from worker.loraplus import LoraPlus
+from worker.loss_chunks import CHUNKED, FULL_LOGITS, loss_kernel
 from worker.methods import MethodError, describe_method, expected_adapter
-from worker.model import load_model, load_tokenizer
+from worker.model import load_model, load_tokenizer, model_attention
 from worker.pissa import save_converted, save_initial
 from worker.publish import publish
 from worker.ranks import exception_chain, exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
@@ -104,6 +109,8 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                 elapsed_time=hms(time.monotonic() - started),
                 peak_vram_reserved=round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
                 peak_vram_allocated=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
+                peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 2),
+                **token_counts(trainer),
                 **fields,
             ),
         )
@@ -150,12 +157,13 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         plan = plan_resume(run_dir / CHECKPOINT_DIR, expected, set_aside=rank == 0)
         resume = plan.checkpoint
         _log_plan(plan)
-        start_record(resume, plan)
+        batching = how_it_batches(spec, cuda, roots)
+        start_record(resume, plan, **batching)
 
         # 2. set up: seed, arguments (under torchrun they join the process group, and DeepSpeed ZeRO-3 must
         # know of its config before the model is loaded, to load it partitioned), tokenizer, data
         set_seed(spec.seed)
-        args = training_arguments(spec, run_dir, cuda, roots)
+        args = training_arguments(spec, run_dir, cuda, roots, batching["loss_kernel"])
         tokenizer = load_tokenizer(spec, roots)
         train_set, eval_set, collator = build_datasets(spec, tokenizer, roots, output_dirs_from_env(os.environ))
         shape = TrainingShape(
@@ -186,6 +194,9 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                 callbacks=callbacks,
                 loraplus=LoraPlus.of(spec),
             )
+            if batching["loss_kernel"] == CHUNKED:
+                trainer.chunked = chunked_loss(trainer.model, train_set[0]["input_ids"])
+                batching["loss_kernel"] = CHUNKED if trainer.chunked is not None else FULL_LOGITS
             if spec.pissa_init and spec.pissa_convert and trainer.is_world_process_zero():
                 pissa_initial = save_initial(trainer.model, run_dir)
             cancel.training = True
@@ -234,7 +245,10 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                 except BadFile as exc:
                     why = f"training succeeded and the result is in {where}, but {exc}"
                     return end("failed", EXIT_FAILED, error=why, output=OUTPUT_DIR)
-        return end("succeeded", 0, output=OUTPUT_DIR, result=where, final_loss=_final_loss(result, callback))
+        return end(
+            "succeeded", 0, output=OUTPUT_DIR, result=where, final_loss=_final_loss(result, callback),
+            loss_kernel=batching["loss_kernel"],
+        )  # fmt: skip
     except BaseException as exc:  # every way out must leave an end record
         return _classify(exc, cancel, end)
 
@@ -294,7 +308,49 @@ def _tried_to_allocate(exc: BaseException) -> int | None:
     return next((wanted for wanted in said if wanted is not None), None)
 
 
-def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool, roots: Roots = None) -> TrainingArguments:
+def how_it_batches(spec: JobSpec, cuda: bool, roots: Roots) -> dict[str, Any]:
+    """What the start record says of the job's batching, attention and loss (worker.batching,
+    worker.packed_attention, worker.chunked_loss), decided from config.json before the model loads."""
+    try:
+        config = read_json_object(Path(spec.model_name_or_path) / "config.json", roots)
+    except BadFile:
+        config = {}  # the model load reports it
+    zero = (read_deepspeed(Path(spec.deepspeed), roots).get("zero_optimization") or {}) if spec.deepspeed else {}
+    kernel = loss_kernel(
+        spec, config, cuda=cuda, zero_stage=int(zero.get("stage", 0)),
+        liger_installed=importlib.util.find_spec("liger_kernel") is not None,
+    )  # fmt: skip
+    return {
+        "micro_batch": spec.per_device_train_batch_size,
+        "gradient_accumulation_steps": spec.gradient_accumulation_steps,
+        "batching": batching_name(spec),
+        "attention": model_attention(spec, config) or "transformers' default",
+        "loss_kernel": kernel,
+    }
+
+
+def chunked_loss(model: Any, example: list[int]) -> ChunkedLoss | None:
+    """ftq's chunked loss for the model, when it gives the model's own logits (worker.chunked_loss)."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    chunked = ChunkedLoss(model, vocab)
+    if chunked.matches_model(model, example):
+        log.info("fused_cross_entropy: the loss is computed in chunks of %d tokens (no whole logits)", chunked.chunk)
+        return chunked
+    log.warning("fused_cross_entropy: this model's logits are not its output layer's alone; using the full logits")
+    return None
+
+
+def token_counts(trainer: Any) -> dict[str, Any]:
+    """The real (non-padding) and computed tokens of the attempt, and the share of padding."""
+    if trainer is None or not trainer.tokens_computed:
+        return {}
+    real, computed = int(trainer.state.num_input_tokens_seen or 0), trainer.tokens_computed
+    return {"real_tokens": real, "computed_tokens": computed, "pad_share": round(1 - real / computed, 4)}
+
+
+def training_arguments(
+    spec: JobSpec, run_dir: Path, cuda: bool, roots: Roots = None, loss_kernel: str = FULL_LOGITS
+) -> TrainingArguments:
     if not cuda and (spec.bf16 or spec.fp16):
         log.info("no CUDA device: mixed precision (bf16/fp16) is skipped, training in float32")
     if spec.pure_bf16 and spec.deepspeed is None:
@@ -352,7 +408,7 @@ def training_arguments(spec: JobSpec, run_dir: Path, cuda: bool, roots: Roots = 
         remove_unused_columns=False,
     )
     # The spec's passed-through and method keys (worker.trainer_args says where they meet ftq's own).
-    return TrainingArguments(**merge_arguments(ftq, method_arguments(spec, cuda, set(fields))))
+    return TrainingArguments(**merge_arguments(ftq, method_arguments(spec, cuda, set(fields), loss_kernel)))
 
 
 def describe_device(cuda: bool) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from worker.loss_chunks import FULL_LOGITS, LIGER
 from worker.methods import low_rank_optimizer
 from worker.spec_passed import passed_arguments
 
@@ -28,11 +29,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Liger's fused linear cross-entropy alone (its other kernels change how norms, RoPE and SwiGLU are computed,
+# which enable_liger_kernel asks for and fused_cross_entropy does not).
+LIGER_LOSS_ONLY = {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False, "rms_norm": False,
+                   "swiglu": False}  # fmt: skip
+
 # ftq's values that a passed-through key of the spec replaces (see the module's docstring).
 SPEC_WINS = ("save_strategy", "ddp_find_unused_parameters")
 
 
-def method_arguments(spec: JobSpec, cuda: bool, fields: dict[str, Any] | set[str]) -> dict[str, Any]:
+def method_arguments(
+    spec: JobSpec, cuda: bool, fields: dict[str, Any] | set[str], loss_kernel: str = FULL_LOGITS
+) -> dict[str, Any]:
     """TrainingArguments keywords for the spec's passed-through and method keys.
 
     `fields` holds TrainingArguments' field names: transformers 5 renamed
@@ -55,6 +63,9 @@ def method_arguments(spec: JobSpec, cuda: bool, fields: dict[str, Any] | set[str
         kwargs["train_sampling_strategy"] = "sequential"
     if spec.liger:
         kwargs["use_liger_kernel"] = True
+    elif loss_kernel == LIGER:  # fused_cross_entropy on a GPU with Liger installed: its fused loss, nothing else
+        kwargs["use_liger_kernel"] = True
+        kwargs.setdefault("liger_kernel_config", LIGER_LOSS_ONLY)
     return kwargs
 
 

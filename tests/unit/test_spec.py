@@ -76,9 +76,9 @@ def test_unknown_keys_are_named_never_dropped():
 
 
 def test_refused_keys_say_why_beside_every_other_problem():
-    found = problems(packing=True, use_badam=True, lora_rnk=8, learning_rate=0, stage="dpo")
-    assert set(found) == {"packing", "use_badam", "lora_rnk", "learning_rate", "stage"}
-    assert "packing is not run" in found["packing"] and "BAdam" in found["use_badam"]
+    found = problems(shift_attn=True, use_badam=True, lora_rnk=8, learning_rate=0, stage="dpo")
+    assert set(found) == {"shift_attn", "use_badam", "lora_rnk", "learning_rate", "stage"}
+    assert "S^2-Attn" in found["shift_attn"] and "BAdam" in found["use_badam"]
     assert "sft" in found["stage"]
 
 
