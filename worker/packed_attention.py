@@ -42,6 +42,8 @@ try:  # PyTorch 2.9+, CUDA only
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # pragma: no cover - older PyTorch
     varlen_attn = None
+# Set when the varlen kernel refused this GPU or build once: every later call takes the per-example path.
+_varlen_refused: list[str] = []
 
 
 def packed_attention(
@@ -63,7 +65,13 @@ def packed_attention(
     window = kwargs.get("sliding_window")
     longest = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
     if _varlen_fits(query, dropout, window, longest):
-        return _varlen(query, key, value, bounds, longest, scaling), None
+        try:
+            return _varlen(query, key, value, bounds, longest, scaling), None
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                raise
+            _varlen_refused.append(str(exc))  # e.g. a GPU or head size its FlashAttention build lacks
+            log.warning("varlen FlashAttention refused this row (%s); attending per example with SDPA", exc)
     rest = {k: v for k, v in kwargs.items() if k not in (*BOUNDARY_KEYS, "position_ids", "sliding_window")}
     outputs = []
     for start, end in zip(bounds, bounds[1:], strict=False):
@@ -95,6 +103,7 @@ def boundaries(cu_seq_lens: torch.Tensor | None, position_ids: torch.Tensor | No
 def _varlen_fits(query: torch.Tensor, dropout: float, window: int | None, longest: int) -> bool:
     return (
         varlen_attn is not None
+        and not _varlen_refused
         and query.is_cuda
         and query.dtype in (torch.float16, torch.bfloat16)
         and dropout == 0.0

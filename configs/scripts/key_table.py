@@ -12,6 +12,7 @@ from collections import defaultdict
 
 from worker.key_fates import ALIASES, REFUSED, WITHOUT_EFFECT
 from worker.spec import JobSpec
+from worker.spec_batching import BatchingFields
 from worker.spec_methods import MethodFields
 from worker.spec_passed import PASSED_KEYS
 
@@ -33,11 +34,17 @@ def key_list(keys: list[str]) -> str:
 
 def table() -> str:
     method = [k for k in MethodFields.model_fields]
-    honoured = [k for k in JobSpec.model_fields if k not in PASSED_KEYS and k not in FTQ_OWN and k not in method]
+    batching = [k for k in BatchingFields.model_fields]
+    mine = set(PASSED_KEYS) | set(FTQ_OWN) | set(method) | set(batching)
+    honoured = [k for k in JobSpec.model_fields if k not in mine]
     lines = ["| fate | keys | why |", "| --- | --- | --- |"]
     lines.append(f"| honoured | {key_list(honoured)} | what LLaMA-Factory means by them |")
     lines.append(
         f"| honoured (method) | {key_list(method)} | {'; '.join(f'{g}: {w}' for g, w in HONOURED_GROUPS.items())} |"
+    )
+    lines.append(
+        f"| honoured (batching) | {key_list(batching)} | ftq's padding-free rows, micro-batch and loss kernel, on by "
+        "default and exact; LLaMA-Factory's packing, opt-in (see Batching) |"
     )
     lines.append(
         f"| passed to `TrainingArguments` as it is | {key_list(list(PASSED_KEYS))} | transformers' own; typed, "
