@@ -228,10 +228,17 @@ def test_an_adapter_directory_without_adapter_config_is_bad_input(tmp_path: Path
 # ---- attention and kernels ----
 
 
-@pytest.mark.parametrize(("flash_attn", "implementation"), [("disabled", "eager"), ("sdpa", "sdpa")])
-def test_flash_attn_picks_the_attention_implementation(flash_attn: str, implementation: str) -> None:
-    model = load_model(spec(flash_attn=flash_attn, finetuning_type="full"), cuda=False)
+@pytest.mark.parametrize(
+    ("flash_attn", "padding_free", "implementation"),
+    [("disabled", False, "eager"), ("sdpa", False, "sdpa"), ("disabled", True, "eager"), ("sdpa", True, "ftq_packed"),
+     ("auto", True, "ftq_packed")],
+)  # fmt: skip
+def test_flash_attn_picks_the_attention_implementation(flash_attn: str, padding_free: bool, implementation: str):
+    # Padding-free rows attend per example with SDPA (worker.packed_attention); eager asked by name stays eager.
+    job = spec(flash_attn=flash_attn, finetuning_type="full", padding_free=padding_free)
+    model = load_model(job, cuda=False)
     assert model.config._attn_implementation == implementation
+    assert model.config.use_cache is (not padding_free)
 
 
 def test_upcast_layernorm_puts_the_norms_in_float32_and_nothing_else() -> None:
