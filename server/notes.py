@@ -32,4 +32,13 @@ def spec_notes(spec: dict[str, Any]) -> list[str]:
             "gradient_checkpointing is off (ftq's default), where LLaMA-Factory turns it on unless "
             "disable_gradient_checkpointing: true; set gradient_checkpointing: true for LLaMA-Factory's memory use"
         )
+    if spec.get("packing") or spec.get("neat_packing"):
+        how = (
+            "attention stays inside each sample" if spec.get("neat_packing") else "a row's samples attend to each other"
+        )
+        notes.append(
+            f"{'neat_packing' if spec.get('neat_packing') else 'packing'}: samples are packed into rows of up to "
+            f"cutoff_len tokens ({how}), so a step sees more samples than per_device_train_batch_size x "
+            "gradient_accumulation_steps; compare it with packed runs only"
+        )
     return notes

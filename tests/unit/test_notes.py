@@ -26,3 +26,9 @@ def test_the_template_and_checkpointing_defaults_are_said():
 def test_output_dir_says_where_the_result_goes():
     assert any("/out/sft" in note and "adapter" in note for note in notes(output_dir="/out/sft"))
     assert any("final model" in note for note in notes(output_dir="/out/full", finetuning_type="full"))
+
+
+def test_packing_says_it_changes_the_samples_a_step_sees():
+    assert any("attend to each other" in n and "more samples" in n for n in notes(packing=True))
+    assert any(n.startswith("neat_packing:") and "inside each sample" in n for n in notes(neat_packing=True))
+    assert not any("packed" in note for note in notes())
