@@ -7,6 +7,14 @@ saved activations, the logits of the loss, and the CUDA context with allocator
 slack. The target is what `torch.cuda.max_memory_reserved` reports plus the
 context, erring slightly high: an under-estimate is an OOM. Pure: no torch,
 no I/O beyond `load_model_config`.
+
+It knows the batching modes of worker.spec_batching as the worker runs them: a
+flattened batch (padding_free, neat_packing) is one row of at most micro-batch x
+cutoff_len tokens and has no attention mask, so no mask term; plain packing and
+padded batches keep the mask. The fused cross-entropy keeps only one chunk of
+logits alive (worker.loss_chunks), except where the worker falls back to the
+whole logits: a model that changes its logits or adds a loss, ZeRO-3, a MoE
+aux loss turned on.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from worker.loss_chunks import chunk_tokens, loss_blockers
 
 if TYPE_CHECKING:
     from worker.spec import JobSpec
@@ -46,6 +56,9 @@ LOGITS_BYTES = 14
 # back: the transient fp32 copies interleave with saved tensors and fragment the caching
 # allocator. Fitted on the H100 calibration (Qwen2.5-0.5B, Llama-3.2-1B, LoRA r8).
 LORA_ACTIVATION_FACTOR = 1.3
+# The aux-loss coefficient under the names MoE configs give it: worker.kernels.AUX_LOSS_NAMES, repeated here because
+# that module imports torch and the daemon never does (tests/unit/test_estimate.py checks the two agree).
+AUX_LOSS_NAMES = ("router_aux_loss_coef", "aux_loss_alpha", "aux_loss_coef")
 # ZeRO-3 gathers the parameters of the module running and of the one prefetched.
 ZERO3_LIVE_MODULES = 2
 # CUDA context per process as nvidia-smi shows it (H100, torch 2.x, lazy module
@@ -216,8 +229,14 @@ def estimate_memory(
     offload_params: bool = False,
     gpus: int = 1,
     freeze_layers: int = FREEZE_TRAINABLE_LAYERS,
+    padding_free: bool = False,
+    fused_cross_entropy: bool = False,
 ) -> MemoryEstimate:
-    """Peak bytes per GPU for one fine-tune; sequences are assumed padded to cutoff_len."""
+    """Peak bytes per GPU for one fine-tune; every sample is counted at cutoff_len tokens (an upper bound).
+
+    padding_free: the micro-batch is one flattened row without an attention mask.
+    fused_cross_entropy: only one chunk of logits (worker.loss_chunks.chunk_tokens) is alive at once.
+    """
     if finetuning_type not in ("lora", "full", "freeze"):
         raise ValueError(f"finetuning_type {finetuning_type!r}: expected lora, full or freeze")
     if quantization_bit not in (None, 4, 8):
@@ -263,14 +282,17 @@ def estimate_memory(
     saving_layers = min(freeze_layers, layers) if finetuning_type == "freeze" else layers
     # A padded batch (micro-batch > 1) has an explicit attention mask; SDPA turns it into
     # an additive one (batch x 1 x seq x seq, compute dtype) for the memory-efficient
-    # kernel and saves that per layer. A single sequence runs is_causal with no mask.
-    mask = micro_batch * cutoff_len**2 * act if micro_batch > 1 else 0
+    # kernel and saves that per layer. A single sequence runs is_causal with no mask,
+    # and so does a flattened batch (samples told apart by their position ids).
+    mask = micro_batch * cutoff_len**2 * act if micro_batch > 1 and not padding_free else 0
     if gradient_checkpointing:  # each block keeps its input; one block is recomputed at a time
         activations = tokens * (layers * act * shape.hidden_size + per_layer) + mask
     else:
         activations = saving_layers * (tokens * per_layer + mask)
     activations += tokens * (4 + act) * shape.hidden_size  # final norm and lm_head input
-    logits = tokens * shape.vocab_size * LOGITS_BYTES
+    # The chunked loss computes, backpropagates and frees one chunk at a time: its peak is one chunk's logits.
+    logit_tokens = min(tokens, chunk_tokens(shape.vocab_size)) if fused_cross_entropy else tokens
+    logits = logit_tokens * shape.vocab_size * LOGITS_BYTES
 
     tensors = weights + gradients + optimizer + activations + logits
     return MemoryEstimate(
@@ -292,6 +314,29 @@ def zero_from_deepspeed(config: dict[str, Any] | None) -> tuple[int, bool, bool]
     offloaded = [str((zero.get(key) or {}).get("device", "none")).lower() in ("cpu", "nvme")
                  for key in ("offload_optimizer", "offload_param")]  # fmt: skip
     return int(zero.get("stage", 0)), offloaded[0], offloaded[1]
+
+
+def flattens(spec: JobSpec) -> bool:
+    """Whether the worker feeds this spec's micro-batches as one row without an attention mask.
+
+    neat_packing always does; padding_free does unless plain packing asks for rows of
+    cutoff_len that attend across samples (an all-ones mask, counted as a padded batch).
+    """
+    return spec.neat_packing or (spec.padding_free and not spec.packing)
+
+
+def fused_loss_applies(config: dict[str, Any], spec: JobSpec, zero_stage: int) -> bool:
+    """Whether the worker computes this job's loss chunked rather than over the whole logits.
+
+    It falls back to transformers' own loss for a model that changes its logits or adds a
+    loss (worker.loss_chunks.loss_blockers), under ZeRO-3 (lm_head's weight is a shard), and
+    when moe_aux_loss_coef turns on a router aux loss the config has.
+    """
+    if not spec.fused_cross_entropy or zero_stage >= 3 or loss_blockers(config):
+        return False
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    has_aux_loss = any(name in part for part in (config, text) for name in AUX_LOSS_NAMES)
+    return not (spec.moe_aux_loss_coef and has_aux_loss)
 
 
 def estimate_for_spec(config: dict[str, Any], spec: JobSpec, deepspeed_config: dict[str, Any] | None) -> MemoryEstimate:
@@ -318,6 +363,8 @@ def estimate_for_spec(config: dict[str, Any], spec: JobSpec, deepspeed_config: d
         offload_params=offload_params,
         gpus=spec.gpus,
         freeze_layers=abs(spec.freeze_trainable_layers) or FREEZE_TRAINABLE_LAYERS,
+        padding_free=flattens(spec),
+        fused_cross_entropy=fused_loss_applies(config, spec, stage),
     )
 
 

@@ -42,6 +42,10 @@ class Placement:
     job_id: int
     resources: tuple[str, ...]  # GPU UUIDs, or one CPU slot name
     cuda_visible_devices: str | None  # PCI-ordered indices, "" for a CPU slot
+    # Per GPU, what the least free of the chosen GPUs offers beyond the margin, for auto_micro_batch
+    # (server.attempt_spec); None for a CPU slot or an unknown free memory. What NVML said, not the decision:
+    # not compared.
+    room_bytes: int | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -66,6 +70,14 @@ def fits(gpu: GpuInfo, need_bytes: int, margin_bytes: int) -> bool:
     if need_bytes <= 0:
         return True
     return gpu.memory_free is not None and gpu.memory_free >= need_bytes + margin_bytes
+
+
+def room(chosen: Sequence[GpuInfo], margin_bytes: int) -> int | None:
+    """Per GPU, the free memory less the margin on the least free of `chosen`; None when one's is unknown."""
+    free = [g.memory_free for g in chosen]
+    if not free or any(f is None for f in free):
+        return None
+    return max(0, min(f for f in free if f is not None) - margin_bytes)
 
 
 def could_ever_fit(gpu: GpuInfo, need_bytes: int, margin_bytes: int) -> bool:
@@ -116,9 +128,8 @@ def plan(
         if chosen is not None:
             for g in chosen:
                 del free[g.uuid]
-            result.placements.append(
-                Placement(job.job_id, tuple(g.uuid for g in chosen), ",".join(str(g.index) for g in chosen))
-            )
+            resources, indices = tuple(g.uuid for g in chosen), ",".join(str(g.index) for g in chosen)
+            result.placements.append(Placement(job.job_id, resources, indices, room(chosen, margin_bytes)))
             continue
         failed.add(signature)
         if result.reserved_for is None:

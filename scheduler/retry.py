@@ -5,6 +5,12 @@ overrides of the next attempt, or None with the reason to give up. First halve t
 micro-batch and double gradient accumulation (the effective batch stays the same),
 then turn on gradient checkpointing, then halve again; each step keeps what the
 ones before changed. A requeue by hand starts the ladder over from its settings.
+
+The ladder steps down from what the attempt ran, which need not be the job's spec:
+auto_micro_batch (scheduler.micro_batch) may have run a larger micro-batch with less
+accumulation, stored in the attempt's settings. `ran_spec` is that spec; `retry_spec`
+the next attempt's, with auto_micro_batch off, so it runs exactly the ladder's step
+instead of growing back to the micro-batch that ran out of memory.
 """
 
 from __future__ import annotations
@@ -17,7 +23,19 @@ MEMORY_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gr
 
 
 def memory_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """The MEMORY_KEYS of a spec or an attempt's settings; anything else (the auto_micro_batch note) is left out."""
     return {key: spec.get(key) for key in MEMORY_KEYS}
+
+
+def ran_spec(spec: dict[str, Any], settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The spec an attempt ran: the job's, with the memory settings stored on the attempt (None: the job's)."""
+    ran = {key: value for key, value in memory_settings(settings or {}).items() if value is not None}
+    return {**spec, **ran}
+
+
+def retry_spec(ran: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The job's spec for the retry: the ladder's step from what ran, run as it is (auto_micro_batch off)."""
+    return {**ran, **overrides, "auto_micro_batch": False}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from worker.spec import JobSpec
 
 Z3 = {"zero_optimization": {"stage": 3}}
 Z3_CONFIG = "configs/deepspeed/ds_z3_config.json"
+# worker.spec_batching's switches that save memory without changing what is computed, the larger saving first.
+BATCHING_SWITCHES = ("fused_cross_entropy", "padding_free")
 
 
 @dataclass
@@ -93,9 +95,11 @@ def suggestions(
 ) -> list[str]:
     """Changes that would make the job fit on this machine, each with the estimate it would have.
 
-    Single levers first (gradient checkpointing, LoRA), then the largest micro-batch that fits
-    (gradient accumulation keeps the effective batch), alone and with checkpointing, then ZeRO-3
-    over more GPUs.
+    First the batching switches the spec turned off (padding_free, fused_cross_entropy: they
+    change no result, only memory), then single levers (gradient checkpointing, LoRA), then the
+    largest micro-batch that fits (gradient accumulation keeps the effective batch), alone and
+    with checkpointing, then ZeRO-3 over more GPUs. Every variant goes through estimate_for_spec,
+    so each is counted in the batching modes the job would run in.
     """
     files = files if files is not None else read_spec_files(spec)
     config = files.model_config or {}
@@ -120,6 +124,14 @@ def suggestions(
         return None
 
     found: list[tuple[dict[str, Any], int, str]] = []
+    switched_off = [key for key in BATCHING_SWITCHES if not getattr(spec, key)]
+    # Each alone (the larger saving first), then both when neither alone is enough.
+    for keys in [[key] for key in switched_off] + ([switched_off] if len(switched_off) > 1 else []):
+        changes = dict.fromkeys(keys, True)
+        need = need_if(changes)
+        if need is not None:
+            found.append((changes, need, ""))
+            break
     checkpointing = {} if spec.gradient_checkpointing else {"gradient_checkpointing": True}
     for changes in (checkpointing, {"finetuning_type": "lora"} if spec.finetuning_type == "full" else {}):
         need = need_if(changes) if changes else None

@@ -303,7 +303,8 @@ def requeue(
     last = current_attempt(session, job.id)
     if last is not None and last.ended_at is None:  # never two live attempts of one job
         raise Conflict(f"job {job.id} still has a live attempt ({last.number}); wait for it to end")
-    if last is not None and last.settings == memory_settings(resolved.model_dump()) and last.peak_memory_gib:
+    ran = memory_settings(last.settings or {}) if last is not None else None  # without the auto_micro_batch note
+    if last is not None and ran == memory_settings(resolved.model_dump()) and last.peak_memory_gib:
         need = max(need, int(last.peak_memory_gib * GiB))  # the same settings needed at least that much
     changed = ", ".join(f"{k}: {v}" for k, v in overrides.items()) or "unchanged settings"
     done = transition(

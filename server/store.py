@@ -23,9 +23,10 @@ from scheduler.contract import LiveAttempt, StartedAttempt
 from scheduler.exits import Outcome
 from scheduler.placement import GiB, Placement, QueuedJob
 from scheduler.records import as_step, finite_number, record_time, storable
-from scheduler.retry import memory_settings, next_after_oom
+from scheduler.retry import memory_settings, next_after_oom, ran_spec, retry_spec
 from scheduler.states import ACTIVE, JobState, route
 from server.admission import estimate
+from server.attempt_spec import attempt_spec
 from server.models import Attempt, Daemon, Job, Lease, MetricRecord, as_utc, utcnow
 from server.transitions import transition
 from worker.spec import JobSpec
@@ -73,7 +74,11 @@ class SqlStore:
             return set(session.exec(select(Lease.resource)).all())
 
     def begin_attempt(self, placement: Placement, runs_dir: Path) -> StartedAttempt | None:
-        """queued -> starting, a new attempt and its leases, all or nothing."""
+        """queued -> starting, a new attempt and its leases, all or nothing.
+
+        The attempt runs the job's spec with the micro-batch auto_micro_batch picks for the room its
+        GPUs offer (server.attempt_spec); its settings say what it runs and why.
+        """
         with Session(self.engine) as session:
             job = session.get(Job, placement.job_id)
             if job is None or not transition(
@@ -92,6 +97,14 @@ class SqlStore:
                 session.exec(select(func.max(Attempt.number)).where(Attempt.job_id == placement.job_id)).one() or 0
             ) + 1
             run_dir = runs_dir / f"job-{placement.job_id}" / f"attempt-{number}"
+            earlier = session.exec(
+                select(Attempt.settings, Attempt.peak_memory_gib)
+                .where(Attempt.job_id == placement.job_id, col(Attempt.peak_memory_gib).is_not(None))
+                .order_by(col(Attempt.number).desc())
+            ).all()
+            runs = attempt_spec(job.spec, placement.room_bytes, [tuple(row) for row in earlier], job.tried)
+            if runs.note is not None:
+                log.info("job %s attempt %s: auto_micro_batch %s", placement.job_id, number, runs.note)
             attempt = Attempt(
                 job_id=placement.job_id,
                 number=number,
@@ -99,7 +112,7 @@ class SqlStore:
                 resources=list(placement.resources),
                 cuda_visible_devices=placement.cuda_visible_devices,
                 run_dir=str(run_dir),
-                settings=memory_settings(job.spec),
+                settings=runs.settings(),
             )
             session.add(attempt)
             session.flush()
@@ -113,7 +126,7 @@ class SqlStore:
             except IntegrityError:  # a lease already held: the database refuses a double booking
                 session.rollback()
                 return None
-            return StartedAttempt(attempt.id, placement.job_id, run_dir, dict(job.spec))
+            return StartedAttempt(attempt.id, placement.job_id, run_dir, runs.spec)
 
     def attempt_spawned(self, attempt_id: int, pid: int, pid_start_time: int | None) -> None:
         with Session(self.engine) as session:
@@ -258,12 +271,13 @@ class SqlStore:
         target, reason = outcome.state, outcome.reason
         if state == JobState.CANCELLING:
             target = JobState.CANCELLED  # a cancel asked for wins over how the process happened to end
-        retry, ran_out = None, {}
+        retry, ran_out, ran = None, {}, job.spec
         if target == JobState.OOM:
-            retry = next_after_oom(job.spec, job.tried, job.oom_retries, int(job.spec.get("oom_retry", 3)))
+            ran = ran_spec(job.spec, attempt.settings)  # the micro-batch auto_micro_batch chose, not the one asked
+            retry = next_after_oom(ran, job.tried, job.oom_retries, int(job.spec.get("oom_retry", 3)))
             reason = f"{outcome.reason}; {retry.reason}"
             # Kept even when giving up, so that a later retry never comes back to these settings.
-            ran_out = {"tried": [*job.tried, memory_settings(job.spec)]}
+            ran_out = {"tried": [*job.tried, memory_settings(ran)]}
         steps = route(state, target) if state in ACTIVE and _is_newest(session, job.id, attempt.number) else None
         if steps is None:
             # Not this attempt's to decide (the job is not live, or a newer attempt exists): the attempt
@@ -293,7 +307,7 @@ class SqlStore:
         if steps is None:
             return True
         if retry is not None and retry.overrides is not None:
-            spec = {**job.spec, **retry.overrides}
+            spec = retry_spec(ran, retry.overrides)
             peak = int((attempt.peak_memory_gib or 0) * GiB)
             return transition(
                 session,

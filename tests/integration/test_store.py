@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from scheduler.exits import Outcome
 from scheduler.fake_probe import FakeProbe
@@ -41,9 +42,11 @@ def submit(store: SqlStore, **overrides) -> int:
         return job.id
 
 
-def run_out_of_memory(store: SqlStore, job_id: int, tmp_path: Path, peak_gib: float) -> None:
+def run_out_of_memory(
+    store: SqlStore, job_id: int, tmp_path: Path, peak_gib: float, room_bytes: int | None = None
+) -> None:
     """One attempt of the job that reached `peak_gib` and ended with CUDA out of memory."""
-    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0"), tmp_path / "runs")
+    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", room_bytes), tmp_path / "runs")
     assert started is not None
     with Session(store.engine) as session:
         values = {"state": JobState.RUNNING.value, "peak_memory_gib": peak_gib}
@@ -125,3 +128,88 @@ def test_a_requeue_by_hand_gives_automatic_retries_afresh_and_never_repeats_what
     assert job.state == JobState.QUEUED.value and job.oom_retries == 1
     assert (job.spec["per_device_train_batch_size"], job.spec["cutoff_len"]) == (1, 64)
     assert len(job.tried) == 4  # the three that ran out before the requeue, and the one after it
+
+
+def attempts_of(store: SqlStore, job_id: int) -> list[Attempt]:
+    with Session(store.engine) as session:
+        return list(session.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number))))
+
+
+def batch(settings: dict) -> tuple[int, int]:
+    return settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"]
+
+
+def test_a_roomy_gpu_runs_the_largest_micro_batch_with_the_same_samples_per_step(store, tmp_path):
+    job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8)
+
+    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", 80 * GiB), tmp_path / "runs")
+
+    assert started is not None and batch(started.spec) == (16, 1)  # what the worker is handed
+    (attempt,) = attempts_of(store, job_id)
+    assert attempt.settings is not None and batch(attempt.settings) == (16, 1)
+    assert attempt.settings["auto_micro_batch"].startswith("micro-batch 2 x 8 -> 16 x 1: the estimate at 16 is")
+    assert batch(job_of(store, job_id).spec) == (2, 8)  # the job still says what was asked
+
+
+@pytest.mark.parametrize(
+    ("fields", "room", "note"),
+    [
+        (dict(auto_micro_batch=False), 80 * GiB, None),
+        ({}, None, None),  # the GPUs' free memory unknown
+        (dict(gpus=0), None, None),
+        (dict(deepspeed="configs/deepspeed/ds_z2_config.json"), 80 * GiB, "kept: DeepSpeed's config owns"),
+        (dict(train_sampling_strategy="group_by_length"), 80 * GiB, "kept: group_by_length"),
+    ],
+)
+def test_where_auto_micro_batch_has_no_say_the_attempt_runs_what_was_asked(store, tmp_path, fields, room, note):
+    job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8, **fields)
+    resource = ("cpu-0", "") if fields.get("gpus") == 0 else ("GPU-0", "0")
+    started = store.begin_attempt(Placement(job_id, (resource[0],), resource[1], room), tmp_path / "runs")
+    assert started is not None and started.spec == job_of(store, job_id).spec
+    (attempt,) = attempts_of(store, job_id)
+    assert attempt.settings is not None and batch(attempt.settings) == (2, 8)
+    assert (attempt.settings.get("auto_micro_batch") or "").startswith(note or "") and (
+        note is not None or "auto_micro_batch" not in attempt.settings
+    )
+
+
+def test_an_oom_of_an_auto_chosen_micro_batch_steps_down_from_it_and_turns_the_choice_off(store, tmp_path):
+    job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8)
+
+    run_out_of_memory(store, job_id, tmp_path, peak_gib=70.0, room_bytes=80 * GiB)  # ran 16 x 1
+
+    job = job_of(store, job_id)
+    assert job.state == JobState.QUEUED.value and batch(job.spec) == (8, 2)
+    assert job.spec["auto_micro_batch"] is False  # else the next attempt would grow back to 16
+    assert [batch(t) for t in job.tried] == [(16, 1)]
+    assert "micro-batch 16 -> 8, gradient accumulation 1 -> 2" in (job.reason or "")
+    run_out_of_memory(store, job_id, tmp_path, peak_gib=70.0, room_bytes=80 * GiB)
+    second = attempts_of(store, job_id)[1]
+    assert (
+        second.settings is not None and batch(second.settings) == (8, 2) and "auto_micro_batch" not in second.settings
+    )
+    job = job_of(store, job_id)
+    assert batch(job.spec) == (8, 2) and job.spec["gradient_checkpointing"] is True  # the ladder's next rung
+
+
+def test_a_measured_peak_above_the_estimate_keeps_the_next_choice_smaller(store, tmp_path):
+    job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8)
+    unmeasured = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", GiB), tmp_path / "runs")
+    assert unmeasured is not None and batch(unmeasured.spec) == (16, 1)
+    # That attempt peaked far above the estimate at 16 and was then cancelled.
+    with Session(store.engine) as session:
+        session.execute(update(Attempt).where(col(Attempt.id) == unmeasured.attempt_id).values(peak_memory_gib=1.5))
+        session.execute(update(Job).where(col(Job.id) == job_id).values(state=JobState.CANCELLING.value))
+        session.commit()
+    store.finish_attempt(unmeasured.attempt_id, Outcome(JobState.CANCELLED, "cancelled on request"), None, "")
+    with Session(store.engine) as session:
+        session.execute(update(Job).where(col(Job.id) == job_id).values(state=JobState.QUEUED.value))
+        session.commit()
+
+    # The tiny model's estimate is ~0.59 GiB at 16 and ~0.55 GiB at 8 (mostly the CUDA context): x2.54 by the
+    # peak, 16 needs 1.5 GiB and 8 needs 1.39 GiB.
+    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", int(1.45 * GiB)), tmp_path / "runs")
+
+    assert started is not None and batch(started.spec) == (8, 2)
+    note = attempts_of(store, job_id)[1].settings["auto_micro_batch"]  # type: ignore[index]
+    assert note.startswith("micro-batch 2 x 8 -> 8 x 2:") and "from the peak measured at 16" in note

@@ -5,13 +5,16 @@ Run with -s to see each comparison as a table.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scheduler.estimate import (
+    AUX_LOSS_NAMES,
     GIB,
+    LOGITS_BYTES,
     MemoryEstimate,
     ModelShape,
     estimate_for_spec,
@@ -21,6 +24,7 @@ from scheduler.estimate import (
     zero_from_deepspeed,
 )
 from tests.helpers import REPO
+from worker.loss_chunks import chunk_tokens
 from worker.spec import JobSpec
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "model_configs"
@@ -256,7 +260,9 @@ def test_estimate_for_spec_reads_the_spec_and_deepspeed() -> None:
         deepspeed="configs/deepspeed/ds_z3.json",
     )
     est = estimate_for_spec(config, spec, {"zero_optimization": {"stage": 3}})
-    assert est == estimate("llama-2-7b", finetuning_type="full", gradient_checkpointing=True, zero_stage=3, gpus=4)
+    # padding_free by default; the fused loss is not applied under ZeRO-3
+    expected = dict(finetuning_type="full", gradient_checkpointing=True, zero_stage=3, gpus=4, padding_free=True)
+    assert est == estimate("llama-2-7b", **expected)
 
 
 @pytest.mark.parametrize(
@@ -324,3 +330,90 @@ def test_the_spec_methods_reach_the_estimate() -> None:
     assert per_gpu(finetuning_type="freeze", freeze_trainable_layers=1) < per_gpu(
         finetuning_type="freeze", freeze_trainable_layers=8
     )
+
+
+# --- the batching modes (worker.spec_batching) ---
+
+
+def test_the_fused_loss_keeps_one_chunk_of_logits_and_changes_nothing_else() -> None:
+    plain, fused = estimate("qwen2.5-0.5b"), estimate("qwen2.5-0.5b", fused_cross_entropy=True)
+    vocab = shape("qwen2.5-0.5b").vocab_size
+    assert chunk_tokens(vocab) == 883  # 2**27 logits of a 151,936 vocabulary
+    assert fused.logits == 883 * vocab * LOGITS_BYTES
+    assert plain.logits - fused.logits == (8 * 1024 - 883) * vocab * LOGITS_BYTES  # ~14.5 GiB
+    parts = ("weights", "gradients", "optimizer", "activations")
+    assert [getattr(fused, p) for p in parts] == [getattr(plain, p) for p in parts]
+    # A batch smaller than one chunk has all its logits alive either way.
+    tiny = dict(micro_batch=1, cutoff_len=512)
+    assert estimate("qwen2.5-0.5b", fused_cross_entropy=True, **tiny).logits == estimate("qwen2.5-0.5b", **tiny).logits
+
+
+def test_the_fused_loss_takes_over_40_percent_off_qwen_half_b_at_8_x_1024() -> None:
+    plain, fused = estimate("qwen2.5-0.5b"), estimate("qwen2.5-0.5b", fused_cross_entropy=True)
+    print(f"\nQwen2.5-0.5B LoRA 8 x 1024: {plain.per_gpu / GIB:.2f} GiB -> {fused.per_gpu / GIB:.2f} GiB fused")
+    assert fused.per_gpu <= 0.60 * plain.per_gpu  # 35.0 -> 19.8 GiB: 43% lower
+
+
+def test_padding_free_drops_the_mask_and_nothing_else() -> None:
+    padded, flat = estimate("qwen2.5-0.5b"), estimate("qwen2.5-0.5b", padding_free=True)
+    layers = shape("qwen2.5-0.5b").num_hidden_layers
+    assert padded.activations - flat.activations == pytest.approx(layers * 8 * 1024**2 * 2, abs=1)
+    assert (flat.logits, flat.weights) == (padded.logits, padded.weights)
+    one = dict(micro_batch=1)  # a single sequence has no mask to drop
+    assert estimate("qwen2.5-0.5b", padding_free=True, **one) == estimate("qwen2.5-0.5b", **one)
+
+
+def qwen_spec(**fields: Any) -> JobSpec:
+    return JobSpec(
+        model_name_or_path="m", dataset="d", bf16=True, per_device_train_batch_size=8, cutoff_len=1024, **fields
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "flat"),
+    [
+        ({}, True),  # the default: padding-free
+        (dict(padding_free=False), False),
+        (dict(packing=True), False),  # plain packing: rows of cutoff_len with an all-ones mask
+        (dict(neat_packing=True), True),
+        (dict(neat_packing=True, padding_free=False), True),
+    ],
+)
+def test_the_spec_says_which_batches_have_a_mask(fields: dict[str, Any], flat: bool) -> None:
+    config = load_model_config(FIXTURES / "qwen2.5-0.5b.json")
+    found = estimate_for_spec(config, qwen_spec(fused_cross_entropy=False, **fields), None)
+    assert found == estimate("qwen2.5-0.5b", padding_free=flat)
+
+
+@pytest.mark.parametrize(
+    ("config_changes", "fields", "deepspeed", "fused"),
+    [
+        ({}, {}, None, True),
+        ({}, dict(fused_cross_entropy=False), None, False),
+        ({"final_logit_softcapping": 30.0}, {}, None, False),  # Gemma 2: logits changed after the head
+        ({"text_config": {"logit_scale": 0.0625}}, {}, None, False),  # nested, as multimodal configs have it
+        ({}, {}, {"zero_optimization": {"stage": 3}}, False),
+        ({}, {}, {"zero_optimization": {"stage": 2}}, True),
+        ({"router_aux_loss_coef": 0.001}, dict(moe_aux_loss_coef=0.01), None, False),
+        ({"router_aux_loss_coef": 0.001}, {}, None, True),  # the aux loss stays off without the coefficient
+        ({}, dict(moe_aux_loss_coef=0.01), None, True),  # no router here: the key changes nothing
+    ],
+)
+def test_what_keeps_the_whole_logits(
+    config_changes: dict[str, Any], fields: dict[str, Any], deepspeed: dict[str, Any] | None, fused: bool
+) -> None:
+    config = {**load_model_config(FIXTURES / "qwen2.5-0.5b.json"), **config_changes}
+    found = estimate_for_spec(config, qwen_spec(**fields), deepspeed)
+    vocab = shape("qwen2.5-0.5b").vocab_size
+    assert found.logits == (chunk_tokens(vocab) if fused else 8 * 1024) * vocab * LOGITS_BYTES
+
+
+def test_the_aux_loss_names_are_the_workers() -> None:
+    """worker.kernels imports torch, so the estimate repeats its names; read them from its source, not an import."""
+    tree = ast.parse((REPO / "worker" / "kernels.py").read_text(encoding="utf-8"))
+    found = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "AUX_LOSS_NAMES" for t in node.targets)
+    )
+    assert found == AUX_LOSS_NAMES

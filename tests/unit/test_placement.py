@@ -146,3 +146,15 @@ def test_a_waiting_job_says_why():
     assert one.startswith("waiting: needs 2 GPUs with 36.0 GiB free; 1 has")
     pinned = explain_wait(QueuedJob(8, 0, 8, gpus=2, gpu_ids=(0, 5)), g, holders={g[0].uuid: 3})
     assert pinned == "waiting: pinned to GPU 0,5; GPU 0 is held by job 3; GPU 5 does not exist"
+
+
+def test_a_placement_says_the_room_its_least_free_gpu_offers_beyond_the_margin():
+    probe = FakeProbe("2x80GiB")
+    probe.set(1, memory_free=60 * GiB)  # a foreign process holds 20 GiB of GPU 1
+    placed = place([job(1, n=2), job(2, n=0)], probe.snapshot(), set(), cpu_slots=1, margin_bytes=GiB)
+    by_job = {p.job_id: p for p in placed}
+    assert by_job[1].cuda_visible_devices == "0,1" and by_job[1].room_bytes == 59 * GiB
+    assert by_job[2].room_bytes is None  # a CPU slot has no GPU memory to offer
+    unknown = FakeProbe("1x24GiB")
+    unknown.set(0, memory_free=None)
+    assert place([job(3)], unknown.snapshot(), set(), 0)[0].room_bytes is None  # no need, so it is placed anyway

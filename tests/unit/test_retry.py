@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.retry import memory_settings, next_after_oom
+from scheduler.retry import memory_settings, next_after_oom, ran_spec, retry_spec
 
 SPEC = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "gradient_checkpointing": False}
 
@@ -61,3 +61,27 @@ def test_a_requeue_by_hand_starts_the_ladder_over_but_skips_what_was_tried():
     }
     # Without a cutoff change, halving again would repeat (4, 4) with checkpointing off: that ran out already.
     assert next_after_oom(SPEC, before, 0, 3).overrides == {"gradient_checkpointing": True}
+
+
+def test_the_ladder_steps_down_from_the_micro_batch_auto_micro_batch_ran():
+    job = {**SPEC, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 4, "auto_micro_batch": True}
+    note = "micro-batch 8 x 4 -> 32 x 1: the estimate at 32 is 21.2 GiB of 138.0 GiB free"
+    settings = {**memory_settings({**job, "per_device_train_batch_size": 32, "gradient_accumulation_steps": 1}),
+                "auto_micro_batch": note}  # fmt: skip
+    ran = ran_spec(job, settings)
+    assert (ran["per_device_train_batch_size"], ran["gradient_accumulation_steps"]) == (32, 1)
+    assert memory_settings(settings) == memory_settings(ran)  # the note is not a memory setting
+
+    tried = [memory_settings(ran)]
+    first = retry_spec(ran, next_after_oom(ran, [], 0, 3).overrides or {})
+    # Half of what ran (not of what was asked), and run as it is: auto_micro_batch would grow it back to 32.
+    assert (first["per_device_train_batch_size"], first["gradient_accumulation_steps"]) == (16, 2)
+    assert first["auto_micro_batch"] is False
+    second = retry_spec(first, next_after_oom(first, tried, 1, 3).overrides or {})
+    assert memory_settings(second) == {**memory_settings(first), "gradient_checkpointing": True}
+    assert memory_settings(second) not in [*tried, memory_settings(first)]
+
+
+def test_an_attempt_without_settings_ran_the_jobs_spec():
+    assert ran_spec(SPEC, None) == SPEC
+    assert ran_spec(SPEC, {"per_device_train_batch_size": 2}) == {**SPEC, "per_device_train_batch_size": 2}
