@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.loss_chunks import chunk_tokens, loss_blockers
+from worker.loss_chunks import FULL_LOGITS, chunk_tokens, loss_kernel
 
 if TYPE_CHECKING:
     from worker.spec import JobSpec
@@ -56,9 +56,6 @@ LOGITS_BYTES = 14
 # back: the transient fp32 copies interleave with saved tensors and fragment the caching
 # allocator. Fitted on the H100 calibration (Qwen2.5-0.5B, Llama-3.2-1B, LoRA r8).
 LORA_ACTIVATION_FACTOR = 1.3
-# The aux-loss coefficient under the names MoE configs give it: worker.kernels.AUX_LOSS_NAMES, repeated here because
-# that module imports torch and the daemon never does (tests/unit/test_estimate.py checks the two agree).
-AUX_LOSS_NAMES = ("router_aux_loss_coef", "aux_loss_alpha", "aux_loss_coef")
 # ZeRO-3 gathers the parameters of the module running and of the one prefetched.
 ZERO3_LIVE_MODULES = 2
 # CUDA context per process as nvidia-smi shows it (H100, torch 2.x, lazy module
@@ -326,17 +323,12 @@ def flattens(spec: JobSpec) -> bool:
 
 
 def fused_loss_applies(config: dict[str, Any], spec: JobSpec, zero_stage: int) -> bool:
-    """Whether the worker computes this job's loss chunked rather than over the whole logits.
+    """Whether the worker computes this job's loss without the whole logits (Liger's or ftq's chunked loss).
 
-    It falls back to transformers' own loss for a model that changes its logits or adds a
-    loss (worker.loss_chunks.loss_blockers), under ZeRO-3 (lm_head's weight is a shard), and
-    when moe_aux_loss_coef turns on a router aux loss the config has.
+    The worker's own decision (worker.loss_chunks.loss_kernel): a model that changes its logits or adds a
+    loss, and ZeRO-3, keep the full logits. Liger and the chunked loss both hold about one chunk at a time.
     """
-    if not spec.fused_cross_entropy or zero_stage >= 3 or loss_blockers(config):
-        return False
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    has_aux_loss = any(name in part for part in (config, text) for name in AUX_LOSS_NAMES)
-    return not (spec.moe_aux_loss_coef and has_aux_loss)
+    return loss_kernel(spec, config, cuda=False, zero_stage=zero_stage, liger_installed=False) != FULL_LOGITS
 
 
 def estimate_for_spec(config: dict[str, Any], spec: JobSpec, deepspeed_config: dict[str, Any] | None) -> MemoryEstimate:
