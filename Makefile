@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# The GPU checks in one go (QLoRA 4-bit, sdpa against eager): on a machine with an NVIDIA GPU and a CUDA torch.
+# The GPU checks in one go (QLoRA 4-bit, sdpa against eager, tokens/s by batching mode): on a machine with an NVIDIA GPU and a CUDA torch.
 gpu-check: $(STAMP)
 	@$(BIN)/python -c "import bitsandbytes" 2>/dev/null || $(PIP) install -q $(TORCH_PIP_ARGS) -e ".[gpu]"
 	$(BIN)/python -m bench.gpu_check

@@ -5,9 +5,12 @@ A real daemon on real NVML runs, one after another on one GPU, LoRA jobs on a
 network; the shipped tiny tokenizer): a bf16 LoRA baseline, the same job as
 QLoRA 4-bit (quantization_bit: 4), and attention as eager (flash_attn: disabled)
 against sdpa. It prints each job's peak memory and tokens/s from its own end and
-metric records, and the ratios against the baseline run in the same call:
+metric records, and the ratios against the baseline run in the same call. Then
+bench.throughput's table for a Qwen2.5-0.5B shape (8 x 4 samples of short
+chats, each batching mode a job) and a PASS/FAIL line: whether ftq's default
+reaches 5x the padded run's real tokens/s with 40% less peak memory.
 
-    python -m bench.gpu_check [--steps 30] [--keep DIR]
+    python -m bench.gpu_check [--steps 30] [--throughput-steps 12] [--keep DIR]
 
 Needs CUDA and bitsandbytes (`pip install '.[gpu]'`); it says so and exits 2 otherwise.
 """
@@ -25,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import throughput
+from bench.chat_lengths import describe
 from server.cli import Client, watch
 from server.demo import free_port, start_daemon, wait_healthy
 
@@ -99,13 +104,42 @@ def measure(client: Client, job_id: int) -> dict[str, Any]:
     }
 
 
+def throughput_check(client: Client, work: Path, steps: int) -> list[dict[str, Any]]:
+    """bench.throughput's table for Qwen2.5-0.5B, then PASS or FAIL; the table's rows."""
+    print(f"\nReal tokens/s by batching mode (bench.throughput), {steps} steps a mode:")
+    data = work / "throughput-data"
+    print(f"data: synthetic chats, {describe(throughput.make_data(data, steps))}")
+    shape = throughput.gpu_model_config(throughput.GPU_MODELS["Qwen2.5-0.5B"])
+    bench = throughput.Bench(client, work, data, steps, bf16=True)
+    rows = bench.measure_model("Qwen2.5-0.5B", shape, list(throughput.MODES))
+    speed, memory = throughput.default_vs_padded(rows)
+    passed = speed is not None and memory is not None and speed >= 5 and memory <= 0.6
+    goal = "ftq's default: >= 5x the padded run's real tokens/s and >= 40% less peak memory"
+    print(f"{'PASS' if passed else 'FAIL'}: {goal}")
+    return rows
+
+
 def ratio(value: Any, baseline: Any) -> str:
     return f"{value / baseline:.2f}" if value and baseline else "-"
+
+
+def print_runs(results: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{'run':<22} {'state':<10} {'peak GiB':>9} {'tokens/s':>9} {'mem ratio':>10} {'speed ratio':>12}")
+    for label, _, baseline in RUNS:
+        r, b = results[label], results.get(baseline or "", {})
+        print(
+            f"{label:<22} {r['state']:<10} {r['peak_gib'] or '-':>9} {r['tokens_per_s'] or '-':>9} "
+            f"{ratio(r['peak_gib'], b.get('peak_gib')) if baseline else '1.00':>10} "
+            f"{ratio(r['tokens_per_s'], b.get('tokens_per_s')) if baseline else '1.00':>12}"
+        )
+        if r["error"]:
+            print(f"  {label}: {r['error']}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--throughput-steps", type=int, default=12, help="steps per batching mode")
     parser.add_argument("--keep", type=Path, help="keep the model, data dir and logs here")
     args = parser.parse_args()
     import torch
@@ -126,6 +160,7 @@ def main() -> int:
     daemon = start_daemon(port, log)
     client = Client(f"http://127.0.0.1:{port}")
     results: dict[str, dict[str, Any]] = {}
+    modes: list[dict[str, Any]] = []
     try:
         wait_healthy(client, daemon, log)
         print(f"GPU: {json.dumps(client.request('GET', '/gpus')['gpus'][0]['name'])}; model: {model}")
@@ -133,22 +168,14 @@ def main() -> int:
             job = client.request("POST", "/jobs", json=spec(model, label, changes, args.steps))
             watch(client, [job["id"]], out=open(os.devnull, "w"))
             results[label] = measure(client, job["id"])
+        print_runs(results)
+        modes = throughput_check(client, work, args.throughput_steps)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
-    print(f"\n{'run':<22} {'state':<10} {'peak GiB':>9} {'tokens/s':>9} {'mem ratio':>10} {'speed ratio':>12}")
-    for label, _, baseline in RUNS:
-        r, b = results[label], results.get(baseline or "", {})
-        print(
-            f"{label:<22} {r['state']:<10} {r['peak_gib'] or '-':>9} {r['tokens_per_s'] or '-':>9} "
-            f"{ratio(r['peak_gib'], b.get('peak_gib')) if baseline else '1.00':>10} "
-            f"{ratio(r['tokens_per_s'], b.get('tokens_per_s')) if baseline else '1.00':>12}"
-        )
-        if r["error"]:
-            print(f"  {label}: {r['error']}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(r["state"] == "succeeded" for r in results.values()) else 1
+    return 0 if all(r["state"] == "succeeded" for r in [*results.values(), *modes]) else 1
 
 
 if __name__ == "__main__":
