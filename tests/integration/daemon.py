@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import httpx
 from tests.helpers import REPO
 
 TERMINAL = {"succeeded", "failed", "oom", "cancelled"}
+STANDIN_WORKER = "tests.integration.standin_worker"
 
 
 def free_port() -> int:
@@ -106,6 +109,18 @@ class Daemon:
     def ended(self, job_id: int) -> dict[str, Any] | None:
         job = self.job(job_id)
         return job if job["state"] in TERMINAL else None
+
+
+@contextmanager
+def standin_daemon(data_dir: Path, **settings: str) -> Iterator[Daemon]:
+    """A started daemon whose workers are the stand-in (tests/integration/standin_worker.py); closed after."""
+    daemon = Daemon(data_dir, worker_module=STANDIN_WORKER, **settings)
+    daemon.env["PYTHONPATH"] = str(REPO)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.close()
 
 
 def process_group_alive(pgid: int) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, tiny_spec, wait_for
+from tests.integration import daemon as daemons
 from tests.integration.daemon import Daemon
 
 pytestmark = pytest.mark.integration
@@ -21,13 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def standin_daemon(tmp_path: Path):
     """A daemon whose workers are the stand-in (tests/integration/standin_worker.py), on fake GPUs."""
-    d = Daemon(tmp_path / "ftq", fake_gpus="2x24GiB", cpu_slots="1", worker_module="tests.integration.standin_worker")
-    d.env["PYTHONPATH"] = str(REPO)
-    d.start()
-    try:
+    with daemons.standin_daemon(tmp_path / "ftq", fake_gpus="2x24GiB", cpu_slots="1") as d:
         yield d
-    finally:
-        d.close()
 
 
 def test_numbers_beyond_their_columns_are_refused_at_submit(tmp_path: Path):

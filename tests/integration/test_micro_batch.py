@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, tiny_spec, wait_for
-from tests.integration.daemon import Daemon
+from tests.helpers import tiny_spec, wait_for
+from tests.integration.daemon import Daemon, standin_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +21,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def roomy(tmp_path: Path):
     """A daemon on one fake 80 GiB GPU whose workers are the stand-in."""
-    d = Daemon(tmp_path / "ftq", fake_gpus="1x80GiB", worker_module="tests.integration.standin_worker")
-    d.env["PYTHONPATH"] = str(REPO)
-    d.start()
-    try:
+    with standin_daemon(tmp_path / "ftq", fake_gpus="1x80GiB") as d:
         yield d
-    finally:
-        d.close()
 
 
 def ran(daemon: Daemon, spec: dict) -> tuple[dict, dict, dict]:
