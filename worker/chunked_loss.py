@@ -91,20 +91,25 @@ class ChunkedLoss:
 
     def _hidden(self, model: Callable[..., Any], inputs: dict[str, Any]) -> torch.Tensor:
         """The decoder's final hidden states from a forward pass that projects no position."""
+        device = inputs["input_ids"].device
+        hidden, _ = self._run(model, inputs, logits_to_keep=torch.empty(0, dtype=torch.long, device=device))
+        return hidden
+
+    def _run(self, model: Callable[..., Any], inputs: dict[str, Any], **extra: Any) -> tuple[torch.Tensor, Any]:
+        """(the decoder's final hidden states, the model's output) of one forward pass."""
         captured: list[torch.Tensor] = []
 
         def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
             captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
 
-        device = inputs["input_ids"].device
         handle = self.decoder.register_forward_hook(keep)
         try:
-            model(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long, device=device))
+            output = model(**inputs, **extra)
         finally:
             handle.remove()
         if len(captured) != 1:
             raise RuntimeError(f"the decoder ran {len(captured)} times in one forward pass; expected once")
-        return captured[0]
+        return captured[0], output
 
     def matches_model(self, model: Any, input_ids: list[int]) -> bool:
         """Whether head(decoder(x)) is the model's own logits on one example (eval mode: no dropout)."""
@@ -113,15 +118,8 @@ class ChunkedLoss:
         model.eval()
         try:
             with torch.no_grad():
-                captured: list[torch.Tensor] = []
-                handle = self.decoder.register_forward_hook(
-                    lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out.last_hidden_state)
-                )
-                try:
-                    reference = model(input_ids=ids, use_cache=False).logits
-                finally:
-                    handle.remove()
-                mine = self.head(captured[-1])
+                hidden, output = self._run(model, {"input_ids": ids}, use_cache=False)
+                reference, mine = output.logits, self.head(hidden)
         except Exception as exc:  # noqa: BLE001 - any model this path cannot drive keeps transformers' loss
             log.info("fused_cross_entropy: the model cannot be run without its output layer (%s)", exc)
             return False

@@ -51,8 +51,9 @@ class LossAndTokens:
         if ids is None:
             return super()._track_num_input_tokens(inputs)  # type: ignore[misc]
         count = torch.as_tensor(ids.numel(), device=trainer.args.device, dtype=torch.int64)
-        self.tokens_computed += int(trainer.accelerator.gather(count).sum().item())
+        computed = int(trainer.accelerator.gather(count).sum().item())  # one gather serves both counts
+        self.tokens_computed += computed
         if "attention_mask" in inputs or trainer.args.include_num_input_tokens_seen != "non_padding":
             return super()._track_num_input_tokens(inputs)  # type: ignore[misc]
-        trainer.state.num_input_tokens_seen += int(trainer.accelerator.gather(count).sum().item())
+        trainer.state.num_input_tokens_seen += computed
         return None
