@@ -82,6 +82,28 @@ class Settings(BaseSettings):
         "and for the scheduler.",
     )
 
+    alert_vram_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Alert (an `alert` event on /events, a log line, the webhook) when a GPU's used memory "
+        "crosses this share of its total, e.g. 0.95. Unset: no memory alerts.",
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="Each alert is also POSTed here as JSON (in the background, with bounded retries).",
+    )
+    sse_ping_s: float = Field(
+        default=15.0, gt=0, le=3600, description="Event streams send a heartbeat comment this often."
+    )
+    gpu_event_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="A `gpus` event on /events at most this often, and only when a reading or a holder changed.",
+    )
+
     @field_validator("input_dirs", "output_dirs", mode="before")
     @classmethod
     def _split_input_dirs(cls, value: object) -> object:
@@ -114,7 +136,7 @@ class Settings(BaseSettings):
         """Where jobs may write their output_dir and tokenized_path: FTQ_OUTPUT_DIRS, or the data dir."""
         return self.output_dirs or [self.data_dir.resolve()]
 
-    @field_validator("fake_gpus", "api_token")
+    @field_validator("fake_gpus", "api_token", "webhook_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
