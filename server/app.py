@@ -30,6 +30,7 @@ from server.guard import Guard, Policy
 from server.health import health_problems
 from server.lock import DataDirLock
 from server.openapi import error_responses, install_openapi
+from server.prometheus import make_registry
 from server.read_cache import make_read_cache
 from server.routes import events as events_routes
 from server.routes import jobs, system
@@ -118,6 +119,7 @@ def create_app(
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.metrics_registry = make_registry(app.state, app.version)  # GET /metrics reads at scrape time
     install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(system.router)
