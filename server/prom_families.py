@@ -78,15 +78,29 @@ def attempts_by_outcome(counts: Mapping[str, int]) -> CounterMetricFamily:
     return family
 
 
-def histogram(name: str, documentation: str, values: Iterable[float], buckets: Sequence[float]) -> Metric:
-    """A histogram of observations the database already holds, with fixed buckets (negative ones count as 0)."""
+@dataclass(frozen=True)
+class Observed:
+    """A histogram's observations as counts: how many at or below each bucket's bound, all of them, their sum."""
+
+    cumulative: tuple[int, ...]  # one per bucket, in the buckets' order
+    count: int
+    total: float
+
+
+def observe(values: Iterable[float], buckets: Sequence[float]) -> Observed:
+    """Observations counted into the buckets (negative ones, a clock stepped back, count as 0)."""
     observed = sorted(max(value, 0.0) for value in values)
-    cumulative = [(_bucket_label(bound), float(bisect_right(observed, bound))) for bound in buckets]
-    cumulative.append(("+Inf", float(len(observed))))
-    return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=sum(observed))
+    return Observed(tuple(bisect_right(observed, bound) for bound in buckets), len(observed), float(sum(observed)))
 
 
-def wait_histograms(queue_waits: Iterable[float], submit_to_start: Iterable[float]) -> list[Metric]:
+def histogram(name: str, documentation: str, observed: Observed, buckets: Sequence[float]) -> Metric:
+    """A histogram of observations the database already holds, with fixed buckets."""
+    cumulative = [(_bucket_label(bound), float(n)) for bound, n in zip(buckets, observed.cumulative, strict=True)]
+    cumulative.append(("+Inf", float(observed.count)))
+    return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=observed.total)
+
+
+def wait_histograms(queue_waits: Observed, submit_to_start: Observed) -> list[Metric]:
     return [
         histogram(
             "ftq_queue_wait_seconds",

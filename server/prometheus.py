@@ -4,7 +4,8 @@ One registry per app (`make_registry`), never prometheus_client's global one: tw
 (tests) keep apart, and nothing is counted in memory that a restart would lose. Every figure is read from
 the database when Prometheus asks, in one read snapshot and a few aggregate statements (a job's latest
 attempt, metric and queue event are each one index seek), so a scrape costs the same whether the daemon
-has just started or has run for months; `python -m bench.metrics_scrape` measures it at 10,000 jobs.
+has just started or has run for months (the wait histograms read only what changed: server.prom_waits);
+`python -m bench.metrics_scrape` measures it at 10,000 jobs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from server.db import read_snapshot
 from server.health import health_problems
 from server.machine import Machine, gpus_view
 from server.models import Attempt, Event, Job, Lease, MetricRecord, as_utc, utcnow
+from server.prom_waits import WaitTally
 
 log = logging.getLogger("ftq")
 
@@ -50,6 +52,7 @@ class FtqCollector:
     def __init__(self, state: Any, version: str) -> None:
         self.state = state
         self.version = version
+        self.waits = WaitTally()
 
     def collect(self) -> Iterator[Metric]:
         state = self.state
@@ -64,7 +67,7 @@ class FtqCollector:
             read_snapshot(session)  # every figure as of one moment
             yield families.jobs_by_state(state_counts(session))
             yield families.attempts_by_outcome(outcome_counts(session))
-            yield from families.wait_histograms(queue_waits(session), submit_to_start(session))
+            yield from families.wait_histograms(*self.waits.update(session))
             yield from families.job_families(job_rows(session, now - timedelta(seconds=families.RECENT_S)), now, stall)
             holders = {lease.resource: lease.job_id for lease in session.exec(select(Lease)).all()}
         yield from families.cpu_slot_families(
@@ -88,31 +91,6 @@ def outcome_counts(session: Session) -> dict[str, int]:
     """Ended attempts by the state they ended in."""
     query = select(Attempt.state, func.count()).where(col(Attempt.ended_at).is_not(None)).group_by(col(Attempt.state))
     return {state: count for state, count in session.execute(query)}
-
-
-def queue_waits(session: Session) -> list[float]:
-    """Seconds from each started job's submission to its first attempt's start."""
-    rows = session.execute(select(Job.submitted_at, Job.started_at).where(col(Job.started_at).is_not(None)))
-    return [(started - submitted).total_seconds() for submitted, started in rows]
-
-
-def submit_to_start(session: Session) -> list[float]:
-    """Seconds from each job's submission to the timestamp of its worker's first `start` record."""
-    first_start = (
-        select(MetricRecord.data["timestamp"].as_string())
-        .where(col(MetricRecord.job_id) == col(Job.id), col(MetricRecord.kind) == "start")
-        .order_by(col(MetricRecord.id))
-        .limit(1)
-        .correlate(Job)
-        .scalar_subquery()
-    )
-    rows = session.execute(select(Job.submitted_at, first_start).where(col(Job.started_at).is_not(None)))
-    waits = []
-    for submitted, stamp in rows:
-        started = record_time({"timestamp": stamp})
-        if started is not None:
-            waits.append((started - as_utc(submitted)).total_seconds())  # type: ignore[operator]
-    return waits
 
 
 def job_rows(session: Session, ended_after: datetime) -> list[families.JobRow]:

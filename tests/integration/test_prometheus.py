@@ -16,7 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import Session
 
+from server.db import make_engine
+from server.prom_waits import WaitTally
+from server.settings import Settings
 from tests.helpers import REPO, tiny_spec, wait_for
 from tests.integration.daemon import STANDIN_WORKER, Daemon
 from tests.prom_rules import PROMETHEUS_OWN, metric_names, rules
@@ -78,6 +82,8 @@ def test_metrics_need_the_token_like_every_route(daemon: Daemon):
 
 def test_metrics_agree_with_jobs_and_gpus(daemon: Daemon):
     d = daemon
+    empty = scrape(d)  # the first scrape reads every job's waits; the later ones only what changed since
+    assert one(empty, "ftq_queue_wait_seconds_count") == 0 and one(empty, "ftq_jobs", state="queued") == 0
     done = d.submit(tiny_spec(name="metered-done", max_steps=5))["id"]
     wait_for(lambda: d.ended(done), timeout=60, what="the short job")
     long = d.submit(tiny_spec(name="metered-long", max_steps=100_000))["id"]
@@ -120,6 +126,17 @@ def test_metrics_agree_with_jobs_and_gpus(daemon: Daemon):
     assert one(got, "ftq_submit_to_start_seconds_count") == 3
     assert one(got, "ftq_submit_to_start_seconds_bucket", le="+Inf") == 3
     assert 0 < one(got, "ftq_queue_wait_seconds_sum") <= one(got, "ftq_submit_to_start_seconds_sum")
+    # what the daemon kept from scrape to scrape is what a full read of its database says, both ways
+    engine = make_engine(Settings(data_dir=d.data_dir))
+    try:
+        for in_sql in (True, False):
+            with Session(engine) as session:
+                queue, start = WaitTally(in_sql=in_sql).update(session)
+            for name, observed in (("ftq_queue_wait_seconds", queue), ("ftq_submit_to_start_seconds", start)):
+                assert one(got, f"{name}_count") == observed.count == 3
+                assert one(got, f"{name}_sum") == pytest.approx(observed.total, abs=0.01)
+    finally:
+        engine.dispose()
 
     # the GPUs, as GET /gpus sees them, and the CPU slot
     gpus = d.http.get("/gpus").json()

@@ -50,7 +50,9 @@ def test_every_state_and_every_outcome_is_there_with_zeros():
 
 
 def test_a_histogram_of_rows_counts_each_bucket_cumulatively():
-    got = scrape([f.histogram("ftq_x_seconds", "x", [0.5, 3, 3, 70, 100_000, -2], (1.0, 5.0, 60.0))])
+    observed = f.observe([0.5, 3, 3, 70, 100_000, -2], (1.0, 5.0, 60.0))
+    assert observed == f.Observed((2, 4, 4), 6, 0.5 + 3 + 3 + 70 + 100_000)
+    got = scrape([f.histogram("ftq_x_seconds", "x", observed, (1.0, 5.0, 60.0))])
     samples = got["ftq_x_seconds"]
     buckets = {labels["le"]: value for name, labels, value in samples if name.endswith("_bucket")}
     assert buckets == {"1.0": 2, "5.0": 4, "60.0": 4, "+Inf": 6}  # -2 (a clock step) counts as 0
@@ -59,7 +61,7 @@ def test_a_histogram_of_rows_counts_each_bucket_cumulatively():
 
 
 def test_the_wait_histograms_share_buckets_from_a_second_to_a_day():
-    got = scrape(f.wait_histograms([2.0], [7.0, 9.0]))
+    got = scrape(f.wait_histograms(f.observe([2.0], f.WAIT_BUCKETS), f.observe([7.0, 9.0], f.WAIT_BUCKETS)))
     assert set(got) == {"ftq_queue_wait_seconds", "ftq_submit_to_start_seconds"}
     les = [labels["le"] for name, labels, _ in got["ftq_queue_wait_seconds"] if name.endswith("_bucket")]
     assert les[0] == "1.0" and les[-2] == "86400.0" and les[-1] == "+Inf"

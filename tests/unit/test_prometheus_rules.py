@@ -46,7 +46,7 @@ def exposed_names() -> set[str]:
     families = [
         f.jobs_by_state({}),
         f.attempts_by_outcome({}),
-        *f.wait_histograms([1.0], [1.0]),
+        *f.wait_histograms(f.observe([1.0], f.WAIT_BUCKETS), f.observe([1.0], f.WAIT_BUCKETS)),
         *f.job_families(rows, NOW),
         *f.gpu_families([_gpu(0, bound_job=1)]),
         *f.cpu_slot_families(1, 0),
