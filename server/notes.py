@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.key_fates import WITHOUT_EFFECT, shown
+from worker.key_fates import shown, without_effect_reason
 
 
 def spec_notes(spec: dict[str, Any]) -> list[str]:
     notes = [
-        f"{key}: {shown(key, value)} is accepted without effect: {WITHOUT_EFFECT[key][1]}"
+        f"{key}: {shown(key, value)} is accepted without effect: {without_effect_reason(key)}"
         for key, value in (spec.get("without_effect") or {}).items()
-        if key in WITHOUT_EFFECT
+        if without_effect_reason(key) is not None
     ]
     what = "adapter" if spec.get("finetuning_type", "lora") in ("lora", "oft") else "model"
     if spec.get("output_dir"):

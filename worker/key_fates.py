@@ -7,7 +7,8 @@ Every key has a fate, and none is silent:
   typed there so that a bad value is a 422 at submit rather than a failure in the worker;
 - accepted without effect (`WITHOUT_EFFECT`), because ftq owns what it steers (where output goes, resuming,
   reporting) or because it only matters to what ftq does not run (inference, export): kept in the job's
-  spec and listed in its public `notes` with the reason;
+  spec and listed in its public `notes` with the reason; an honoured key may be so in part
+  (`PARTLY_WITHOUT_EFFECT`: report_to's integrations other than tensorboard);
 - refused at submit (`REFUSED`) with the reason: a method ftq does not run, another engine, multimodal data.
 
 A value equal to LLaMA-Factory's default (or transformers', for its keys) is always accepted: it asks for
@@ -61,9 +62,7 @@ WITHOUT_EFFECT: dict[str, tuple[Any, str]] = {
         None,
         "ftq resumes a requeued job from the job's own checkpoints; a checkpoint named here is not loaded",
     ),
-    "logging_dir": (None, REPORTING),
-    "report_to": ("none", REPORTING),
-    "plot_loss": (False, "ftq does not draw loss plots; the metrics are in GET /jobs/{id}/metrics and the dashboard"),
+    "logging_dir": (None, "ftq writes TensorBoard's event files (report_to: tensorboard) into the job's run dir"),
     "include_effective_tokens_per_second": (False, "ftq reports throughput in every metric record"),
     "include_tokens_per_second": (False, "ftq reports throughput in every metric record"),
     "include_num_input_tokens_seen": (False, "ftq counts the tokens seen itself (total_tokens in every record)"),
@@ -224,6 +223,13 @@ WITHOUT_EFFECT: dict[str, tuple[Any, str]] = {
     "tpu_metrics_debug": (False, "ftq runs on NVIDIA GPUs or CPU slots"),
 }
 
+# Honoured keys some of whose values ask for what ftq does not do: those values are kept in `without_effect`
+# under the key and listed in the notes with this reason (report_to: [tensorboard, wandb] writes TensorBoard's
+# files and notes wandb).
+PARTLY_WITHOUT_EFFECT: dict[str, str] = {
+    "report_to": f"{REPORTING}; of report_to's integrations ftq runs tensorboard alone (event files in the run dir)",
+}
+
 # key -> (the default that asks for nothing, why ftq refuses any other value)
 REFUSED: dict[str, tuple[Any, str]] = {
     "adapter_folder": (None, "loading adapters from a folder is not run by ftq; name them in adapter_name_or_path"),
@@ -301,6 +307,12 @@ def is_default(key: str, value: Any) -> bool:
     if isinstance(default, bool) or isinstance(value, bool):  # `0` is not `false`, nor `1` `true`
         return value is default
     return value == default
+
+
+def without_effect_reason(key: str) -> str | None:
+    """Why a key (or, for an honoured key, the value kept under it in `without_effect`) changes nothing."""
+    fate = WITHOUT_EFFECT.get(key)
+    return fate[1] if fate is not None else PARTLY_WITHOUT_EFFECT.get(key)
 
 
 def shown(key: str, value: Any) -> str:

@@ -10,6 +10,7 @@ METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "worker.log"
 OUTPUT_DIR = "output"
 CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, with report_to: tensorboard
 
 # Exit codes the worker uses, so the supervisor can tell why it ended without
 # parsing its log. 0 is success; anything else not listed is an unexpected crash.

@@ -48,7 +48,7 @@ _FAILURE_ENTRY = re.compile(
 # What torchrun logs when a rank did not stop within the shutdown timeout and it sent SIGKILL.
 _FORCE_KILLED = re.compile(r"Unable to shutdown process (\d+) via")
 # The end-record fields a rank's report carries over into the run's end record.
-_CARRIED = ("current_steps", "total_steps", "output", "final_loss")
+_CARRIED = ("current_steps", "total_steps", "output", "final_loss", "plots", "plot_error", "tensorboard_dir")
 
 
 # ---- the rank side -----------------------------------------------------------------------------------------------

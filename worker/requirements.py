@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 GPU_EXTRA = "pip install 'ftq[gpu]'"  # bitsandbytes and liger-kernel
 DEEPSPEED_EXTRA = "pip install 'ftq[deepspeed]'"
+PLOT_EXTRA = "pip install 'ftq[plot]'"  # matplotlib
+TENSORBOARD_EXTRA = "pip install 'ftq[tensorboard]'"
 NO_GPU_SLOT = "needs a GPU: this job asks for a CPU slot (gpus: 0)"
 NO_CUDA = "needs a GPU: no CUDA device is visible to this worker"
 
@@ -111,6 +113,11 @@ def needs(spec: JobSpec, model_config: dict[str, Any] | None) -> list[Need]:
     found += [need for need in _optim_needs(spec) if need.package not in named]
     if spec.deepspeed is not None:
         found.append(Need("deepspeed", "deepspeed", DEEPSPEED_EXTRA, True, "DeepSpeed (deepspeed)"))
+    if spec.plot_loss:
+        found.append(Need("plot_loss", "matplotlib", PLOT_EXTRA, False, "drawing the loss plots (plot_loss: true)"))
+    if spec.report_to == "tensorboard":
+        why = "writing TensorBoard event files (report_to: tensorboard)"
+        found.append(Need("report_to", "tensorboard", TENSORBOARD_EXTRA, False, why))
     return found
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from worker.key_fates import ALIASES, REFUSED, SECRETS, WITHOUT_EFFECT, is_default, nearest
+from worker.key_fates import ALIASES, PARTLY_WITHOUT_EFFECT, REFUSED, SECRETS, WITHOUT_EFFECT, is_default, nearest
 
 # The run-dir layout and the exit codes live in worker.layout (no pydantic there: the start gate and the
 # benchmarks' stand-in workers need them before, or without, the slow imports); the spec re-exports them.
@@ -36,6 +36,7 @@ from worker.layout import (
 from worker.methods import method_problems
 from worker.spec_batching import BatchingFields
 from worker.spec_methods import MethodFields
+from worker.spec_outputs import OutputFields, split_report_to
 from worker.spec_passed import PassedToTrainer
 from worker.templates import TEMPLATE_NAMES
 from worker.tool_formats import TOOL_FORMAT_NAMES
@@ -59,10 +60,9 @@ PathText = Annotated[str, Field(min_length=1, max_length=PATH_MAX), AfterValidat
 
 # LLaMA-Factory's stages besides sft, each refused with the same sentence.
 OTHER_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
-REPORTERS_OK = ("none",)
 
 
-class JobSpec(MethodFields, PassedToTrainer, BatchingFields):
+class JobSpec(MethodFields, PassedToTrainer, BatchingFields, OutputFields):
     """What to fine-tune, on what, how, and with how many GPUs."""
 
     # allow_inf_nan: Infinity and NaN (which JSON parsers accept) are refused: no field means anything with them.
@@ -316,13 +316,17 @@ def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], d
 
     for key, value in data.items():
         if key == "without_effect":
-            unknown = [k for k in without_effect if k not in WITHOUT_EFFECT]
+            unknown = [k for k in without_effect if k not in WITHOUT_EFFECT and k not in PARTLY_WITHOUT_EFFECT]
             if unknown:
                 refuse(key, f"holds {', '.join(map(repr, unknown[:5]))}, which are not keys ftq accepts without effect")
         elif key == "stage" and value in OTHER_STAGES:
             refuse(key, f"stage {value!r} is not run by ftq: it runs supervised fine-tuning (stage: sft) only")
-        elif key == "report_to" and value in (None, [], "none", ["none"]):
-            pass  # LLaMA-Factory's "nothing", however it is spelt
+        elif key == "report_to":  # tensorboard is honoured; any other integration is accepted without effect
+            ours, rest = split_report_to(value)
+            if ours is not None:
+                kept[key] = ours
+            if rest is not None:
+                without_effect[key] = rest
         elif key in ALIASES:
             if ALIASES[key] in data and data[ALIASES[key]] != value:
                 refuse(key, f"is transformers' new name for {ALIASES[key]}, which says otherwise; keep one of them")

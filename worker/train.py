@@ -48,9 +48,11 @@ from worker.loss_chunks import CHUNKED, FULL_LOGITS, loss_kernel
 from worker.methods import MethodError, describe_method, expected_adapter
 from worker.model import load_model, load_tokenizer, model_attention
 from worker.pissa import save_converted, save_initial
+from worker.plots import plot_after_training
 from worker.publish import publish
 from worker.ranks import exception_chain, exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
 from worker.records import make_record
+from worker.reporting import tensorboard_callback, tensorboard_dir
 from worker.resume import CheckpointLoadError, ResumingTrainer, ShapeCallback
 from worker.sink import GIB, MetricsCallback, MetricsSink, NullSink, hms, utc_timestamp
 from worker.spec import (
@@ -96,6 +98,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
     sink = MetricsSink(run_dir / METRICS_FILE) if rank == 0 else NullSink()
     cuda = torch.cuda.is_available()
     trainer: ResumingTrainer | None = None
+    events = tensorboard_dir(run_dir)
 
     def end(status: str, code: int, **fields: Any) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the end record must not be cut in half
@@ -111,6 +114,8 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                 peak_vram_allocated=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
                 peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 2),
                 **token_counts(trainer),
+                # whatever the run's end: what it logged for TensorBoard so far is there (report_to: tensorboard)
+                tensorboard_dir=str(events.resolve()) if events.is_dir() else None,
                 **fields,
             ),
         )
@@ -184,6 +189,8 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
             callbacks: list[Any] = [ShapeCallback(shape), callback]  # the checkpoint record comes once all is written
             if faults:
                 callbacks.append(FaultInjector(faults, rank))
+            if spec.report_to == "tensorboard":
+                callbacks.append(tensorboard_callback(run_dir))
             trainer = ResumingTrainer(
                 model=load_model(spec, cuda, roots),
                 args=args,
@@ -224,7 +231,9 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
             log.error("training diverged: %s", diverged)
             return end("failed", EXIT_FAILED, error=f"training diverged: {diverged}")
 
-        # 5. a last evaluation when asked for (LLaMA-Factory's do_eval), recorded like the others
+        # 5. a last evaluation when asked for (LLaMA-Factory's do_eval), recorded like the others; the loss
+        # plots, as LLaMA-Factory's, show the history up to the end of training
+        history = list(trainer.state.log_history)
         if spec.do_eval and eval_set is not None:
             trainer.evaluate()
 
@@ -232,6 +241,8 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
         # save_model (ZeRO-3 gathers the weights from all of them); the main process writes, then places the
         # result in output_dir too when the spec names one (worker.publish).
         output = run_dir / OUTPUT_DIR
+        plots: list[str] = []
+        plot_error: str | None = None
         trainer.save_model(str(output))
         where = str(output.resolve())
         if trainer.is_world_process_zero():
@@ -239,6 +250,8 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                 save_converted(trainer.model, pissa_initial, output)
             tokenizer.save_pretrained(str(output))
             log.info("saved %s to %s", "adapter" if spec.finetuning_type in ("lora", "oft") else "model", output)
+            if spec.plot_loss:  # beside the result, as LLaMA-Factory puts them, so output_dir gets them too
+                plots, plot_error = plot_after_training(history, output, spec.name)
             if spec.output_dir:
                 try:
                     where = publish(output, spec.output_dir, output_dirs_from_env(os.environ))
@@ -247,7 +260,8 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
                     return end("failed", EXIT_FAILED, error=why, output=OUTPUT_DIR)
         return end(
             "succeeded", 0, output=OUTPUT_DIR, result=where, final_loss=_final_loss(result, callback),
-            loss_kernel=batching["loss_kernel"],
+            loss_kernel=batching["loss_kernel"], plots=[str(Path(where) / name) for name in plots] or None,
+            plot_error=plot_error,
         )  # fmt: skip
     except BaseException as exc:  # every way out must leave an end record
         return _classify(exc, cancel, end)

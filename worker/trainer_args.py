@@ -8,8 +8,9 @@ loop. Where both name the same argument:
   default ("steps"; False under DDP). A job that saves only per epoch (or never)
   loses that much on a requeue, which is its choice; ftq still saves on cancel.
 - report_to and remove_unused_columns are not passed-through keys: report_to is
-  always "none" (ftq streams its own metrics) and remove_unused_columns false
-  (ftq's collator needs every column it builds); worker.key_fates says so.
+  always "none" here (ftq streams its own metrics, and adds TensorBoard's callback
+  itself for report_to: tensorboard, see worker.reporting) and remove_unused_columns
+  false (ftq's collator needs every column it builds); worker.key_fates says so.
 - tf32 is a GPU setting: on a CPU slot it is dropped, and the log says so.
 
 Pure (no torch): the argument names are looked up in the TrainingArguments class given.

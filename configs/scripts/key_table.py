@@ -14,6 +14,7 @@ from worker.key_fates import ALIASES, REFUSED, WITHOUT_EFFECT
 from worker.spec import JobSpec
 from worker.spec_batching import BatchingFields
 from worker.spec_methods import MethodFields
+from worker.spec_outputs import OutputFields
 from worker.spec_passed import PASSED_KEYS
 
 FTQ_OWN = ("name", "gpus", "priority", "oom_retry", "gpu_ids", "without_effect")
@@ -35,7 +36,8 @@ def key_list(keys: list[str]) -> str:
 def table() -> str:
     method = [k for k in MethodFields.model_fields]
     batching = [k for k in BatchingFields.model_fields]
-    mine = set(PASSED_KEYS) | set(FTQ_OWN) | set(method) | set(batching)
+    outputs = [k for k in OutputFields.model_fields]
+    mine = set(PASSED_KEYS) | set(FTQ_OWN) | set(method) | set(batching) | set(outputs)
     honoured = [k for k in JobSpec.model_fields if k not in mine]
     lines = ["| fate | keys | why |", "| --- | --- | --- |"]
     lines.append(f"| honoured | {key_list(honoured)} | what LLaMA-Factory means by them |")
@@ -45,6 +47,12 @@ def table() -> str:
     lines.append(
         f"| honoured (batching) | {key_list(batching)} | ftq's padding-free rows, micro-batch and loss kernel, on by "
         "default and exact; LLaMA-Factory's packing, opt-in (see Batching) |"
+    )
+    lines.append(
+        f"| honoured (outputs) | {key_list(outputs)} | `plot_loss`: `training_loss.png` (and "
+        "`training_eval_loss.png` when the run evaluated) beside the result, needs `ftq[plot]`; `report_to: "
+        "tensorboard`: TensorBoard event files in the run dir, needs `ftq[tensorboard]`; report_to's other "
+        "integrations are accepted without effect (in `notes`) |"
     )
     lines.append(
         f"| passed to `TrainingArguments` as it is | {key_list(list(PASSED_KEYS))} | transformers' own; typed, "

@@ -12,9 +12,17 @@ def notes(**fields) -> list[str]:
 
 
 def test_each_key_without_effect_is_named_with_its_reason_and_never_a_secret():
-    found = "\n".join(notes(plot_loss=True, report_to="wandb", hub_token="hf_abc", template="qwen"))
-    assert "plot_loss: True is accepted without effect: ftq does not draw loss plots" in found
-    assert "report_to: 'wandb'" in found and "hub_token: (hidden)" in found and "hf_abc" not in found
+    found = "\n".join(notes(temperature=0.3, report_to="wandb", hub_token="hf_abc", template="qwen"))
+    assert "temperature: 0.3 is accepted without effect: used by LLaMA-Factory's inference" in found
+    assert "report_to: 'wandb' is accepted without effect: ftq streams every metric itself" in found
+    assert "hub_token: (hidden)" in found and "hf_abc" not in found
+
+
+def test_what_ftq_runs_of_report_to_is_not_in_the_notes_and_the_rest_is():
+    honoured = notes(plot_loss=True, report_to="tensorboard")
+    assert not any("report_to" in note or "plot_loss" in note for note in honoured)
+    (said,) = [note for note in notes(report_to=["tensorboard", "wandb", "mlflow"]) if "report_to" in note]
+    assert said.startswith("report_to: ['wandb', 'mlflow'] is accepted without effect") and "tensorboard alone" in said
 
 
 def test_the_template_and_checkpointing_defaults_are_said():

@@ -177,3 +177,26 @@ def test_the_module_imports_nothing_heavy() -> None:
     code = "import sys, worker.requirements; print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "expected"),
+    [
+        (dict(plot_loss=True), "plot_loss", "drawing the loss plots (plot_loss: true) needs the matplotlib package, "
+         "which is not installed here: pip install 'ftq[plot]'"),
+        (dict(report_to="tensorboard"), "report_to", "writing TensorBoard event files (report_to: tensorboard) needs "
+         "the tensorboard package, which is not installed here: pip install 'ftq[tensorboard]'"),
+        (dict(report_to=["wandb", "tensorboard"]), "report_to", "writing TensorBoard event files (report_to: "
+         "tensorboard) needs the tensorboard package, which is not installed here: pip install 'ftq[tensorboard]'"),
+    ],
+)  # fmt: skip
+def test_plots_and_tensorboard_are_refused_without_their_extra_on_any_slot(fields: dict, field: str, expected: str):
+    wants = needs(spec(**fields), None)
+    assert missing(wants, gpus=0, find=nothing) == [(field, expected)]
+    assert missing(wants, gpus=1, find=nothing, cuda=False) == [(field, expected)]
+    assert missing(wants, gpus=0, find=everything) == []  # no GPU needed: a CPU slot draws and logs as well
+
+
+@pytest.mark.parametrize("fields", [dict(report_to="wandb"), dict(report_to="none"), dict(plot_loss=False)])
+def test_integrations_ftq_does_not_run_need_nothing(fields: dict):
+    assert needs(spec(**fields), None) == []

@@ -90,11 +90,42 @@ def test_a_default_value_is_accepted_whatever_the_key():
 
 
 def test_keys_without_effect_are_kept_with_their_values_but_never_a_secret():
-    spec = JobSpec(model_name_or_path="m", dataset="d", plot_loss=True, hf_hub_token="hf_secret", temperature=0.3)
-    assert spec.without_effect == {"plot_loss": True, "hf_hub_token": "(hidden)", "temperature": 0.3}
+    spec = JobSpec(model_name_or_path="m", dataset="d", top_k=5, hf_hub_token="hf_secret", temperature=0.3)
+    assert spec.without_effect == {"top_k": 5, "hf_hub_token": "(hidden)", "temperature": 0.3}
     again = JobSpec.model_validate(spec.model_dump(mode="json"))  # the worker reads the stored spec back
     assert again.without_effect == spec.without_effect
     assert "without_effect" in problems(without_effect={"lora_rank": 3})
+
+
+@pytest.mark.parametrize(
+    ("report_to", "honoured", "without_effect"),
+    [
+        ("none", "none", {}),
+        (["none"], "none", {}),
+        (None, "none", {}),
+        ([], "none", {}),
+        ("tensorboard", "tensorboard", {}),
+        (["tensorboard"], "tensorboard", {}),
+        (["none", "tensorboard"], "tensorboard", {}),
+        ("wandb", "none", {"report_to": "wandb"}),
+        ("all", "none", {"report_to": "all"}),  # ftq runs none of "all installed integrations" but its own
+        (["wandb", "tensorboard", "swanlab"], "tensorboard", {"report_to": ["wandb", "swanlab"]}),
+        (3, "none", {"report_to": 3}),  # not a name at all: asks for nothing ftq does, as before
+    ],
+)
+def test_report_to_runs_tensorboard_and_keeps_every_other_integration_without_effect(
+    report_to, honoured, without_effect
+):
+    spec = JobSpec(model_name_or_path="m", dataset="d", report_to=report_to)
+    assert spec.report_to == honoured and spec.without_effect == without_effect
+    again = JobSpec.model_validate(spec.model_dump(mode="json"))  # the worker reads the stored spec back
+    assert again.report_to == honoured and again.without_effect == without_effect
+
+
+def test_plot_loss_is_honoured():
+    assert JobSpec(model_name_or_path="m", dataset="d", plot_loss=True).plot_loss is True
+    assert JobSpec(model_name_or_path="m", dataset="d").plot_loss is False
+    assert "plot_loss" in problems(plot_loss="sometimes")
 
 
 def test_llamafactory_switch_for_gradient_checkpointing_is_stored_as_the_one_field():
