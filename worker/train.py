@@ -52,7 +52,7 @@ from worker.plots import plot_after_training
 from worker.publish import publish
 from worker.ranks import exception_chain, exception_is_oom, rank_report_path, tried_to_allocate_bytes, write_rank_report
 from worker.records import make_record
-from worker.reporting import tensorboard_callback, tensorboard_dir
+from worker.reporting import RunDirTensorBoard, tensorboard_dir
 from worker.resume import CheckpointLoadError, ResumingTrainer, ShapeCallback
 from worker.sink import GIB, MetricsCallback, MetricsSink, NullSink, hms, utc_timestamp
 from worker.spec import (
@@ -190,7 +190,7 @@ def run(run_dir: Path, cancel: CancelFlag) -> int:
             if faults:
                 callbacks.append(FaultInjector(faults, rank))
             if spec.report_to == "tensorboard":
-                callbacks.append(tensorboard_callback(run_dir))
+                callbacks.append(RunDirTensorBoard(run_dir))
             trainer = ResumingTrainer(
                 model=load_model(spec, cuda, roots),
                 args=args,
