@@ -106,7 +106,8 @@ def test_one_answer_names_every_problem_of_a_file(corpus: Corpus):
 
 def test_keys_without_effect_are_listed_in_the_notes(corpus: Corpus):
     notes = "\n".join(corpus.ended["lora_sft"]["notes"])
-    assert "plot_loss" in notes and "overwrite_cache" in notes
+    assert "overwrite_cache" in notes
+    assert "plot_loss" not in notes and "report_to" not in notes  # honoured; report_to: none asks for nothing
     assert "resume_from_checkpoint" not in notes  # null is LLaMA-Factory's default: it asks for nothing
 
 
@@ -115,6 +116,8 @@ def test_output_dir_gets_the_adapter_inside_the_output_dirs(corpus: Corpus):
     published = corpus.outputs / "saves/tiny/lora/sft"
     assert job["result"] == str(published)
     assert (published / "adapter_model.safetensors").is_file() and (published / "adapter_config.json").is_file()
+    # plot_loss: true, as LLaMA-Factory's example has it: the loss plot beside the adapter (no eval: no eval plot)
+    assert (published / "training_loss.png").is_file() and not (published / "training_eval_loss.png").exists()
     assert any(str(published) in note for note in job["notes"])
 
 
