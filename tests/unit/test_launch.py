@@ -231,6 +231,18 @@ def test_all_ranks_succeeded() -> None:
     }
 
 
+def test_rank_zero_says_where_the_plots_and_tensorboard_files_went() -> None:
+    plots = ["/out/training_loss.png", "/out/training_eval_loss.png"]
+    reports = [
+        said(0, "succeeded", 0, plots=plots, tensorboard_dir="/runs/job-1/attempt-1/tensorboard"),
+        said(1, "succeeded", 0, tensorboard_dir="/runs/job-1/attempt-1/tensorboard"),
+    ]
+    fields, _ = decide_end(reports, torchrun_rc=0, cancelled=False)
+    assert fields["plots"] == plots and fields["tensorboard_dir"] == "/runs/job-1/attempt-1/tensorboard"
+    failed = [said(0, "failed", 1, error="boom", tensorboard_dir="/tb"), said(1, "failed", 1, error="boom")]
+    assert decide_end(failed, torchrun_rc=1, cancelled=False)[0]["tensorboard_dir"] == "/tb"
+
+
 def test_a_cancel_ends_cancelled_once_whatever_torchrun_says() -> None:
     # torchrun re-raises the SIGTERM it was sent: it exits 1 although the ranks stopped as asked.
     reports = [said(0, "cancelled", EXIT_CANCELLED), said(1, "cancelled", EXIT_CANCELLED)]
