@@ -30,7 +30,7 @@ from server.health import health_problems
 from server.lock import DataDirLock
 from server.openapi import error_responses, install_openapi
 from server.read_cache import make_read_cache
-from server.routes import jobs, system
+from server.routes import dashboard, jobs, system
 from server.settings import Settings
 from server.store import SqlStore
 from worker.confine import worker_settings
@@ -125,6 +125,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     install_docs(app)
+    dashboard.install(app)
     install_openapi(app, settings)
     app.add_middleware(Guard, policy=Policy.from_settings(settings, extra_hosts))
     app.add_middleware(JsonErrors)  # outermost of ours: what the guard or a route raises still answers JSON
