@@ -31,7 +31,7 @@ from server.health import health_problems
 from server.lock import DataDirLock
 from server.openapi import error_responses, install_openapi
 from server.read_cache import make_read_cache
-from server.routes import dashboard, jobs, system
+from server.routes import compare, dashboard, jobs, system
 from server.routes import events as events_routes
 from server.settings import Settings
 from server.store import SqlStore
@@ -122,6 +122,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(events_routes.router)
+    app.include_router(compare.router)
 
     @app.get("/healthz", tags=["system"], responses=error_responses(413, 500, 503))
     async def healthz(request: Request) -> JSONResponse:
