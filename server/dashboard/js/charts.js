@@ -37,9 +37,10 @@ export function lineChart(container, { title, series, height = 240, yLabel = "" 
   let marks = [];
   const wrap = h("div", { class: "chart" });
   container.append(wrap);
+  const inner = () => Math.max(wrap.clientWidth - 16, 300); // less the card's padding
   const options = {
     title,
-    width: Math.max(wrap.clientWidth, 300),
+    width: inner(),
     height,
     scales: { x: { time: false } },
     legend: { live: true },
@@ -65,7 +66,7 @@ export function lineChart(container, { title, series, height = 240, yLabel = "" 
   const empty = [[], ...series.map(() => [])];
   const plot = new uPlot(options, empty, wrap);
   const resize = new ResizeObserver(() => {
-    const width = Math.max(wrap.clientWidth, 300);
+    const width = inner();
     if (width !== plot.width) plot.setSize({ width, height });
   });
   resize.observe(wrap);
@@ -74,7 +75,8 @@ export function lineChart(container, { title, series, height = 240, yLabel = "" 
     setData(data, newMarks = []) {
       marks = newMarks;
       plot.setData(data);
-      wrap.dataset.points = String(data[0].length); // what the browser test reads
+      wrap.dataset.points = String(data[0].length); // what the browser tests read
+      wrap.dataset.marks = String(marks.length);
     },
     destroy() {
       resize.disconnect();

@@ -32,10 +32,17 @@ export function compareView(root, query) {
   const table = h("div", { class: "card compare-table" });
   fill(root, h("div", { class: "toolbar" }, h("h1", {}, "Compare")), picker, charts, table);
 
-  const series = ids.map((id, i) => ({ label: `#${id}`, color: PALETTE[i % PALETTE.length] }));
-  const lossChart = ids.length ? lineChart(charts, { title: "Loss", yLabel: "loss", series }) : null;
-  const evalChart = ids.length ? lineChart(charts, { title: "Eval loss", yLabel: "eval loss", height: 180, series: series.map((s) => ({ ...s, points: true })) }) : null;
-  lossChart && (lossChart.element.dataset.chart = "compare-loss");
+  // Built once the jobs' names are known: uPlot's legend keeps the labels it was made with.
+  let lossChart = null;
+  let evalChart = null;
+  function makeCharts() {
+    if (lossChart || !ids.length) return;
+    const series = ids.map((id, i) => ({ label: `#${id} ${state.jobs.get(id)?.name ?? ""}`, color: PALETTE[i % PALETTE.length] }));
+    lossChart = lineChart(charts, { title: "Loss", yLabel: "loss", series });
+    evalChart = lineChart(charts, { title: "Eval loss", yLabel: "eval loss", height: 180, series: series.map((s) => ({ ...s, points: true })) });
+    lossChart.element.dataset.chart = "compare-loss";
+    renderCharts();
+  }
 
   function choose(id, on) {
     const next = on ? [...ids, id] : ids.filter((x) => x !== id);
@@ -56,7 +63,6 @@ export function compareView(root, query) {
 
   function renderCharts() {
     if (!lossChart) return;
-    ids.forEach((id, i) => (series[i].label = `#${id} ${state.jobs.get(id)?.name ?? ""}`));
     const of = (id) => state.series.get(id);
     lossChart.setData(align(ids.map((id) => new Map(sorted(of(id)?.metric ?? new Map()).map((r) => [r.current_steps, r.loss])))));
     evalChart.setData(align(ids.map((id) => new Map(sorted(of(id)?.eval ?? new Map()).map((r) => [r.current_steps, r.eval_loss])))));
@@ -87,7 +93,7 @@ export function compareView(root, query) {
     if (!again) again = setTimeout(() => ((again = null), readTable()), 500);
   }
 
-  loadJobs().catch(report);
+  loadJobs().catch(report).finally(makeCharts);
   for (const id of ids) loadSeries(id).catch(report);
   readTable();
   renderPicker();

@@ -57,7 +57,7 @@ function card(gpu) {
       { class: "gpu-facts" },
       h("span", {}, `${gib(gpu.memory_used)} / ${gib(gpu.memory_total)}`),
       h("span", {}, gpu.utilization == null ? "util –" : `util ${gpu.utilization}%`),
-      h("span", {}, "held by ", holder(gpu.bound_job)),
+      gpu.bound_job == null ? h("span", { class: "muted" }, "free") : h("span", {}, "held by ", holder(gpu.bound_job)),
     ),
     gpu.healthy ? null : h("p", { class: "error" }, gpu.error || "unhealthy"),
     processes(gpu),
