@@ -30,7 +30,7 @@ export function compareView(root, query) {
   const picker = h("div", { class: "picker" });
   const charts = h("div", { class: "charts wide" });
   const table = h("div", { class: "card compare-table" });
-  fill(root, h("div", { class: "toolbar" }, h("h1", {}, "Compare")), picker, charts, table);
+  fill(root, h("div", { class: "toolbar" }, h("h1", {}, "Compare")), picker, table, charts);
 
   // Built once the jobs' names are known: uPlot's legend keeps the labels it was made with.
   let lossChart = null;

@@ -59,7 +59,7 @@ function facts(job, series) {
     ["GPUs", `${gpuText(job, state.gpus)}${job.need_gib ? ` (needs ~${job.need_gib} GiB each)` : ""}`],
     ["Progress", job.progress ? `${job.progress.current_steps}/${job.progress.total_steps ?? "?"} steps (${job.progress.percentage ?? "?"}%)` : null],
     ["Loss", job.loss == null ? null : num(job.loss)],
-    ["Final loss", job.final_loss == null ? null : num(job.final_loss)],
+    ["Mean train loss", job.final_loss == null ? null : num(job.final_loss)],
     ["Tokens/s", job.state === "running" && last?.throughput ? rate(last.throughput) : null],
     ["ETA", job.state === "running" && last?.remaining_time ? duration(hmsSeconds(last.remaining_time)) : null],
     ["Wall time", job.started_at ? duration(wallSeconds(job)) : null],
