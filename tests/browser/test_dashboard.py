@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Request, expect
 
 from tests.helpers import tiny_spec, wait_for
 from tests.integration.daemon import Daemon, standin_daemon
@@ -23,7 +23,9 @@ TIMEOUT_MS = 60_000
 
 
 @contextmanager
-def dashboard(browser: Browser, daemon: Daemon, route: str = "#/", requests: list[str] | None = None) -> Iterator[Page]:
+def dashboard(
+    browser: Browser, daemon: Daemon, route: str = "#/", requests: list[Request] | None = None
+) -> Iterator[Page]:
     """A fresh tab on the daemon's dashboard (every URL it asks for goes to `requests`); fails the test if the
     page's own script raised."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -32,7 +34,7 @@ def dashboard(browser: Browser, daemon: Daemon, route: str = "#/", requests: lis
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     if requests is not None:
-        page.on("request", lambda request: requests.append(request.url))
+        page.on("request", lambda request: requests.append(request))
     page.goto(f"http://127.0.0.1:{daemon.port}/{route}")
     try:
         yield page
@@ -97,8 +99,8 @@ def test_a_chart_gains_points_from_the_event_stream_while_a_real_job_trains(brow
     daemon = Daemon(tmp_path / "ftq", cpu_slots="1").start()
     try:
         job = daemon.submit(tiny_spec(name="cs-live", gpus=0, max_steps=150, logging_steps=2))
-        urls: list[str] = []
-        with dashboard(browser, daemon, f"#/jobs/{job['id']}", urls) as page:
+        requests: list[Request] = []
+        with dashboard(browser, daemon, f"#/jobs/{job['id']}", requests) as page:
             page.wait_for_selector('[data-chart="loss"]')
             seen = {chart_points(page, "loss")}
             wait_for(lambda: seen.add(chart_points(page, "loss")) or daemon.ended(job["id"]), timeout=180)
@@ -109,12 +111,39 @@ def test_a_chart_gains_points_from_the_event_stream_while_a_real_job_trains(brow
             seen.add(chart_points(page, "loss"))
             expect(page.locator("h1 .badge")).to_have_text("succeeded")
             assert len([s for s in seen if 0 < s < final]) >= 1, f"the chart never grew while training: {seen}"
-            metric_reads = [url for url in urls if "/metrics" in url]
+            metric_reads = [r.url for r in requests if "/metrics" in r.url]
             assert len(metric_reads) == 1, f"the page polled the metrics: {metric_reads}"
             expect(page.locator('[data-chart="lr"]')).to_have_attribute("data-points", str(final))
             expect(page.locator("pre.log")).not_to_have_text("(no log yet)")
     finally:
         daemon.close()
+
+
+def test_the_page_resumes_the_stream_after_a_daemon_restart_and_loses_no_record(
+    browser: Browser, tmp_path: Path, monkeypatch
+) -> None:
+    """The reader reconnects with Last-Event-ID: what happened while the daemon was down still reaches the chart,
+    with no second read of the records."""
+    monkeypatch.setenv("STANDIN_STEP_S", "0.1")
+    with standin_daemon(tmp_path / "ftq") as daemon:
+        job = daemon.submit(tiny_spec(name="cs-restart", gpus=0, max_steps=120))
+        requests: list[Request] = []
+        with dashboard(browser, daemon, f"#/jobs/{job['id']}", requests) as page:
+            expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+            wait_for(lambda: chart_points(page, "loss") > 5, what="the first points")
+            daemon.stop()
+            expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting")
+            daemon.start()  # the worker trained on meanwhile; the new daemon adopts it
+            wait_for(lambda: daemon.ended(job["id"]), what="the job to end")
+            final = len(daemon.metrics(job["id"], kind="metric"))
+            assert final == 120
+            expect(page.locator('[data-chart="loss"]')).to_have_attribute("data-points", str(final))
+            expect(page.locator("h1 .badge")).to_have_text("succeeded")
+            assert len([r for r in requests if "/metrics" in r.url]) == 1
+            streams = [r for r in requests if r.url.endswith("/events")]
+            assert "last-event-id" not in streams[0].headers  # the first read starts live
+            cursors = [int(r.headers["last-event-id"]) for r in streams[1:]]
+            assert cursors and all(c > 0 for c in cursors), [r.headers for r in streams]
 
 
 def test_the_token_prompt_works_with_ftq_api_token(browser: Browser, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 // The dashboard's entry: hash routes (#/, #/gpus, #/jobs/ID, #/compare?ids=1,2), the connection light, alerts.
 
 import { fill, h } from "./dom.js";
-import { connect, loadGpus, loadJobs, report, state, subscribe } from "./store.js";
+import { connect, loadGpus, report, state, subscribe } from "./store.js";
 import { compareView } from "./views/compare.js";
 import { gpusView } from "./views/gpus.js";
 import { jobView } from "./views/job.js";
@@ -53,8 +53,8 @@ async function start() {
   await Promise.race([ready, new Promise((resolve) => setTimeout(resolve, 3000))]);
   window.addEventListener("hashchange", route);
   route();
-  // The GPU names in the jobs table, the holders in the GPU map: both views need both.
-  await Promise.all([loadGpus(), loadJobs()]).catch(report);
+  // The GPUs' indices name a job's GPUs in every view; each view reads the jobs it shows itself.
+  await loadGpus().catch(report);
 }
 
 start().catch((error) => fill(root, h("p", { class: "error" }, String(error))));

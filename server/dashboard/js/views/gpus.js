@@ -1,7 +1,7 @@
 // The GPU map: each GPU's memory (ours and foreign processes'), the job holding it, and the CPU slots.
 
 import { fill, gib, h } from "../dom.js";
-import { loadGpus, report, state } from "../store.js";
+import { loadGpus, loadJobs, report, state } from "../store.js";
 
 function holder(id) {
   if (id == null) return h("span", { class: "muted" }, "free");
@@ -86,6 +86,7 @@ export function gpusView(root) {
   }
 
   loadGpus().catch(report);
+  loadJobs().catch(report); // the holders' names
   render();
   return {
     update(what) {

@@ -161,7 +161,10 @@ export function jobView(root, id) {
   }
   follow.addEventListener("change", () => follow.checked && (log.scrollTop = log.scrollHeight));
 
-  Promise.all([loadJob(id), loadSeries(id)]).catch(report);
+  Promise.all([loadJob(id), loadSeries(id)]).catch((error) => {
+    if (error.status === 404) fill(root, h("p", { class: "empty" }, error.message), h("p", { class: "empty" }, h("a", { href: "#/" }, "← all jobs")));
+    else report(error);
+  });
   readLog().then(() => ((lastRead = Date.now()), (log.scrollTop = log.scrollHeight)));
   return {
     update(what) {

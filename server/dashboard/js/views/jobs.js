@@ -111,7 +111,14 @@ export function jobsView(root) {
   render();
   return {
     update(what) {
-      if (loaded) for (const job of state.jobs.values()) if (!state.series.has(job.id) && !seriesLoading(job.id) && job.state !== "queued") loadSeries(job.id).catch(report);
+      if (loaded) {
+        // A job that started since (or arrived by an event): its sparkline, if it is among the newest.
+        const newest = [...state.jobs.keys()].sort((a, b) => b - a).slice(0, SERIES_FOR_AT_MOST);
+        for (const id of newest) {
+          const job = state.jobs.get(id);
+          if (job.state !== "queued" && !state.series.has(id) && !seriesLoading(id)) loadSeries(id).catch(report);
+        }
+      }
       if ([...what].some((w) => w === "jobs" || w === "gpus" || w === "selection" || w.startsWith("series:"))) render();
     },
     unmount() {},
