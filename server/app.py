@@ -28,6 +28,7 @@ from server.errors import JsonErrors, install_handlers
 from server.event_hub import EventHub
 from server.guard import Guard, Policy
 from server.health import health_problems
+from server.live import Live
 from server.lock import DataDirLock
 from server.openapi import error_responses, install_openapi
 from server.read_cache import make_read_cache
@@ -63,6 +64,7 @@ def create_app(
         # Before the scheduler: what its recovery changes is in the event streams too.
         events = EventHub(engine)
         events.start()
+        recovered_after = events.newest
         # The scheduler's snapshots, shared with the API's wait reasons while they are at most a tick old.
         gpu_probe = RecentProbe(probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
         scheduler = Scheduler(
@@ -85,6 +87,8 @@ def create_app(
             ),
         )
         scheduler.start()
+        live = Live(engine, events, gpu_probe, scheduler.live_pids, settings)  # GPU snapshots and alerts
+        live.start(jobs_after=recovered_after)
         app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler
         app.state.events = events
         app.state.reads, close_reads = make_read_cache(engine)
@@ -101,6 +105,7 @@ def create_app(
         try:
             yield
         finally:
+            await live.close()
             scheduler.stop()
             events.stop()
             close_reads()
