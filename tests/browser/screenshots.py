@@ -44,6 +44,7 @@ def progress(job: dict[str, Any]) -> float:
 def settle(page: Page) -> None:
     """Let the last events land and the page redraw (it batches redraws every 150 ms)."""
     page.wait_for_timeout(1200)
+    page.evaluate("document.getElementById('toasts').replaceChildren()")  # the alerts of jobs that ended
 
 
 def main(out_dir: Path) -> int:
