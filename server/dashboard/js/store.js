@@ -130,13 +130,11 @@ function refreshDetail(id) {
 
 function applyRecord(kind, { job_id: id, attempt, record }) {
   const job = state.jobs.get(id);
-  const detail = state.details.get(id);
-  const known = detail ? detail.attempts.length : null;
-  if (kind === "start" && known != null && attempt > known) {
-    // A new attempt: it may train again steps the last one did; read the job and its records afresh.
+  if (kind === "start") {
+    // An attempt began: its row in the attempts table; a later one may train again steps the last one did,
+    // so its records are read afresh (each step once).
     refreshDetail(id);
-    if (state.series.has(id)) loadSeries(id).catch(report);
-    return;
+    if (attempt > 1 && state.series.has(id)) loadSeries(id).catch(report);
   }
   const series = state.series.get(id);
   if (series) addRecord(series, { kind, ...record });

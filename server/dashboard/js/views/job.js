@@ -14,7 +14,7 @@ const LOG_LINES = 400;
 // Where each attempt after the first took over: the step it resumed from (0 when it started afresh).
 export function restartMarks(attempts) {
   return attempts
-    .filter((a) => a.number > 1 && a.last_step != null)
+    .filter((a) => a.number > 1)
     .map((a) => ({ x: a.resumed_from_step ?? 0, label: `attempt ${a.number}` }));
 }
 
