@@ -1,4 +1,4 @@
-"""The browser tests' marker (registered here so they run under --strict-markers) and their daemons."""
+"""The browser tests' browser (the `browser` marker is registered in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,6 @@ import pytest
 from playwright.sync_api import Browser
 
 from tests.browser.browser import chromium, missing_browser
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "browser: drives the dashboard in Debian's chromium against a real daemon")
 
 
 @pytest.fixture(scope="module")
