@@ -72,7 +72,7 @@ class Scheduler:
         cpu_slots: int,
         cancel_grace_s: float,
         tick_s: float = 1.0,
-        tail_interval_s: float = 0.25,
+        tail_interval_s: float = 0.05,
         margin_bytes: int = 0,
         worker_module: str = "worker",
         spawn: Callable[..., WorkerProcess] = spawn_worker,
@@ -117,20 +117,35 @@ class Scheduler:
                 self.step()
             except Exception:  # a database hiccup must not end scheduling for good
                 log.exception("scheduler step failed; retrying at the next tick")
-            self._wake.wait(self.tail_interval_s if self._tracked else self.tick_s)
+            # Until the next tick only the records are read, every tail_interval_s: they are what people watch
+            # live (the event streams), and a whole step (reaping, cancels, placement) each time would delay
+            # them; what needs a whole step sooner (a submit, a cancel, a worker's exit) wakes the loop.
+            next_step = time.monotonic() + self.tick_s
+            while not self._stop.is_set():
+                left = next_step - time.monotonic()
+                woken = self._wake.wait(min(left, self.tail_interval_s) if self._tracked else left)
+                if woken or left <= self.tail_interval_s:
+                    break
+                try:
+                    self._phase(self._tail_all)
+                except Exception:
+                    log.exception("reading the records failed; retrying")
             self._wake.clear()
 
     def step(self) -> None:
         for phase in (self._finish_unfinished, self._reap, self._tail_all, self._carry_out_cancels, self._place):
-            try:
-                phase()
-            except Exception as exc:  # each attempt's trouble is caught inside; what is left is the database's
-                if not self.store.is_unavailable(exc):
-                    raise
-                self.health.database_error = _said(exc)
-                log.warning("scheduler: %s skipped, the database is unavailable (%s)", phase.__name__, exc)
+            self._phase(phase)
         self._heartbeat()
         self.health.last_tick_at = time.monotonic()
+
+    def _phase(self, phase: Callable[[], None]) -> None:
+        try:
+            phase()
+        except Exception as exc:  # each attempt's trouble is caught inside; what is left is the database's
+            if not self.store.is_unavailable(exc):
+                raise
+            self.health.database_error = _said(exc)
+            log.warning("scheduler: %s skipped, the database is unavailable (%s)", phase.__name__, exc)
 
     # ---- one attempt's trouble stays that attempt's ----
 

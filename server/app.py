@@ -33,8 +33,8 @@ from server.lock import DataDirLock
 from server.openapi import error_responses, install_openapi
 from server.prometheus import make_registry
 from server.read_cache import make_read_cache
+from server.routes import compare, dashboard, jobs, system
 from server.routes import events as events_routes
-from server.routes import jobs, system
 from server.settings import Settings
 from server.store import SqlStore
 from worker.confine import worker_settings
@@ -129,6 +129,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(events_routes.router)
+    app.include_router(compare.router)
 
     @app.get("/healthz", tags=["system"], responses=error_responses(413, 500, 503))
     async def healthz(request: Request) -> JSONResponse:
@@ -140,6 +141,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     install_docs(app)
+    dashboard.install(app)
     install_openapi(app, settings)
     app.add_middleware(Guard, policy=Policy.from_settings(settings, extra_hosts))
     app.add_middleware(JsonErrors)  # outermost of ours: what the guard or a route raises still answers JSON

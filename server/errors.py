@@ -86,6 +86,7 @@ RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_eq
 REQUIRED_HINTS = {
     "model_name_or_path": "the local directory of the model to fine-tune",
     "dataset": "the datasets to train on, comma-separated names from dataset_dir/dataset_info.json",
+    "ids": "name the jobs to compare as ?ids=1&ids=2",
 }
 
 

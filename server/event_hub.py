@@ -1,6 +1,6 @@
 """One reader of the event log for the whole daemon, however many clients stream it.
 
-A thread reads the events committed since its last look (every `poll_s`, one indexed query) and keeps the
+A thread reads the events committed since its last look (every `poll_s`, 25 ms, one indexed query) and keeps the
 newest few thousand in memory; each stream waits on the hub and takes what is newer than its cursor from
 there, so a hundred clients cost the database one query per poll, not a hundred. A stream whose cursor is
 older than what the hub keeps (a client resuming after a long gap) reads the rest from the database first.
@@ -25,7 +25,7 @@ PAGE = 1000  # events a read takes at most
 
 
 class EventHub:
-    def __init__(self, engine: Engine, poll_s: float = 0.05, keep: int = 20_000) -> None:
+    def __init__(self, engine: Engine, poll_s: float = 0.025, keep: int = 20_000) -> None:
         self.engine = engine
         self.poll_s = poll_s
         self.keep = keep

@@ -62,7 +62,12 @@ class Settings(BaseSettings):
         description="Run as `python -m MODULE RUN_DIR`; benchmarks swap in a stand-in that only holds GPUs.",
     )
     tick_s: float = Field(default=1.0, gt=0, le=60, description="The scheduler's periodic tick.")
-    tail_interval_s: float = Field(default=0.25, gt=0, le=10, description="How often running jobs' metrics are read.")
+    tail_interval_s: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="How often running jobs' metrics are read (between the ticks, nothing else is done then).",
+    )
     stall_factor: float = Field(
         default=5.0, ge=1, le=1000, description="A job is shown stalled after this many of its usual record intervals."
     )
