@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.events [--clients 100] [--jobs 8] [--rate 20] [--seconds 15] [--procs 4]
 
 A real daemon (bench.api_load's: `ftq serve` on a free port, 8 fake 80 GiB GPUs) runs 8 jobs whose
-stand-in workers (bench.stream_worker) write 20 metric records a second each. First /healthz is loaded
-alone (the baseline); then `--clients` clients follow `GET /events` (split over `--procs` processes, so
-that parsing does not queue in one client's loop) while /healthz is loaded again the same way.
+stand-in workers (bench.stream_worker) write 20 metric records a second each. First /healthz is probed
+alone, 100 times a second on one connection as a health checker would (the baseline); then `--clients`
+clients follow `GET /events` (split over `--procs` processes, so that parsing does not queue in one
+client's loop) while /healthz is probed again the same way. The daemon's CPU use in each phase is shown.
 
 Delay: from the `timestamp` the worker wrote into a record's line of metrics.jsonl to the moment a client
 has read that record's event, on the same clock; every client's every metric event counts. Each client
@@ -29,9 +30,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.api_load import Daemon, _percentile, _wait, load_asyncio
+import httpx
 
-HEALTHZ_CONNECTIONS = 4
+from bench.api_load import Daemon, Load, _percentile, _wait
+
+PROBE_PER_S = 100  # /healthz probes a second, on one connection: a health checker's load, not a saturating one
 
 
 # ---- a client process: N streams, the delay of each metric event ----
@@ -89,7 +92,40 @@ def listen_main(url: str, clients: int, seconds: float, out: Path) -> None:
     out.write_text(json.dumps(asyncio.run(_listen(url, clients, seconds))))
 
 
+async def _probe(url: str, seconds: float) -> Load:
+    """GET /healthz every 1/PROBE_PER_S s on one keep-alive connection; each answer's latency."""
+    parsed = httpx.URL(url)
+    reader, writer = await asyncio.open_connection(parsed.host, parsed.port)
+    request = f"GET /healthz HTTP/1.1\r\nHost: {parsed.host}:{parsed.port}\r\n\r\n".encode()
+    latencies: list[float] = []
+    errors = 0
+    began = time.perf_counter()
+    due = began
+    while due < began + seconds:
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        sent = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        latencies.append(time.perf_counter() - sent)
+        errors += not head.startswith(b"HTTP/1.1 200")
+        due += 1 / PROBE_PER_S
+    writer.close()
+    took = time.perf_counter() - began
+    return Load(len(latencies), errors, took, 1000 * _percentile(latencies, 50), 1000 * _percentile(latencies, 99))
+
+
+def probe(url: str, seconds: float) -> Load:
+    return asyncio.run(_probe(url, seconds))
+
+
 # ---- the run ----
+
+
+def _per_s(before: float | None, after: float | None, seconds: float) -> str:
+    """The daemon's CPU use over a phase, in cores (1.00: one core busy all along)."""
+    return f"{(after - before) / seconds:.2f} cores" if before is not None and after is not None else "n/a"
 
 
 def logged_ids(data_dir: Path, first: int, last: int) -> list[int]:
@@ -117,8 +153,10 @@ def main() -> None:
     try:
         jobs = [daemon.submit(f"stream-{i}") for i in range(args.jobs)]
         _wait(lambda: all(daemon.job(i)["state"] == "running" for i in jobs), 60, "the streams to run")
-        load_asyncio(daemon.url + "/healthz", 1.0, HEALTHZ_CONNECTIONS)  # warm up
-        alone = load_asyncio(daemon.url + "/healthz", args.seconds, HEALTHZ_CONNECTIONS)
+        probe(daemon.url, 1.0)  # warm up
+        cpu_alone, began = daemon.cpu_s(), time.monotonic()
+        alone = probe(daemon.url, args.seconds)
+        cpu_alone_s = _per_s(cpu_alone, daemon.cpu_s(), time.monotonic() - began)
 
         outs = [workdir / f"clients-{p}.json" for p in range(args.procs)]
         shares = [args.clients // args.procs + (p < args.clients % args.procs) for p in range(args.procs)]
@@ -130,7 +168,9 @@ def main() -> None:
             for n, o in zip(shares, outs, strict=True)
         ]
         time.sleep(1.5)  # every client connected before /healthz is measured beside them
-        beside = load_asyncio(daemon.url + "/healthz", args.seconds, HEALTHZ_CONNECTIONS)
+        cpu_before, began = daemon.cpu_s(), time.monotonic()
+        beside = probe(daemon.url, args.seconds)
+        cpu_after, took = daemon.cpu_s(), time.monotonic() - began
         for proc in procs:
             proc.wait(timeout=args.seconds + 60)
         results = [json.loads(o.read_text()) for o in outs]
@@ -152,17 +192,21 @@ def main() -> None:
 
     print(
         f"daemon: {args.jobs} jobs x {args.rate:g} records/s on 8 fake GPUs; {args.clients} clients on GET /events "
-        f"in {args.procs} processes for {args.seconds:g} s; /healthz by {HEALTHZ_CONNECTIONS} connections; "
+        f"in {args.procs} processes for {args.seconds:g} s; /healthz probed {PROBE_PER_S} times a second; "
         f"{os.cpu_count()} CPUs\n"
     )
     print("| metric events read | delay p50 | p95 | p99 | max |")
     print("| --- | --- | --- | --- | --- |")
     print(f"| {len(delays):,} | {ms(50)} | {ms(95)} | {ms(99)} | {1000 * delays[-1]:.0f} ms |" if delays else "| 0 |")
     print()
-    print("| /healthz | req/s | p50 | p99 |")
-    print("| --- | --- | --- | --- |")
-    for label, load in (("alone", alone), (f"beside {args.clients} streams", beside)):
-        print(f"| {label} | {load.rate:.0f} | {load.p50_ms:.1f} ms | {load.p99_ms:.1f} ms |")
+    print("| /healthz | req/s | p50 | p99 | daemon CPU |")
+    print("| --- | --- | --- | --- | --- |")
+    cpu_beside_s = _per_s(cpu_before, cpu_after, took)
+    for label, load, cpu in (
+        ("alone", alone, cpu_alone_s),
+        (f"beside {args.clients} streams", beside, cpu_beside_s),
+    ):
+        print(f"| {label} | {load.rate:.0f} | {load.p50_ms:.1f} ms | {load.p99_ms:.1f} ms | {cpu} |")
     ratio = beside.p99_ms / alone.p99_ms
     p99 = 1000 * _percentile(delays, 99) if delays else float("inf")
     print(f"\ndelay p99 {p99:.0f} ms (target <= 200 ms): {'PASS' if p99 <= 200 else 'FAIL'}")
