@@ -25,12 +25,14 @@ from scheduler.supervisor import spawn_worker
 from server.db import make_engine, upgrade_database
 from server.docs import install_docs
 from server.errors import JsonErrors, install_handlers
+from server.event_hub import EventHub
 from server.guard import Guard, Policy
 from server.health import health_problems
 from server.lock import DataDirLock
 from server.openapi import error_responses, install_openapi
 from server.read_cache import make_read_cache
 from server.routes import compare, jobs, system
+from server.routes import events as events_routes
 from server.settings import Settings
 from server.store import SqlStore
 from worker.confine import worker_settings
@@ -58,6 +60,9 @@ def create_app(
         upgrade_database(engine)
         # The API's threads, and a pooled database connection for each (server.db.pool_size).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        # Before the scheduler: what its recovery changes is in the event streams too.
+        events = EventHub(engine)
+        events.start()
         # The scheduler's snapshots, shared with the API's wait reasons while they are at most a tick old.
         gpu_probe = RecentProbe(probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
         scheduler = Scheduler(
@@ -81,6 +86,7 @@ def create_app(
         )
         scheduler.start()
         app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler
+        app.state.events = events
         app.state.reads, close_reads = make_read_cache(engine)
         # What the start made (modules, the app, SQLAlchemy's and pydantic's machinery) is most of the heap and
         # lives as long as the daemon: a full collection need not walk it each time. Without this, each one
@@ -96,6 +102,7 @@ def create_app(
             yield
         finally:
             scheduler.stop()
+            events.stop()
             close_reads()
             gpu_probe.close()
             engine.dispose()
@@ -114,6 +121,7 @@ def create_app(
     install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(system.router)
+    app.include_router(events_routes.router)
     app.include_router(compare.router)
 
     @app.get("/healthz", tags=["system"], responses=error_responses(413, 500, 503))

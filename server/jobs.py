@@ -17,6 +17,7 @@ from server import queries
 from server.admission import admission_errors, assess, remote_code_errors, requirement_errors
 from server.db import read_snapshot
 from server.errors import Conflict, NotFound
+from server.event_log import add_state_event
 from server.health import stalled_for_s
 from server.machine import Machine, MachineSource, machine_of
 from server.models import (
@@ -56,6 +57,9 @@ def submit(session: Session, raw: dict[str, Any], settings: Settings, machine: M
         gpu_ids=resolved.gpu_ids,
     )
     session.add(job)
+    session.flush()  # the id, for the `queued` event committed with the job
+    assert job.id is not None
+    add_state_event(session, job.id)
     session.commit()
     session.refresh(job)
     return job

@@ -1,4 +1,4 @@
-"""The tables (jobs, attempts, metric records, leases) and the API's schema family.
+"""The tables (jobs, attempts, metric records, leases, events) and the API's schema family.
 
 `JobCreate` comes in, `JobPublic` / `JobsPublic` go out, the table models stay
 inside (full-stack-fastapi-template's models.py). Times are aware UTC datetimes
@@ -90,6 +90,25 @@ class MetricRecord(SQLModel, table=True):
     step: int = Field(default=0, index=True)
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     superseded: bool = Field(default=False, index=True)  # a later attempt resumed from an earlier step
+
+
+class Event(SQLModel, table=True):
+    """One entry of the event log that GET /events and /jobs/{id}/events stream: a job's state change, a record
+    of a worker, a GPU snapshot, an alert.
+
+    Written in the same transaction as what it reports (the state change, the records), so the log never says
+    what the database does not. Ids only grow (AUTOINCREMENT: never reused, even after the newest row goes) and
+    SQLite has one writer at a time, so once id N is visible every smaller id is too: a client that resumes
+    after N misses nothing and sees nothing twice.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_job_id_id", "job_id", "id"), {"sqlite_autoincrement": True})
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int | None = None  # None: a GPU snapshot or a machine's alert
+    kind: str
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
 class Lease(SQLModel, table=True):

@@ -27,6 +27,7 @@ from scheduler.retry import memory_settings, next_after_oom, ran_spec, retry_spe
 from scheduler.states import ACTIVE, JobState, route
 from server.admission import estimate
 from server.attempt_spec import attempt_spec
+from server.event_log import add_events, record_event
 from server.models import Attempt, Daemon, Job, Lease, MetricRecord, as_utc, utcnow
 from server.transitions import transition
 from worker.spec import JobSpec
@@ -163,15 +164,15 @@ class SqlStore:
         found = session.execute(
             select(
                 Attempt.job_id, Attempt.state, Attempt.last_record_at, Attempt.record_interval_s,
-                Attempt.peak_memory_gib,
+                Attempt.peak_memory_gib, Attempt.number,
             ).where(col(Attempt.id) == attempt_id)
         ).first()  # fmt: skip
         if found is None:
             return
-        job_id, state, last_at, interval, peak = found
+        job_id, state, last_at, interval, peak, number = found
         last_at = as_utc(last_at)
         changes: dict[str, Any] = {"metrics_offset": offset}
-        rows = []
+        rows, events = [], []
         for item in kept:
             rows.append(
                 {
@@ -186,6 +187,9 @@ class SqlStore:
                 log.warning("attempt %s: a record kept raw: %s", attempt_id, item.data.get("reason"))
                 continue
             record = item.data
+            event = record_event(job_id, number, record)
+            if event is not None:
+                events.append(event)
             when = record_time(record) or utcnow()
             if last_at is not None and when >= last_at:
                 gap = (when - last_at).total_seconds()
@@ -203,12 +207,15 @@ class SqlStore:
                 if resumed is not None:
                     changes["resumed_from_step"] = resumed
                     _supersede(session, job_id, attempt_id, resumed)
-                if state == JobState.STARTING.value and transition(
-                    session, job_id, JobState.RUNNING, JobState.STARTING
-                ):
-                    state = changes["state"] = JobState.RUNNING.value
+                if state == JobState.STARTING.value:
+                    # The record's event first, then the state it causes: in the log as it happened.
+                    add_events(session, events)
+                    events = []
+                    if transition(session, job_id, JobState.RUNNING, JobState.STARTING):
+                        state = changes["state"] = JobState.RUNNING.value
         if rows:  # one statement for the batch: the ORM's unit of work per record cost the loop most of its time
             session.execute(MetricRecord.__table__.insert(), rows)  # type: ignore[attr-defined]
+        add_events(session, events)  # what the event streams send of them (server.event_log)
         changes.update(last_record_at=last_at, record_interval_s=interval)
         session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**changes))
 

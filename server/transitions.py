@@ -15,6 +15,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from scheduler.states import JobState, allowed_from
+from server.event_log import add_state_event
 from server.models import Attempt, Job
 
 
@@ -34,7 +35,10 @@ def transition(session: Session, job_id: int, to: JobState, frm: JobState | Iter
         .where(col(Job.id) == job_id, col(Job.state).in_([s.value for s in sources]))
         .values(state=to.value, **values)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    changed = result.rowcount == 1  # type: ignore[attr-defined]
+    if changed:  # the event streams learn of it in the same transaction (server.event_log)
+        add_state_event(session, job_id)
+    return changed
 
 
 def current_attempt(session: Session, job_id: int) -> Attempt | None:
