@@ -67,7 +67,10 @@ def parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="jobs side by side: loss, eval loss, tokens/s, VRAM, GPU-hours, result")
     compare.add_argument("job_ids", nargs="+", type=int, help="the jobs to compare (at most 100)")
     compare.add_argument("--json", action="store_true", help="GET /compare's answer as it is")
-    estimate = sub.add_parser("estimate", help="what a job file would need, where it would fit, what would help")
+    estimate = sub.add_parser(
+        "estimate",
+        help="what a job file would need, where it would fit, what would help (exit 1: it would be refused)",
+    )
     estimate.add_argument("file", type=Path, help="a job file (LLaMA-Factory YAML or JSON)")
     estimate.add_argument("--json", action="store_true", help="POST /estimate's answer as it is")
     _overrides(estimate)
@@ -128,6 +131,8 @@ def _estimate(client: Client, args: argparse.Namespace) -> None:
     spec = absolute_paths(load_spec(args.file, args.overrides), Path.cwd())
     answer = client.request("POST", "/estimate", json=spec)
     print(json.dumps(answer, indent=2) if args.json else estimate_text(answer))
+    if answer.get("problems"):
+        sys.exit(1)  # for scripts: the job would be refused as it is
 
 
 def _list(client: Client, args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ import yaml
 TERMINAL = {"succeeded", "failed", "oom", "cancelled"}
 DEFAULT_URL = "http://127.0.0.1:8000"
 _JOB_PATH = re.compile(r"^/jobs/(\d+)(/|$)")
+_NO_JOB = re.compile(r"^job (\d+) does not exist")
 
 
 class CliError(SystemExit):
@@ -36,7 +37,7 @@ def error_message(status: int, body: Any, path: str, token_set: bool) -> str:
         if token_set:
             return f"ftq: the daemon refused the token in FTQ_API_TOKEN ({detail}); set it to the daemon's token"
         return "ftq: the daemon wants a token: set FTQ_API_TOKEN"
-    job = _JOB_PATH.match(path)
+    job = _JOB_PATH.match(path) or (_NO_JOB.match(detail) if isinstance(detail, str) else None)
     if status == 404 and job:
         return f"ftq: no job {job.group(1)}: run `ftq list`"
     lines = [f"ftq: {status}: {detail}"]

@@ -11,7 +11,7 @@ from typing import IO
 import httpx
 
 from server.cli_client import TERMINAL, Client
-from server.cli_sse import CLOSED, Down, SseEvent, Up, ends_job_stream, follow
+from server.cli_sse import CLOSED, Down, SseEvent, Up, follow
 from server.cli_words import event_line
 
 UNREACHABLE = "ftq: daemon unreachable, reconnecting…"
@@ -59,11 +59,10 @@ def print_events(
     client: Client, job_id: int | None, as_json: bool, after: int | None, out: IO[str] = sys.stdout
 ) -> None:
     """Print the event stream, a line per event, reconnecting with Last-Event-ID. A job's stream starts with its
-    history and ends after its terminal state; the daemon's stream (no job) runs until interrupted."""
+    history and ends once the job has ended; the daemon's stream (no job) runs until interrupted."""
     path = f"/jobs/{job_id}/events" if job_id is not None else "/events"
-    ends = ends_job_stream if job_id is not None else (lambda _: False)
     down = False
-    for item in follow(client, path, after=after, ends=ends):
+    for item in follow(client, path, after=after):
         if isinstance(item, Down):
             if not down and item.error != CLOSED:
                 print(UNREACHABLE, file=sys.stderr)

@@ -93,10 +93,13 @@ def follow(
     stop: threading.Event | None = None,
     read_timeout: float = 45.0,
 ) -> Iterator[SseEvent | Down | Up]:
-    """The stream's events, for ever or until `ends(event)`; Down / Up when the connection breaks and returns.
+    """The stream's events until the daemon says it has no more (204: a job's stream after its end) or
+    `ends(event)`; Down / Up when the connection breaks and returns.
 
-    A 4xx / 5xx answer (no such job, a wrong token) is a CliError and ends it. The read
-    timeout is a few heartbeats: a connection that went silent counts as broken.
+    A stream the daemon closes right after a job's terminal state is asked again at once: it
+    answers 204 when the job has really ended, or goes on (an OOM retry queued the job again).
+    A 4xx / 5xx answer (no such job, a wrong token) is a CliError and ends it. The read timeout
+    is a few heartbeats: a connection that went silent counts as broken.
     """
     stop = stop or threading.Event()
     failures = 0
@@ -105,8 +108,11 @@ def follow(
         headers = {"Accept": "text/event-stream"}
         if after is not None:
             headers["Last-Event-ID"] = str(after)
+        ended_job = False
         try:
             with client.stream(path, headers, read_timeout) as response:
+                if response.status_code == 204:
+                    return
                 failures = 0
                 yield Up(after)
                 for line in response.iter_lines():
@@ -116,9 +122,12 @@ def follow(
                             return
                         continue
                     after = parser.last_id
+                    ended_job = ends_job_stream(event)
                     yield event
                     if ends(event) or stop.is_set():
                         return
+            if ended_job:
+                continue
             error = CLOSED
         except httpx.TransportError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from server.cli_tables import fmt_duration, fmt_loss, fmt_number, where_ran, why
-from server.compare import seconds
+from worker.records import hms_seconds
 
 STATE_STYLES = {
     "queued": "yellow",
@@ -57,7 +57,7 @@ def eta_s(
 ) -> float | None:
     """The time left: the record's remaining_time less the time since it came; else the pace since the job
     started over the steps left; None when neither is known."""
-    remaining = seconds((record or {}).get("remaining_time"))
+    remaining = hms_seconds((record or {}).get("remaining_time"))
     if remaining is not None:
         return max(remaining - record_age_s, 0.0)
     if step and total and running_for_s is not None and step <= total:

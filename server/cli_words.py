@@ -115,16 +115,16 @@ def record_words(record: dict[str, Any]) -> str:
 def event_line(event: SseEvent) -> str:
     """One event of GET /events or GET /jobs/{id}/events as a line: id, kind, job, what happened."""
     data = event.data if isinstance(event.data, dict) else {"text": event.data}
-    head = f"#{event.id} " if event.id is not None else ""
+    head = f"#{event.id}" if event.id is not None else ""
     job = f"job {data['job_id']}" if data.get("job_id") is not None else ""
     if event.event == "state":
-        reason = f" ({data['reason']})" if data.get("reason") else ""
-        return f"{head}{data.get('at', '')} {job} {data.get('name', '')}: {data.get('state')}{reason}".strip()
+        reason = f" ({data['reason']})" if data.get("reason") and data["reason"] != data.get("state") else ""
+        return _words(head, data.get("at"), job, f"{data.get('name', '')}: {data.get('state')}{reason}")
     if event.event in ("start", "metric", "eval", "checkpoint", "end"):
         record = data.get("record") or {}
         at = record.get("timestamp") or record.get("ts") or ""
         attempt = f" attempt {data['attempt']}" if data.get("attempt") is not None else ""
-        return f"{head}{at} {job}{attempt} {event.event}: {record_words(record)}".strip()
+        return _words(head, at, f"{job}{attempt}", f"{event.event}: {record_words(record)}")
     if event.event == "gpus":
         gpus = ", ".join(
             f"{g['index']}: {fmt_number((g.get('memory_used') or 0) / 2**30)}/"
@@ -132,7 +132,11 @@ def event_line(event: SseEvent) -> str:
             + (f"job {g['bound_job']}" if g.get("bound_job") else "free")
             for g in data.get("gpus", [])
         )
-        return f"{head}{data.get('at', '')} gpus: {gpus or 'none'}"
+        return _words(head, data.get("at"), f"gpus: {gpus or 'none'}")
     if event.event == "alert":
-        return f"{head}{data.get('at', '')} ALERT {data.get('alert')}: {data.get('message', '')}"
-    return f"{head}{event.event}: {data}"
+        return _words(head, data.get("at"), f"ALERT {data.get('alert')}: {data.get('message', '')}")
+    return _words(head, f"{event.event}: {data}")
+
+
+def _words(*parts: Any) -> str:
+    return " ".join(str(part) for part in parts if part)
