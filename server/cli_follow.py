@@ -61,17 +61,18 @@ def print_events(
     """Print the event stream, a line per event, reconnecting with Last-Event-ID. A job's stream starts with its
     history and ends once the job has ended; the daemon's stream (no job) runs until interrupted."""
     path = f"/jobs/{job_id}/events" if job_id is not None else "/events"
-    down = False
+    said_down = False
     for item in follow(client, path, after=after):
         if isinstance(item, Down):
-            if not down and item.error != CLOSED:
+            # A stream the daemon closed in good order is asked again quietly; a broken connection is said, once.
+            if item.error != CLOSED and not said_down:
                 print(UNREACHABLE, file=sys.stderr)
-            down = True
+                said_down = True
             continue
         if isinstance(item, Up):
-            if down:
+            if said_down:
                 print("ftq: daemon reachable again", file=sys.stderr)
-            down = False
+            said_down = False
             continue
         assert isinstance(item, SseEvent)
         if as_json:

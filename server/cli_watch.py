@@ -137,7 +137,7 @@ def watch(
                         if failures == 1 and not tty:
                             out.write(f"{time.strftime('%H:%M:%S')}  {UNREACHABLE}\n")
                         status = UNREACHABLE
-                if not ids and not watched:
+                if not ids and not watched and status is None:
                     out.write("nothing to watch: no job is queued or running (`ftq list` shows them all)\n")
                     return []
                 rows = rows_of(jobs, datetime.now(timezone.utc))

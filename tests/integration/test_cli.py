@@ -116,7 +116,11 @@ def test_watch_and_events_survive_a_daemon_restart(tmp_path, monkeypatch):
         reader.start()
         wait_for(lambda: (daemon.job(job["id"])["progress"] or {}).get("current_steps", 0) >= 3, what="step 3")
         daemon.stop()
-        wait_for(lambda: any("daemon unreachable, reconnecting" in line for line in seen), what="the watch to say so")
+        said = wait_for(
+            lambda: watch.poll() is not None or any("daemon unreachable, reconnecting" in line for line in seen),
+            what=f"the watch to say the daemon is unreachable; it printed {seen}",
+        )
+        assert said and watch.poll() is None, ("".join(seen), watch.stderr.read() if watch.stderr else "")
         daemon.start()
         assert watch.wait(timeout=60) == 0
         reader.join(timeout=10)
@@ -214,3 +218,13 @@ def test_errors_in_the_clis_words(tmp_path):
         assert ftq(daemon, "list", FTQ_API_TOKEN="s3cret").returncode == 0
     nobody = ftq(daemon, "status", "1", FTQ_URL=f"http://127.0.0.1:{free_port()}")
     assert nobody.returncode == 1 and "cannot reach the daemon at" in nobody.stderr and "ftq serve" in nobody.stderr
+
+
+def test_watch_without_ids_follows_the_jobs_not_yet_ended(slow_daemon):
+    nothing = ftq(slow_daemon, "watch")
+    assert nothing.returncode == 0 and "nothing to watch: no job is queued or running" in nothing.stdout
+    job = slow_daemon.submit(tiny_spec(name="billing", max_steps=8))
+    done = ftq(slow_daemon, "watch")
+    assert done.returncode == 0, done.stderr
+    lines = [m.groups() for m in map(CHANGE_LINE.match, done.stdout.splitlines()) if m]
+    assert lines[-1][:4] == (str(job["id"]), "billing", "succeeded", "8/8")
