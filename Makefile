@@ -14,7 +14,22 @@ TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test lint setup clean gpu-check
+.PHONY: run test lint setup clean gpu-check system-packages
+
+# What the tests drive besides Python: Debian's chromium (the dashboard's browser tests, through Playwright, which
+# downloads no browser) and promtool (from the prometheus package: it checks configs/prometheus). Installed with
+# apt-get where they are missing and we may (root, or sudo without a password); the tests say what is missing
+# otherwise.
+SYSTEM_PACKAGES := chromium:chromium promtool:prometheus
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+		if [ "$$sudo" != none ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing (apt-get)"; \
+			$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
+		else echo "missing$$missing: install them (apt-get install$$missing) for the browser and promtool tests"; fi; \
+	fi
 
 setup: $(STAMP)
 
@@ -27,7 +42,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/ftq demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -150,7 +150,7 @@ def _percentile(values: list[float], q: float) -> float:
 class Daemon:
     """`ftq serve` on a free port with a temporary data dir, as bench.schedule runs it."""
 
-    def __init__(self, workdir: Path, rate: float) -> None:
+    def __init__(self, workdir: Path, rate: float, settings: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.log_path = workdir / "daemon.log"
         env = {
@@ -162,6 +162,7 @@ class Daemon:
             "FTQ_CANCEL_GRACE_S": "5",
             "BENCH_RECORDS_PER_S": str(rate),
             "PYTHONPATH": str(REPO),
+            **(settings or {}),
         }
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -28,10 +28,12 @@ from server.errors import JsonErrors, install_handlers
 from server.event_hub import EventHub
 from server.guard import Guard, Policy
 from server.health import health_problems
+from server.live import Live
 from server.lock import DataDirLock
 from server.openapi import error_responses, install_openapi
+from server.prometheus import make_registry
 from server.read_cache import make_read_cache
-from server.routes import compare, jobs, system
+from server.routes import compare, dashboard, jobs, system
 from server.routes import events as events_routes
 from server.settings import Settings
 from server.store import SqlStore
@@ -63,6 +65,7 @@ def create_app(
         # Before the scheduler: what its recovery changes is in the event streams too.
         events = EventHub(engine)
         events.start()
+        recovered_after = events.newest
         # The scheduler's snapshots, shared with the API's wait reasons while they are at most a tick old.
         gpu_probe = RecentProbe(probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
         scheduler = Scheduler(
@@ -85,6 +88,8 @@ def create_app(
             ),
         )
         scheduler.start()
+        live = Live(engine, events, gpu_probe, scheduler.live_pids, settings)  # GPU snapshots and alerts
+        live.start(jobs_after=recovered_after)
         app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler
         app.state.events = events
         app.state.reads, close_reads = make_read_cache(engine)
@@ -101,6 +106,7 @@ def create_app(
         try:
             yield
         finally:
+            await live.close()
             scheduler.stop()
             events.stop()
             close_reads()
@@ -118,6 +124,7 @@ def create_app(
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.metrics_registry = make_registry(app.state, app.version)  # GET /metrics reads at scrape time
     install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(system.router)
@@ -134,6 +141,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     install_docs(app)
+    dashboard.install(app)
     install_openapi(app, settings)
     app.add_middleware(Guard, policy=Policy.from_settings(settings, extra_hosts))
     app.add_middleware(JsonErrors)  # outermost of ours: what the guard or a route raises still answers JSON

@@ -7,7 +7,9 @@ the log sees exactly what the database says, in the order it was committed, acro
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import func
@@ -30,6 +32,12 @@ class LoggedEvent:
     job_id: int | None
     kind: str
     data: dict[str, Any]
+
+    @cached_property
+    def wire(self) -> bytes:
+        """The SSE message, encoded once however many clients it goes to."""
+        data = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
+        return f"id: {self.id}\nevent: {self.kind}\ndata: {data}\n\n".encode()
 
     @property
     def ends_job(self) -> bool:

@@ -25,9 +25,10 @@ from urllib.parse import urlsplit
 from server.settings import Settings
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-# What anyone who reaches the port may read: health, and the API's own description (no secrets in it).
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-PUBLIC_PREFIXES = ("/docs/assets/",)
+# What anyone who reaches the port may read: health, the API's own description, and the dashboard's page and
+# assets (server.routes.dashboard): no secrets in them, the page reads every job through the API with the token.
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/"})
+PUBLIC_PREFIXES = ("/docs/assets/", "/ui/")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

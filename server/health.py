@@ -60,5 +60,9 @@ def stalled_for_s(
     if last_record_at is None:
         return None
     quiet = (now - last_record_at).total_seconds()
-    limit = max(factor * interval_s, min_s) if interval_s is not None else NO_RHYTHM_FACTOR * min_s
-    return round(quiet, 1) if quiet > limit else None
+    return round(quiet, 1) if quiet > stall_limit_s(interval_s, factor, min_s) else None
+
+
+def stall_limit_s(interval_s: float | None, factor: float, min_s: float) -> float:
+    """How long a running worker may go without a record before it counts as stalled (GET /metrics exports it)."""
+    return max(factor * interval_s, min_s) if interval_s is not None else NO_RHYTHM_FACTOR * min_s

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server import jobs as service
 from server.deps import MachineDep, SessionDep, SettingsDep
@@ -34,3 +35,16 @@ def estimate(
 ) -> dict[str, Any]:
     """The memory estimate of a spec, where it would fit now, and what would make it fit."""
     return service.estimate(spec, settings, machine)
+
+
+METRICS_RESPONSE = {
+    "description": "Prometheus' text exposition format (version 0.0.4): jobs by state, per-job progress, loss, "
+    "tokens/s, peak memory and stall figures, attempts by outcome, wait histograms, per-GPU memory and holder.",
+    "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+}
+
+
+@router.get("/metrics", response_class=Response, responses={200: METRICS_RESPONSE, **error_responses(*ANY)})
+def prometheus_metrics(request: Request) -> Response:
+    """Every figure for Prometheus, read from the database and the GPUs when it scrapes (server.prometheus)."""
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,8 @@ tests.integration.standin_worker RUN_DIR` (FTQ_WORKER_MODULE, with the repo on P
 It passes the start gate as the real worker does, then writes a `start` record and a `metric`
 record every STANDIN_STEP_S seconds for the spec's max_steps, then `end`. A job named
 `garbage-*` reports what no real worker should: a total_steps beyond int64, NaN and infinite
-losses, a line that is not JSON, a record of an unknown kind, a giant record.
+losses, a line that is not JSON, a record of an unknown kind, a giant record. A job named `metered-*`
+also reports what a GPU worker does in each metric record: throughput (tokens/s) and vram_reserved.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(run_dir: Path) -> int:
     spec = json.loads((run_dir / "spec.json").read_text())
     steps = max(int(spec.get("max_steps", 10)), 1)
     garbage = spec.get("name", "").startswith("garbage")
+    metered = {"throughput": 1000.0, "vram_reserved": 1.5} if spec.get("name", "").startswith("metered") else {}
     metrics = run_dir / "metrics.jsonl"
     total = steps
     start_total = 2**63 if garbage else steps  # what overflowed SQLite's INTEGER on every tick, before
@@ -37,7 +39,8 @@ def main(run_dir: Path) -> int:
         time.sleep(STEP_S)
         loss = (float("nan") if step % 2 else float("inf")) if garbage else 1.0 / step
         with metrics.open("a") as f:
-            f.write(json.dumps({"kind": "metric", "current_steps": step, "total_steps": total, "loss": loss}) + "\n")
+            record = {"kind": "metric", "current_steps": step, "total_steps": total, "loss": loss, **metered}
+            f.write(json.dumps(record) + "\n")
             if garbage and step == 1:
                 f.write("this line is not JSON\n")
                 f.write(json.dumps({"kind": "telemetry", "current_steps": 2**70}) + "\n")

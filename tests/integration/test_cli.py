@@ -171,6 +171,10 @@ def test_logs_follow_prints_the_whole_log_until_the_job_ends(daemon):
     assert past.content == log_file.read_bytes()  # past the end: from the start
     tail = daemon.http.get(f"/jobs/{job['id']}/logs", params={"tail": 2})
     assert tail.text.splitlines() == log_file.read_text().splitlines()[-2:]
+    # A real worker's records: compare has its speed, and its result where GET /jobs/{id} says.
+    (row,) = daemon.http.get("/compare", params={"ids": [job["id"]]}).json()["data"]
+    assert row["tokens_per_s"] > 0 and row["result"] == ended["result"] and row["result"]
+    assert f"job {job['id']} (logged): result in {ended['result']}" in ftq(daemon, "compare", str(job["id"])).stdout
 
 
 def test_compare_status_estimate_and_version_in_words(slow_daemon):

@@ -75,6 +75,13 @@ def test_the_token_is_needed_everywhere_but_the_public_paths():
     assert check_head(OPEN, head()) is None  # no token set: none needed
 
 
+def test_the_dashboard_page_and_assets_are_public_and_its_data_is_not():
+    for path in ("/", "/ui/js/main.js", "/ui/vendor/uplot/uPlot.iife.min.js"):
+        assert check_head(LOCKED, head(path=path)) is None, path
+    for path in ("/ui", "/uix/main.js", "/events", "/jobs/1/metrics", "/compare", "/gpus", "//"):
+        assert check_head(LOCKED, head(path=path)).status == 401, path
+
+
 @pytest.mark.parametrize(
     "authorization", [None, "", "s3cret", "Basic s3cret", "Bearer s3cre", "Bearer s3cretX", "Bearer  ", "Bearer sé"]
 )

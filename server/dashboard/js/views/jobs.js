@@ -1,0 +1,126 @@
+// The jobs table: state, GPUs, progress with ETA, a loss sparkline, tokens/s, and why a job waits.
+
+import { sparkline } from "../charts.js";
+import { duration, fill, h, hmsSeconds, jobLink, num, rate, stateBadge, TERMINAL, wallSeconds } from "../dom.js";
+import { changed, loadJobs, loadSeries, report, seriesLoading, sorted, state } from "../store.js";
+
+const SERIES_FOR_AT_MOST = 200; // the sparklines of the newest jobs; older ones show their last loss only
+
+export function gpuText(job, gpus) {
+  const held = job.bound_resources || [];
+  if (held.length) {
+    if (held.every((r) => r.startsWith("cpu-"))) return `CPU ${held.map((r) => r.slice(4)).join(", ")}`;
+    const index = new Map((gpus?.gpus || []).map((g) => [g.uuid, g.index]));
+    return `GPU ${held.map((r) => index.get(r) ?? r).join(", ")}`;
+  }
+  if (job.gpus === 0) return "CPU";
+  return TERMINAL.has(job.state) && job.cuda_visible_devices ? `GPU ${job.cuda_visible_devices}` : `${job.gpus} GPU`;
+}
+
+function progressCell(job, series) {
+  const p = job.progress;
+  const pct = p?.percentage ?? (job.state === "succeeded" ? 100 : 0);
+  const bar = h("div", { class: "bar" }, h("div", { class: `fill state-${job.state}`, style: { width: `${Math.min(pct, 100)}%` } }));
+  const steps = p ? `${p.current_steps}/${p.total_steps ?? "?"}` : "–";
+  let eta = "";
+  if (job.state === "running" && series?.last?.remaining_time) eta = `ETA ${duration(hmsSeconds(series.last.remaining_time))}`;
+  else if (TERMINAL.has(job.state) && job.started_at) eta = `took ${duration(wallSeconds(job))}`;
+  return [bar, h("div", { class: "bar-text" }, h("span", {}, steps), h("span", { class: "muted" }, eta))];
+}
+
+function note(job) {
+  if (job.state === "queued") return job.waiting || "queued";
+  if (job.stalled_for_s) return `no record for ${duration(job.stalled_for_s)}: stalled?`;
+  if (job.state === "succeeded") return "";
+  return job.reason || "";
+}
+
+function makeRow(job) {
+  const box = h("input", {
+    type: "checkbox",
+    "aria-label": `select job ${job.id} to compare`,
+    checked: state.selected.has(job.id),
+    onchange: (event) => {
+      if (event.target.checked) state.selected.add(job.id);
+      else state.selected.delete(job.id);
+      changed("selection");
+    },
+  });
+  const cells = {};
+  for (const name of ["state", "gpus", "progress", "loss", "spark", "throughput", "note"]) cells[name] = h("td", { class: `col-${name}` });
+  const row = h("tr", { "data-job": job.id }, h("td", { class: "col-pick" }, box), h("td", { class: "col-name" }, jobLink(job)), ...Object.values(cells));
+  return { row, cells, box };
+}
+
+function updateRow({ cells, box }, job) {
+  const series = state.series.get(job.id);
+  box.checked = state.selected.has(job.id);
+  fill(cells.state, stateBadge(job.state));
+  fill(cells.gpus, gpuText(job, state.gpus));
+  fill(cells.progress, progressCell(job, series));
+  fill(cells.loss, num(job.loss));
+  fill(cells.spark, series ? sparkline(sorted(series.metric).map((r) => r.loss)) : "");
+  fill(cells.throughput, job.state === "running" ? rate(series?.last?.throughput) : "–");
+  fill(cells.note, note(job));
+  cells.note.title = note(job);
+}
+
+export function jobsView(root) {
+  const rows = new Map();
+  const tbody = h("tbody");
+  const counts = h("div", { class: "counts" });
+  const compare = h("button", { class: "primary", onclick: () => (location.hash = `#/compare?ids=${[...state.selected].join(",")}`) });
+  const empty = h("p", { class: "empty", hidden: true }, "No jobs yet. Submit one: ftq submit job.yaml");
+  fill(
+    root,
+    h("div", { class: "toolbar" }, h("h1", {}, "Jobs"), counts, compare),
+    h(
+      "table",
+      { class: "jobs" },
+      h("thead", {}, h("tr", {}, ...["", "Job", "State", "GPUs", "Progress", "Loss", "", "Tokens/s", "Waiting / reason"].map((t) => h("th", {}, t)))),
+      tbody,
+    ),
+    empty,
+  );
+
+  function render() {
+    const jobs = [...state.jobs.values()].sort((a, b) => a.id - b.id);
+    for (const [id, entry] of rows) if (!state.jobs.has(id)) (entry.row.remove(), rows.delete(id));
+    jobs.forEach((job, i) => {
+      let entry = rows.get(job.id);
+      if (!entry) rows.set(job.id, (entry = makeRow(job)));
+      if (tbody.children[i] !== entry.row) tbody.insertBefore(entry.row, tbody.children[i] || null);
+      updateRow(entry, job);
+    });
+    const byState = {};
+    for (const job of jobs) byState[job.state] = (byState[job.state] || 0) + 1;
+    fill(counts, Object.entries(byState).map(([s, n]) => h("span", { class: `count state-${s}` }, `${n} ${s}`)));
+    fill(compare, `Compare selected (${state.selected.size})`);
+    compare.disabled = state.selected.size === 0;
+    empty.hidden = jobs.length > 0;
+  }
+
+  let loaded = false;
+  async function load() {
+    const page = await loadJobs();
+    const newest = page.data.slice(-SERIES_FOR_AT_MOST);
+    await Promise.all(newest.filter((j) => !state.series.has(j.id)).map((j) => loadSeries(j.id).catch(report)));
+    loaded = true;
+  }
+  load().catch(report);
+  render();
+  return {
+    update(what) {
+      if (loaded) {
+        // A job that started since (or arrived by an event): its sparkline, if it is among the newest.
+        const newest = [...state.jobs.keys()].sort((a, b) => b - a).slice(0, SERIES_FOR_AT_MOST);
+        for (const id of newest) {
+          const job = state.jobs.get(id);
+          if (job.state !== "queued" && !state.series.has(id) && !seriesLoading(id)) loadSeries(id).catch(report);
+        }
+      }
+      if ([...what].some((w) => w === "jobs" || w === "gpus" || w === "selection" || w.startsWith("series:"))) render();
+    },
+    unmount() {},
+  };
+}
