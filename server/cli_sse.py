@@ -92,6 +92,7 @@ def follow(
     ends: Callable[[SseEvent], bool] = lambda _: False,
     stop: threading.Event | None = None,
     read_timeout: float = 45.0,
+    connected: Callable[[httpx.Response], None] = lambda _: None,
 ) -> Iterator[SseEvent | Down | Up]:
     """The stream's events until the daemon says it has no more (204: a job's stream after its end) or
     `ends(event)`; Down / Up when the connection breaks and returns.
@@ -99,7 +100,8 @@ def follow(
     A stream the daemon closes right after a job's terminal state is asked again at once: it
     answers 204 when the job has really ended, or goes on (an OOM retry queued the job again).
     A 4xx / 5xx answer (no such job, a wrong token) is a CliError and ends it. The read timeout
-    is a few heartbeats: a connection that went silent counts as broken.
+    is a few heartbeats: a connection that went silent counts as broken. `connected` is given
+    each new response (so that another thread can break its read off).
     """
     stop = stop or threading.Event()
     failures = 0
@@ -113,6 +115,7 @@ def follow(
             with client.stream(path, headers, read_timeout) as response:
                 if response.status_code == 204:
                     return
+                connected(response)
                 failures = 0
                 yield Up(after)
                 for line in response.iter_lines():

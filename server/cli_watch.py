@@ -9,6 +9,7 @@ with backoff, and the stream resumes from the last event it saw (Last-Event-ID).
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 
-from server.cli_client import TERMINAL, Client, CliError
+from server.cli_client import TERMINAL, Client
 from server.cli_sse import Down, SseEvent, Up, backoff_s, follow
 from server.cli_watch_view import WatchRow, change_line, watch_row, watch_table
 
@@ -38,6 +39,7 @@ class ChangeFeed:
 
     def __init__(self, client: Client, ids: set[int] | None) -> None:
         self.client, self.ids = client, ids
+        self._response: httpx.Response | None = None
         self.changed = threading.Event()
         self.available = True
         self.last_id: int | None = None
@@ -49,11 +51,24 @@ class ChangeFeed:
         return self
 
     def stop(self) -> None:
+        """End the reader now, not at the next heartbeat: a shutdown of its socket breaks off the read it
+        waits in (closing the socket from another thread would not)."""
         self._stop.set()
+        stream = self._response.extensions.get("network_stream") if self._response is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=2)
+
+    def _connected(self, response: httpx.Response) -> None:
+        self._response = response
 
     def _run(self) -> None:
         try:
-            for item in follow(self.client, "/events", stop=self._stop):
+            for item in follow(self.client, "/events", stop=self._stop, connected=self._connected):
                 if isinstance(item, SseEvent):
                     self.last_id = item.id if item.id is not None else self.last_id
                     job_id = item.data.get("job_id") if isinstance(item.data, dict) else None
@@ -61,9 +76,10 @@ class ChangeFeed:
                         self.changed.set()
                 elif isinstance(item, (Up, Down)):
                     self.changed.set()
-        except (CliError, httpx.HTTPError):
-            self.available = False
-            self.changed.set()
+        except Exception:  # a refused stream (404 from an older daemon, 401), or the close of stop()
+            if not self._stop.is_set():
+                self.available = False
+                self.changed.set()
 
 
 def _utc(stamp: Any) -> datetime | None:
