@@ -19,6 +19,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,19 @@ def test_watch_without_ids_follows_the_jobs_not_yet_ended(slow_daemon):
     assert done.returncode == 0, done.stderr
     lines = [m.groups() for m in map(CHANGE_LINE.match, done.stdout.splitlines()) if m]
     assert lines[-1][:4] == (str(job["id"]), "billing", "succeeded", "8/8")
+
+
+def test_watch_rereads_on_events_at_most_four_times_a_second(tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_STEP_S", "0.02")  # 50 records a second
+    with standin_daemon(tmp_path / "ftq", fake_gpus="2x24GiB", cpu_slots="1") as daemon:
+        job = daemon.submit(tiny_spec(name="chatty", max_steps=150))
+        wait_for(lambda: daemon.job(job["id"])["state"] == "running", what="the job to run")
+        before = daemon.log().count(f'"GET /jobs/{job["id"]} HTTP')
+        started = time.monotonic()
+        done = ftq(daemon, "watch", str(job["id"]), "--interval", "30")
+        took = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        reads = daemon.log().count(f'"GET /jobs/{job["id"]} HTTP') - before - 1  # less the summary's
+    print(f"\nwatch: {reads} re-reads in {took:.1f} s")
+    assert reads <= 4 * took + 2, (reads, took)
+    assert reads >= 3, (reads, took)  # the events, not the 30 s timer, made it read again
