@@ -17,6 +17,7 @@ from sqlmodel import Session, SQLModel, col, select
 from server.db import read_snapshot
 from server.jobs import no_such_job
 from server.models import Attempt, Job, MetricRecord, as_utc, utcnow
+from worker.records import hms_seconds
 
 MAX_IDS = 100
 
@@ -58,17 +59,6 @@ class JobRows:
     end: dict[str, Any] | None = None  # the latest end record
 
 
-def seconds(hms: Any) -> float | None:
-    """A record's elapsed_time ("H:MM:SS", hours unbounded) in seconds; None for anything else."""
-    if not isinstance(hms, str):
-        return None
-    parts = hms.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        return None
-    hours, minutes, secs = (int(p) for p in parts)
-    return float(hours * 3600 + minutes * 60 + secs)
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -82,7 +72,7 @@ def tokens_per_s(metric: dict[str, Any] | None, end: dict[str, Any] | None) -> f
         throughput = _number(record.get("throughput"))
         if throughput:
             return round(throughput, 2)
-        tokens, elapsed = _number(record.get(tokens_key)), seconds(record.get("elapsed_time"))
+        tokens, elapsed = _number(record.get(tokens_key)), hms_seconds(record.get("elapsed_time"))
         if tokens and elapsed:
             return round(tokens / elapsed, 2)
     return None

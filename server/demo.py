@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from server.cli import TERMINAL, Client, load_spec, summary_table, watch
+from server.cli_client import TERMINAL, Client, load_spec
+from server.cli_tables import summary_table
+from server.cli_watch import watch
 
 JOBS_DIR = Path("configs/jobs")
 
@@ -50,6 +52,14 @@ def wait_healthy(client: Client, daemon: subprocess.Popen[bytes], log_path: Path
     raise SystemExit(f"ftq demo: the daemon did not answer within {timeout:.0f}s; see {log_path}")
 
 
+def reopen_hint(data_dir: Path, port: int = 8000) -> str:
+    """How to look at the demo's jobs again once its daemon is gone: a daemon on the same data dir."""
+    return (
+        f"\nThe jobs, their records and results stay in {data_dir.resolve()}. To look at them again in the "
+        f"dashboard: `FTQ_DATA_DIR={data_dir} ftq serve --port {port}`, then open http://127.0.0.1:{port}/"
+    )
+
+
 def run_demo(job_files: list[Path] | None) -> int:
     files = job_files or sorted(JOBS_DIR.glob("*.yaml"))
     if not files:
@@ -72,10 +82,12 @@ def run_demo(job_files: list[Path] | None) -> int:
             job = client.request("POST", "/jobs", json=load_spec(path, overrides))
             ids.append(job["id"])
             print(f"submitted job {job['id']} ({job['name']}) from {path}")
+        print(f"The dashboard, while the demo runs: {client.dashboard()}")
         started = time.monotonic()
         jobs = watch(client, ids)
         print(f"\nAll {len(jobs)} jobs ended in {time.monotonic() - started:.1f} s:\n")
         print(summary_table(client, jobs))
+        print(reopen_hint(data_dir))
         return 0 if all(j["state"] == "succeeded" for j in jobs) else 1
     except KeyboardInterrupt:
         print("\nInterrupted: cancelling the demo's jobs ...")

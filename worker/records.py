@@ -24,6 +24,17 @@ def hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def hms_seconds(text: object) -> float | None:
+    """hms()'s inverse: "H:MM:SS" (hours unbounded) in seconds; None for anything else."""
+    if not isinstance(text, str):
+        return None
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    hours, minutes, secs = (int(p) for p in parts)
+    return float(hours * 3600 + minutes * 60 + secs)
+
+
 class MetricsSink:
     """Appends records and flushes each line, so a reader never sees half a run's progress late."""
 

@@ -120,15 +120,37 @@ def get_metrics(
     return MetricsPublic(data=data, count=len(data))
 
 
+LOG_HEADERS = {
+    "X-Log-Offset": {"description": "With ?offset=: the offset to ask from next.", "schema": {"type": "integer"}},
+    "X-Log-Attempt": {"description": "With ?offset=: the attempt whose log this is.", "schema": {"type": "integer"}},
+}
+
+
 @router.get(
     "/{job_id}/logs",
     response_class=PlainTextResponse,
-    responses={**error_responses(*ON_A_JOB), 200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        **error_responses(*ON_A_JOB),
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "headers": LOG_HEADERS},
+    },
 )
 def get_logs(
     job: JobDep,
     session: SessionDep,
     tail: int = Query(default=200, ge=1, le=100_000),
     attempt: int | None = Query(default=None, ge=1, le=INT64_MAX, description="attempt number; the latest by default"),
-) -> str:
-    return service.logs(session, job, tail, attempt)
+    offset: int | None = Query(
+        default=None,
+        ge=0,
+        le=INT64_MAX,
+        description="instead of the last `tail` lines: the bytes after this byte offset (at most 1 MiB), the "
+        "next offset in X-Log-Offset; an offset past the end starts again from 0 (`ftq logs -f` follows so)",
+    ),
+) -> Response:
+    if offset is None:
+        return PlainTextResponse(service.logs(session, job, tail, attempt))
+    chunk = service.log_after(session, job, offset, attempt)
+    headers = {"X-Log-Offset": str(chunk.offset)}
+    if chunk.attempt is not None:
+        headers["X-Log-Attempt"] = str(chunk.attempt)
+    return Response(chunk.data, media_type="text/plain; charset=utf-8", headers=headers)

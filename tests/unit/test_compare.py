@@ -7,8 +7,9 @@ from datetime import datetime, timedelta, timezone
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.compare import JobRows, compare, compare_job, gpu_hours, seconds, tokens_per_s
+from server.compare import JobRows, compare, compare_job, gpu_hours, tokens_per_s
 from server.settings import Settings
+from worker.records import hms_seconds
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
 
@@ -89,9 +90,9 @@ def test_tokens_per_s_falls_back_to_tokens_over_time():
 
 
 def test_elapsed_times_in_seconds():
-    assert seconds("0:00:05") == 5.0
-    assert seconds("26:01:02") == 26 * 3600 + 62
-    assert seconds("soon") is None and seconds(None) is None and seconds("1:2") is None
+    assert hms_seconds("0:00:05") == 5.0
+    assert hms_seconds("26:01:02") == 26 * 3600 + 62
+    assert hms_seconds("soon") is None and hms_seconds(None) is None and hms_seconds("1:2") is None
 
 
 def test_the_order_asked_is_kept():
