@@ -69,7 +69,7 @@ def create_app(
         # The scheduler's snapshots, shared with the API's wait reasons while they are at most a tick old.
         gpu_probe = RecentProbe(probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
         scheduler = Scheduler(
-            SqlStore(engine),
+            SqlStore(engine, committed=events.poke),
             gpu_probe,
             settings.runs_dir,
             cpu_slots=settings.cpu_slots,

@@ -34,6 +34,7 @@ class EventHub:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
+        self._poked = threading.Event()
         self._thread: threading.Thread | None = None
         with Session(engine) as session:
             self.newest = newest_id(session)  # what a stream that asks for "live only" starts after
@@ -47,8 +48,13 @@ class EventHub:
         self._thread = threading.Thread(target=self._poll, name="ftq-event-hub", daemon=True)
         self._thread.start()
 
+    def poke(self) -> None:
+        """Something was committed: look now rather than at the next poll (any thread may call it)."""
+        self._poked.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._poked.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -66,7 +72,8 @@ class EventHub:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._publish, found)
             if len(found) < PAGE:
-                self._stop.wait(self.poll_s)
+                self._poked.wait(self.poll_s)
+                self._poked.clear()
 
     def _publish(self, found: list[LoggedEvent]) -> None:
         """On the event loop: keep the new events and wake every stream."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,10 @@ CAS_TRIES = 10
 
 
 class SqlStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, committed: Callable[[], None] | None = None) -> None:
         self.engine = engine
+        # Told after a commit of records: the event hub reads them at once instead of at its next look.
+        self.committed = committed or (lambda: None)
 
     def is_unavailable(self, exc: BaseException) -> bool:
         """Whether `exc` says the database cannot be used now (locked, full, unreachable), not that a row is bad."""
@@ -153,6 +156,7 @@ class SqlStore:
             for attempt_id, records, offset in batches:
                 self._add_records(session, attempt_id, records, offset)
             session.commit()
+        self.committed()
 
     def _add_records(self, session: Session, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None:
         """One attempt's records and the offset they reach, in the caller's transaction.
