@@ -53,10 +53,13 @@ def wait_healthy(client: Client, daemon: subprocess.Popen[bytes], log_path: Path
 
 
 def reopen_hint(data_dir: Path, port: int = 8000) -> str:
-    """How to look at the demo's jobs again once its daemon is gone: a daemon on the same data dir."""
+    """How to look at the demo's jobs again once its daemon is gone: a daemon on the same data dir, started by
+    the `ftq` beside this Python (`make run`'s .venv/bin/ftq, which need not be on PATH)."""
+    ftq = Path(sys.executable).parent / "ftq"
+    command = os.path.relpath(ftq) if ftq.exists() and not os.path.relpath(ftq).startswith("..") else "ftq"
     return (
         f"\nThe jobs, their records and results stay in {data_dir.resolve()}. To look at them again in the "
-        f"dashboard: `FTQ_DATA_DIR={data_dir} ftq serve --port {port}`, then open http://127.0.0.1:{port}/"
+        f"dashboard: `FTQ_DATA_DIR={data_dir} {command} serve --port {port}`, then open http://127.0.0.1:{port}/"
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from server.cli import jobs_table, load_spec
+from tests.helpers import REPO
 
 
 def test_yaml_job_files_with_overrides(tmp_path):
@@ -58,3 +61,14 @@ def test_jobs_table_shows_where_and_how_far():
 def test_a_stalled_job_says_so_in_the_table():
     job = {"id": 3, "name": "quiet", "state": "running", "cuda_visible_devices": "0", "stalled_for_s": 93.4}
     assert "stalled? no record for 93 s" in jobs_table([job])
+
+
+def test_the_demos_reopen_hint_names_an_ftq_that_exists(monkeypatch):
+    from server.demo import reopen_hint
+
+    monkeypatch.chdir(REPO)
+    hint = reopen_hint(Path("ftq-data"))
+    command = hint.split("FTQ_DATA_DIR=ftq-data ", 1)[1].split(" serve --port 8000`", 1)[0]
+    assert command == ".venv/bin/ftq" and (REPO / command).is_file(), (
+        hint
+    )  # make run's .venv/bin/ftq need not be on PATH
