@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from scheduler.states import JobState
+from scheduler.states import TERMINAL
 from server.models import Event, Job, utcnow
 
-TERMINAL_STATES = frozenset(s.value for s in (JobState.SUCCEEDED, JobState.FAILED, JobState.OOM, JobState.CANCELLED))
+TERMINAL_STATES = frozenset(s.value for s in TERMINAL)
 RECORD_KINDS = frozenset({"start", "metric", "eval", "checkpoint", "end"})
 # Kinds that only the all-jobs stream carries: they belong to the machine, not to one job.
 MACHINE_KINDS = frozenset({"gpus", "alert"})

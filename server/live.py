@@ -14,14 +14,13 @@ from typing import Any
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from server.alerts import Alert, job_alerts, snapshot_changed, vram_alerts
 from server.event_hub import EventHub
-from server.event_log import TERMINAL_STATES, add_events, stamp
+from server.event_log import TERMINAL_STATES, add_events, job_state, stamp
 from server.jobs import leases_by_resource
-from server.machine import Machine, gpus_view
-from server.models import Job
+from server.machine import recent_gpus_view
 from server.settings import Settings
 from server.webhook import Webhook
 
@@ -72,8 +71,7 @@ class Live:
 
     def _still_ended(self, job_id: int) -> bool:
         with Session(self.engine) as session:
-            state = session.execute(select(Job.state).where(col(Job.id) == job_id)).scalar()
-        return state in TERMINAL_STATES
+            return job_state(session, job_id) in TERMINAL_STATES
 
     async def _watch_gpus(self) -> None:
         while True:
@@ -89,12 +87,10 @@ class Live:
             await asyncio.sleep(self.settings.gpu_event_interval_s)
 
     def _read_gpus(self) -> list[dict[str, Any]]:
-        """The GPUs as GET /gpus shows them: the scheduler's recent snapshot, the leases, our workers."""
-        _, gpus = self.probe.recent_snapshot()
         with Session(self.engine) as session:
             holders = leases_by_resource(session)
-        machine = Machine(gpus, holders, self.settings.cpu_slots, 0, self.probe.recent_topology())
-        return [g.model_dump(mode="json") for g in gpus_view(machine, set(self.live_pids().values()))]
+        gpus = recent_gpus_view(self.probe, holders, self.settings.cpu_slots, set(self.live_pids().values()))
+        return [g.model_dump(mode="json") for g in gpus]
 
     async def _send(self, alerts: list[Alert]) -> None:
         if not alerts:

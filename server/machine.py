@@ -51,6 +51,13 @@ def machine_of(source: MachineSource) -> Machine | None:
     return source() if isinstance(source, LazyMachine) else source
 
 
+def recent_gpus_view(probe: Any, holders: dict[str, int], cpu_slots: int, worker_pids: set[int]) -> list[GpuPublic]:
+    """The GPUs as GET /gpus shows them, from the probe's recent snapshot (at most a tick old: the scheduler's
+    own, shared) rather than a fresh NVML read: for the readers that look often (GPU events, /metrics)."""
+    _, gpus = probe.recent_snapshot()
+    return gpus_view(Machine(gpus, holders, cpu_slots, 0, probe.recent_topology()), worker_pids)
+
+
 def gpus_view(machine: Machine, worker_pids: set[int]) -> list[GpuPublic]:
     """Each GPU with its holder, its processes (foreign ones marked) and its links to the others."""
     ours = worker_pids | descendant_pids(worker_pids)

@@ -27,8 +27,9 @@ from scheduler.states import TERMINAL, JobState
 from server import prom_families as families
 from server.db import read_snapshot
 from server.health import health_problems
-from server.machine import Machine, gpus_view
-from server.models import Attempt, Event, Job, Lease, MetricRecord, as_utc, utcnow
+from server.jobs import leases_by_resource
+from server.machine import recent_gpus_view
+from server.models import Attempt, Event, Job, MetricRecord, as_utc, utcnow
 from server.prom_waits import WaitTally
 
 log = logging.getLogger("ftq")
@@ -69,17 +70,16 @@ class FtqCollector:
             yield families.attempts_by_outcome(outcome_counts(session))
             yield from families.wait_histograms(*self.waits.update(session))
             yield from families.job_families(job_rows(session, now - timedelta(seconds=families.RECENT_S)), now, stall)
-            holders = {lease.resource: lease.job_id for lease in session.exec(select(Lease)).all()}
+            holders = leases_by_resource(session)
         yield from families.cpu_slot_families(
             settings.cpu_slots, sum(1 for resource in holders if resource.startswith("cpu-"))
         )
         try:
-            _, gpus = state.probe.recent_snapshot()
+            gpus = recent_gpus_view(state.probe, holders, settings.cpu_slots, set(scheduler.live_pids().values()))
         except ProbeError as exc:  # /healthz says so (ftq_daemon_healthy 0); the rest of the scrape still counts
             log.warning("GET /metrics: no GPU readings: %s", exc)
             return
-        machine = Machine(gpus, holders, settings.cpu_slots, settings.memory_margin_bytes)
-        yield from families.gpu_families(gpus_view(machine, set(scheduler.live_pids().values())))
+        yield from families.gpu_families(gpus)
 
 
 def state_counts(session: Session) -> dict[str, int]:
