@@ -76,6 +76,10 @@ class GpuInfo:
     pci_bus_id: str | None
     healthy: bool = True
     error: str | None = None
+    # The Ray node the GPU is on (its node id); "" on the daemon's own machine. On a cluster the probe makes
+    # `uuid` node-qualified ("<node>/<uuid>"), so a lease, a reservation and a topology key name one GPU of
+    # one node, and `index` is the PCI-ordered index on that node (its CUDA_VISIBLE_DEVICES number).
+    node: str = ""
 
 
 class GpuProbe(Protocol):
