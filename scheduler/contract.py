@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from scheduler.executor import WorkerRef
 from scheduler.exits import Outcome
 from scheduler.placement import Placement, QueuedJob
 
@@ -36,6 +37,9 @@ class LiveAttempt:
     metrics_offset: int
     cancelling: bool
     problem: str | None = None  # why the row cannot be acted on (it is then failed with this reason)
+    node: str = ""  # the Ray node of its (first) worker; "" for this machine
+    workers: tuple[WorkerRef, ...] = ()  # every process of a job across nodes, in node-rank order
+    nodes: list[str] = field(default_factory=list)  # the nodes its placement chose (leases), for one never spawned
 
 
 class Store(Protocol):
@@ -45,7 +49,9 @@ class Store(Protocol):
     def reject_job(self, job_id: int, reason: str) -> None: ...
     def leased_resources(self) -> set[str]: ...
     def begin_attempt(self, placement: Placement, runs_dir: Path) -> StartedAttempt | None: ...
-    def attempt_spawned(self, attempt_id: int, pid: int, pid_start_time: int | None) -> None: ...
+    def attempt_spawned(
+        self, attempt_id: int, pid: int, pid_start_time: int | None, workers: list[WorkerRef] | None = None
+    ) -> None: ...
     def add_records(self, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None: ...
     def add_records_of(self, batches: list[tuple[int, list[dict[str, Any]], int]]) -> None: ...
     def cancelling_attempts(self) -> list[int]: ...

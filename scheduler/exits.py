@@ -29,6 +29,8 @@ class Outcome:
     reason: str
     # Nothing was trained (the worker never got its go): the job goes back to the queue in the same transaction.
     requeue: bool = False
+    # The worker's node left the cluster mid-attempt: requeued by the job's `node_retry` budget (server.store).
+    node_lost: bool = False
 
 
 NOT_STARTED = (

@@ -13,35 +13,22 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scheduler.contract import Health, LiveAttempt, StartedAttempt, Store
+from scheduler.executor import Executor, LocalExecutor, WorkerRef
 from scheduler.exits import Outcome, classify
+from scheduler.node_supervisor import Progress
 from scheduler.placement import Placement, plan
-from scheduler.probe import GpuInfo, GpuProbe, descendants_in, process_children
+from scheduler.probe import GpuInfo, GpuProbe
 from scheduler.states import JobState
-from scheduler.supervisor import (
-    WorkerProcess,
-    group_alive,
-    kill_leftovers,
-    process_start_time,
-    release,
-    same_process,
-    signal_group,
-    spawn_worker,
-    wait_until,
-)
-from scheduler.tail import last_lines, read_new_records
-from worker.gate import read_pid_file
-from worker.spec import LOG_FILE, METRICS_FILE
+from scheduler.supervisor import WorkerProcess, spawn_worker
 
 log = logging.getLogger("ftq.scheduler")
 
-LOG_TAIL_LINES = 30
-DESCENDANTS_EVERY_S = 2.0
 HEARTBEAT_S = 2.0  # how often the loop proves the database takes writes and the GPU probe answers
 # Points around a worker's start where a test may have the daemon SIGKILL itself (FTQ_DAEMON_FAULT), to prove
 # that no instant of a crash leaves a worker untracked: the attempt is stored, the worker spawned, its pid
@@ -51,16 +38,16 @@ FAULT_POINTS = ("after-begin", "after-spawn", "after-pid", "after-go")
 
 @dataclass
 class Tracked:
-    proc: WorkerProcess
+    """What the loop keeps of a live attempt; its processes are the executor's."""
+
+    run_dir: Path
+    workers: list[WorkerRef]
     offset: int = 0
     end: dict[str, Any] | None = None
     term_sent_at: float | None = None
     kill_sent_at: float | None = None
-    waiter: threading.Thread | None = field(default=None, repr=False)
-    # Processes the worker started outside its own group (torchrun and its ranks), pid -> start time,
-    # so that none of them outlives the attempt.
-    descendants: dict[int, int | None] = field(default_factory=dict)
-    descendants_seen_at: float = 0.0
+    # The last poll said the worker has ended (or lost its node): the next whole step reaps it.
+    ended: Progress | None = None
 
 
 class Scheduler:
@@ -77,12 +64,15 @@ class Scheduler:
         worker_module: str = "worker",
         spawn: Callable[..., WorkerProcess] = spawn_worker,
         fault: str | None = None,
+        executor: Executor | None = None,
+        daemon_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.store, self.probe, self.runs_dir = store, probe, runs_dir
         self.cpu_slots, self.cancel_grace_s = cpu_slots, cancel_grace_s
         self.tick_s, self.tail_interval_s = tick_s, tail_interval_s
         self.margin_bytes, self.worker_module = margin_bytes, worker_module
-        self._spawn = spawn
+        # Where the workers run: this machine by default, a Ray cluster's nodes when the daemon is given one.
+        self.executor: Executor = executor or LocalExecutor(worker_module, daemon_settings, self.wake, spawn)
         self._fault = fault.removeprefix("sigkill@") if fault else None
         self._tracked: dict[int, Tracked] = {}
         # Attempts whose end could not be stored yet (the database was unavailable): tried again every step.
@@ -133,7 +123,7 @@ class Scheduler:
             self._wake.clear()
 
     def step(self) -> None:
-        for phase in (self._finish_unfinished, self._reap, self._tail_all, self._carry_out_cancels, self._place):
+        for phase in (self._finish_unfinished, self._reap, self._carry_out_cancels, self._place):
             self._phase(phase)
         self._heartbeat()
         self.health.last_tick_at = time.monotonic()
@@ -169,10 +159,8 @@ class Scheduler:
 
     def _give_up_on(self, attempt_id: int, reason: str) -> None:
         """Stop every process of an attempt the daemon cannot handle, and end it with the reason."""
-        tracked = self._tracked.pop(attempt_id, None)
-        if tracked is not None:
-            signal_group(tracked.proc.pid, signal.SIGKILL)
-            kill_leftovers(tracked.descendants)
+        if self._tracked.pop(attempt_id, None) is not None:
+            self.executor.settle(attempt_id)
         try:
             self.store.fail_attempt(attempt_id, reason)
         except Exception:
@@ -236,109 +224,88 @@ class Scheduler:
             except Exception as exc:  # one bad row must not keep the daemon from starting
                 log.exception("attempt %s: recovery failed; failing it", live.attempt_id)
                 self._give_up_on(live.attempt_id, f"recovery at daemon start failed: {type(exc).__name__}: {exc}")
+        # Those that ended while no daemon watched are settled now, from their last records, before serving.
+        self._phase(self._reap)
 
     def _recover_one(self, live: LiveAttempt) -> None:
         if live.problem is not None:
             raise ValueError(live.problem)
-        if live.pid is None:
+        workers = list(live.workers) or ([WorkerRef(live.node, live.pid, live.pid_start_time)] if live.pid else [])
+        if not workers:
             # The daemon died before it stored the pid, so before it told the worker to go: the worker
             # trained nothing. Stop it if it is still there (it is leaving by itself), and queue the job again.
-            found = read_pid_file(live.run_dir)
-            if found is not None and same_process(*found):
-                signal_group(found[0], signal.SIGKILL)
-                wait_until(lambda: not same_process(*found), timeout=5.0)
+            self.executor.stop_unstarted(live.attempt_id, live.run_dir, live.nodes)
             log.info("attempt %s: its worker never started; the job is queued again", live.attempt_id)
             outcome = classify(None, {"status": "not_started"}, cancel_requested=live.cancelling)
             self.store.finish_attempt(live.attempt_id, outcome, None, "")
             return
-        if same_process(live.pid, live.pid_start_time):
-            proc = WorkerProcess(live.attempt_id, live.pid, live.run_dir, live.pid_start_time)
-            self._tracked[live.attempt_id] = Tracked(proc, offset=live.metrics_offset)
+        # Taken on either way: one still running is tailed from the stored offset and reaped like our own;
+        # one that ended while no daemon watched is settled by the first poll, from its last records.
+        alive = self.executor.adopt(live.attempt_id, live.run_dir, workers)
+        self._tracked[live.attempt_id] = Tracked(live.run_dir, workers, offset=live.metrics_offset)
+        if alive:
             self.store.attempt_adopted(live.attempt_id)
-            log.info("attempt %s: re-adopted its running worker, pid %s", live.attempt_id, live.pid)
-            return
-        metrics_path = live.run_dir / METRICS_FILE
-        records, offset = read_new_records(metrics_path, live.metrics_offset)
-        if records:
-            self.store.add_records(live.attempt_id, records, offset)
-        outcome = classify(None, _last_end_record(metrics_path), cancel_requested=live.cancelling)
-        tail = last_lines(live.run_dir / LOG_FILE, LOG_TAIL_LINES)
-        self.store.finish_attempt(live.attempt_id, outcome, None, tail)
+            log.info("attempt %s: re-adopted its running worker, pid %s", live.attempt_id, workers[0].pid)
 
     # ---- the steps ----
 
     def _reap(self) -> None:
+        """Settle every attempt whose last poll said its worker ended."""
+        self._poll()
         for attempt_id, tracked in list(self._tracked.items()):
-            self._guarded(attempt_id, "settle its ended worker", lambda a=attempt_id, t=tracked: self._reap_one(a, t))
+            if tracked.ended is not None:
+                self._guarded(
+                    attempt_id, "settle its ended worker", lambda a=attempt_id, t=tracked: self._reap_one(a, t)
+                )
 
     def _reap_one(self, attempt_id: int, tracked: Tracked) -> None:
-        ended, exit_code = tracked.proc.poll()
-        if not ended:
-            return
-        self._tail(attempt_id, tracked)
+        ended = tracked.ended
+        assert ended is not None
         # Whatever the leader left behind (data loader workers, torchrun, ranks) goes too.
-        if group_alive(tracked.proc.pid):
-            signal_group(tracked.proc.pid, signal.SIGKILL)
-            wait_until(lambda pid=tracked.proc.pid: not group_alive(pid), timeout=5.0)
-        kill_leftovers(tracked.descendants)
-        cancel = tracked.term_sent_at is not None or attempt_id in self.store.cancelling_attempts()
-        if exit_code is None and tracked.end is None:
-            tracked.end = _last_end_record(tracked.proc.run_dir / METRICS_FILE)
-        outcome = classify(exit_code, tracked.end, cancel_requested=cancel)
-        tail = last_lines(tracked.proc.run_dir / LOG_FILE, LOG_TAIL_LINES)
+        self.executor.settle(attempt_id)
+        if ended.lost is not None:
+            outcome = Outcome(JobState.FAILED, ended.lost, node_lost=True)
+        else:
+            cancel = tracked.term_sent_at is not None or attempt_id in self.store.cancelling_attempts()
+            if ended.exit_code is None and tracked.end is None:
+                tracked.end = ended.end
+            outcome = classify(ended.exit_code, tracked.end, cancel_requested=cancel)
         del self._tracked[attempt_id]  # its processes are gone; storing the end is retried if it fails
-        self._finish(attempt_id, outcome, exit_code, tail)
+        self._finish(attempt_id, outcome, ended.exit_code, ended.log_tail)
         log.info("attempt %s ended: %s (%s)", attempt_id, outcome.state.value, outcome.reason)
 
     def _tail_all(self) -> None:
-        now = time.monotonic()
-        # One read of /proc for every attempt due, not one each: with many jobs the scan is the loop's main cost.
-        due = any(now - t.descendants_seen_at >= DESCENDANTS_EVERY_S for t in self._tracked.values())
-        children = process_children() if due else {}
-        batch: list[tuple[int, Tracked, list[dict[str, Any]], int]] = []
-        for attempt_id, tracked in list(self._tracked.items()):
-            self._guarded(
-                attempt_id, "read its records", lambda a=attempt_id, t=tracked: self._watch(a, t, children, now, batch)
-            )
-        if not batch:
-            return
-        try:  # every attempt's new records in one transaction
-            self.store.add_records_of([(a, records, offset) for a, _, records, offset in batch])
-            stored = batch
-        except Exception as exc:
-            if self.store.is_unavailable(exc):
-                raise
-            # One attempt's records broke the batch: each on its own, so that the error stays that attempt's.
-            stored = [
-                item
-                for item in batch
-                if self._guarded(item[0], "store its records", lambda i=item: self.store.add_records(i[0], i[2], i[3]))
-            ]
-        for _, tracked, records, offset in stored:
-            _advance(tracked, records, offset)
+        """Between whole steps: store the new records; an ended worker wakes the loop for its reaping."""
+        if self._poll():
+            self.wake()
 
-    def _watch(
-        self,
-        attempt_id: int,
-        tracked: Tracked,
-        children: dict[int, list[int]],
-        now: float,
-        batch: list[tuple[int, Tracked, list[dict[str, Any]], int]],
-    ) -> None:
-        records, offset = read_new_records(tracked.proc.run_dir / METRICS_FILE, tracked.offset)
-        if records:
-            batch.append((attempt_id, tracked, records, offset))
-        if children and now - tracked.descendants_seen_at >= DESCENDANTS_EVERY_S:
-            tracked.descendants_seen_at = now
-            for pid in descendants_in(children, {tracked.proc.pid}):
-                tracked.descendants.setdefault(pid, process_start_time(pid))
+    def _poll(self) -> bool:
+        """One poll of every live attempt: store their new records in one transaction; True when one ended."""
+        if not self._tracked:
+            return False
+        progress = self.executor.progress({a: t.offset for a, t in self._tracked.items() if t.ended is None})
+        batch = [(a, p) for a, p in progress.items() if a in self._tracked and p.records]
+        if batch:
+            try:  # every attempt's new records in one transaction
+                self.store.add_records_of([(a, p.records, p.offset) for a, p in batch])
+                stored = batch
+            except Exception as exc:
+                if self.store.is_unavailable(exc):
+                    raise
+                # One attempt's records broke the batch: each on its own, so that the error stays that attempt's.
+                stored = [(a, p) for a, p in batch if self._guarded(a, "store its records", self._storer(a, p))]
+            for attempt_id, p in stored:
+                _advance(self._tracked[attempt_id], p.records, p.offset)
+        any_ended = False
+        for attempt_id, p in progress.items():
+            tracked = self._tracked.get(attempt_id)
+            if tracked is None or not p.ended or tracked.offset != p.offset:
+                continue  # running, or its last records are not stored yet: reaped once they are
+            tracked.ended, any_ended = p, True
+        return any_ended
 
-    def _tail(self, attempt_id: int, tracked: Tracked) -> None:
-        records, offset = read_new_records(tracked.proc.run_dir / METRICS_FILE, tracked.offset)
-        if not records:
-            return
-        self.store.add_records(attempt_id, records, offset)
-        _advance(tracked, records, offset)
+    def _storer(self, attempt_id: int, progress: Progress) -> Callable[[], None]:
+        return lambda: self.store.add_records(attempt_id, progress.records, progress.offset)
 
     def _carry_out_cancels(self) -> None:
         for attempt_id in self.store.cancelling_attempts():
@@ -353,11 +320,11 @@ class Scheduler:
             return
         if tracked.term_sent_at is None:
             tracked.term_sent_at = now
-            signal_group(tracked.proc.pid, signal.SIGTERM)
+            self.executor.signal(attempt_id, signal.SIGTERM)
             log.info("attempt %s: SIGTERM sent to its process group", attempt_id)
         elif tracked.kill_sent_at is None and now - tracked.term_sent_at >= self.cancel_grace_s:
             tracked.kill_sent_at = now
-            signal_group(tracked.proc.pid, signal.SIGKILL)
+            self.executor.signal(attempt_id, signal.SIGKILL)
             log.info("attempt %s: still alive after %.1fs; SIGKILL sent", attempt_id, self.cancel_grace_s)
 
     def _place(self) -> None:
@@ -391,50 +358,34 @@ class Scheduler:
             else None
         )
         try:
-            proc = self._spawn(
-                started.attempt_id,
-                started.run_dir,
-                started.spec,
-                placement.cuda_visible_devices or "",
-                cpu_threads,
-                self.worker_module,
-            )
-        except OSError as exc:
+            workers = self.executor.spawn(started.attempt_id, placement, started.run_dir, started.spec, cpu_threads)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.executor.settle(started.attempt_id)  # a gang's workers that did start
             self._finish(started.attempt_id, Outcome(JobState.FAILED, f"could not start the worker: {exc}"))
             return
         self._fault_point("after-spawn")
         try:
-            self.store.attempt_spawned(started.attempt_id, proc.pid, proc.start_time)
+            self.store.attempt_spawned(started.attempt_id, workers[0].pid, workers[0].start_time, workers)
         except Exception:
             # Untracked, it must not train: it has not been told to go, and it will not be.
-            signal_group(proc.pid, signal.SIGKILL)
-            if proc.popen is not None:
-                proc.popen.wait()
+            self.executor.settle(started.attempt_id)
             self._unfinished[started.attempt_id] = classify(None, {"status": "not_started"}, False)
             raise
-        tracked = Tracked(proc)
-        self._tracked[started.attempt_id] = tracked  # from here on, any failure stops it (_give_up_on)
+        self._tracked[started.attempt_id] = Tracked(started.run_dir, workers)  # from here on, failures stop it
         self._fault_point("after-pid")
-        release(proc)
+        self.executor.release(started.attempt_id)
         self._fault_point("after-go")
-        tracked.waiter = threading.Thread(target=self._wait_exit, args=(proc,), daemon=True)
-        tracked.waiter.start()
         log.info(
             "job %s attempt %s started: pid %s on %s",
             started.job_id,
             started.attempt_id,
-            proc.pid,
+            workers[0].pid,
             ",".join(placement.resources),
         )
 
-    def _wait_exit(self, proc: WorkerProcess) -> None:
-        if proc.popen is not None:
-            proc.popen.wait()
-            self.wake()
-
     def live_pids(self) -> dict[int, int]:
         """attempt id -> worker pid, for the processes this daemon supervises."""
-        return {attempt_id: t.proc.pid for attempt_id, t in self._tracked.items()}
+        return {a: pid for a, pid in self.executor.pids().items() if a in self._tracked}
 
 
 def _said(exc: BaseException) -> str:
@@ -448,7 +399,3 @@ def _advance(tracked: Tracked, records: list[dict[str, Any]], offset: int) -> No
     for record in records:
         if record.get("kind") == "end":
             tracked.end = record
-
-
-def _last_end_record(path: Path) -> dict[str, Any] | None:
-    return next((r for r in reversed(read_new_records(path, 0)[0]) if r.get("kind") == "end"), None)

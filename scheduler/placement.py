@@ -38,6 +38,15 @@ class QueuedJob:
 
 
 @dataclass(frozen=True)
+class NodeShare:
+    """One node's part of a job across nodes."""
+
+    node: str
+    resources: tuple[str, ...]
+    cuda_visible_devices: str
+
+
+@dataclass(frozen=True)
 class Placement:
     job_id: int
     resources: tuple[str, ...]  # GPU UUIDs, or one CPU slot name
@@ -46,6 +55,8 @@ class Placement:
     # (server.attempt_spec); None for a CPU slot or an unknown free memory. What NVML said, not the decision:
     # not compared.
     room_bytes: int | None = field(default=None, compare=False)
+    node: str = ""  # the Ray node of a one-node placement; "" for this machine
+    shares: tuple[NodeShare, ...] = ()  # a job across nodes: one per node, in node-rank order
 
 
 @dataclass

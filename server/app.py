@@ -6,7 +6,6 @@ running, starts the scheduling loop, and only then serves (STYLE.md 7).
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import time
@@ -21,7 +20,6 @@ from fastapi.routing import APIRoute
 from scheduler.loop import Scheduler
 from scheduler.probe import GpuProbe, make_probe
 from scheduler.probe_cache import RecentProbe
-from scheduler.supervisor import spawn_worker
 from server.db import make_engine, upgrade_database
 from server.docs import install_docs
 from server.errors import JsonErrors, install_handlers
@@ -80,12 +78,7 @@ def create_app(
             worker_module=settings.worker_module,
             fault=settings.daemon_fault,
             # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
-            spawn=functools.partial(
-                spawn_worker,
-                daemon_settings=worker_settings(
-                    settings.input_dirs, settings.allow_remote_code, settings.writable_dirs
-                ),
-            ),
+            daemon_settings=worker_settings(settings.input_dirs, settings.allow_remote_code, settings.writable_dirs),
         )
         scheduler.start()
         live = Live(engine, events, gpu_probe, scheduler.live_pids, settings)  # GPU snapshots and alerts

@@ -325,6 +325,7 @@ def requeue(
         # A person chose these settings: automatic OOM retries start afresh from them. What was tried is
         # kept, so no retry repeats settings that already ran out of memory.
         oom_retries=0,
+        node_retries=0,
     )
     session.commit()
     session.refresh(job)

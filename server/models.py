@@ -44,6 +44,7 @@ class Job(SQLModel, table=True):
     estimate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     gpu_ids: list[int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     oom_retries: int = 0
+    node_retries: int = 0  # automatic requeues after the job's node left the cluster (spec node_retry)
     tried: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
 
 
@@ -73,8 +74,12 @@ class Attempt(SQLModel, table=True):
     settings: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     resumed_from_step: int | None = None
     adopted: bool = False
+    node: str | None = None
     last_record_at: datetime | None = None  # when the daemon last read a record of this attempt
     record_interval_s: float | None = None  # the usual time between its records (a moving average)
+    node: str | None = None  # the Ray node of its (first) worker; None on the daemon's own machine
+    # A job across nodes: every worker, in node-rank order, as {"node", "pid", "start_time"}.
+    workers: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class MetricRecord(SQLModel, table=True):

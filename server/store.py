@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, select
 
 from scheduler.contract import LiveAttempt, StartedAttempt
+from scheduler.executor import WorkerRef
 from scheduler.exits import Outcome
 from scheduler.placement import GiB, Placement, QueuedJob
 from scheduler.records import as_step, finite_number, record_time, storable
@@ -116,6 +117,7 @@ class SqlStore:
                 resources=list(placement.resources),
                 cuda_visible_devices=placement.cuda_visible_devices,
                 run_dir=str(run_dir),
+                node=placement.node or None,
                 settings=runs.settings(),
             )
             session.add(attempt)
@@ -132,10 +134,20 @@ class SqlStore:
                 return None
             return StartedAttempt(attempt.id, placement.job_id, run_dir, runs.spec)
 
-    def attempt_spawned(self, attempt_id: int, pid: int, pid_start_time: int | None) -> None:
+    def attempt_spawned(
+        self, attempt_id: int, pid: int, pid_start_time: int | None, workers: list[WorkerRef] | None = None
+    ) -> None:
+        """Store the worker's pid (and, for a job across nodes, every node's) before it is told to go."""
+        every = (
+            [{"node": w.node, "pid": w.pid, "start_time": w.start_time} for w in workers]
+            if workers and len(workers) > 1
+            else None
+        )
         with Session(self.engine) as session:
             session.execute(
-                update(Attempt).where(col(Attempt.id) == attempt_id).values(pid=pid, pid_start_time=pid_start_time)
+                update(Attempt)
+                .where(col(Attempt.id) == attempt_id)
+                .values(pid=pid, pid_start_time=pid_start_time, workers=every)
             )
             session.commit()
 
@@ -244,6 +256,9 @@ class SqlStore:
                     Attempt.pid_start_time,
                     Attempt.metrics_offset,
                     Job.state,
+                    Attempt.node,
+                    Attempt.workers,
+                    Attempt.resources,
                 )
                 .join(Job, col(Job.id) == col(Attempt.job_id))
                 .where(col(Attempt.ended_at).is_(None))
@@ -289,6 +304,16 @@ class SqlStore:
             reason = f"{outcome.reason}; {retry.reason}"
             # Kept even when giving up, so that a later retry never comes back to these settings.
             ran_out = {"tried": [*job.tried, memory_settings(ran)]}
+        node_retry = outcome.node_lost and target == JobState.FAILED
+        if node_retry:
+            budget = int(job.spec.get("node_retry", 3))
+            node_retry = job.node_retries < budget
+            reason = (
+                f"{outcome.reason}; queued again to resume from its last checkpoint on other GPUs "
+                f"(node retry {job.node_retries + 1} of {budget})"
+                if node_retry
+                else f"{outcome.reason}; not queued again: its node_retry budget ({budget}) is spent"
+            )
         steps = route(state, target) if state in ACTIVE and _is_newest(session, job.id, attempt.number) else None
         if steps is None:
             # Not this attempt's to decide (the job is not live, or a newer attempt exists): the attempt
@@ -329,6 +354,10 @@ class SqlStore:
                 need_bytes=max(estimate_need(spec), peak, job.need_bytes or 0) or None,
                 oom_retries=job.oom_retries + 1,
                 ended_at=None,
+            )
+        if node_retry:
+            return transition(
+                session, job.id, JobState.QUEUED, JobState.FAILED, ended_at=None, node_retries=job.node_retries + 1
             )
         if outcome.requeue and target == JobState.FAILED:
             return transition(session, job.id, JobState.QUEUED, JobState.FAILED, ended_at=None)
@@ -416,7 +445,16 @@ def _queued(job_id: Any, priority: Any, gpus: Any, need: Any, gpu_ids_text: Any)
 
 
 def _live(
-    attempt_id: Any, job_id: Any, run_dir: Any, pid: Any, pid_start_time: Any, offset: Any, state: Any
+    attempt_id: Any,
+    job_id: Any,
+    run_dir: Any,
+    pid: Any,
+    pid_start_time: Any,
+    offset: Any,
+    state: Any,
+    node: Any = None,
+    workers: Any = None,
+    resources: Any = None,
 ) -> LiveAttempt:
     """One live attempt's row as recovery needs it; a value of the wrong type is reported as the row's problem."""
     try:
@@ -428,8 +466,14 @@ def _live(
             pid_start_time=None if pid_start_time is None else int(pid_start_time),
             metrics_offset=int(offset or 0),
             cancelling=state == JobState.CANCELLING.value,
+            node=str(node or ""),
+            workers=tuple(
+                WorkerRef(str(w["node"]), int(w["pid"]), None if w["start_time"] is None else int(w["start_time"]))
+                for w in workers or []
+            ),
+            nodes=sorted({r.split("/", 1)[0] for r in resources or [] if "/" in str(r)}),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError) as exc:
         return LiveAttempt(
             int(attempt_id), int(job_id), Path("."), None, None, 0, False, problem=f"its row cannot be read: {exc}"
         )

@@ -85,6 +85,13 @@ class JobSpec(MethodFields, PassedToTrainer, BatchingFields, OutputFields):
         description="Automatic retries after CUDA out-of-memory (true = 3, false = 0): halve the micro-batch "
         "and double accumulation, then gradient checkpointing, then halve again.",
     )
+    node_retry: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="On a Ray cluster: automatic retries after the job's node left the cluster mid-run; each "
+        "resumes from the last checkpoint on other GPUs.",
+    )
     gpu_ids: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
         default=None,
         min_length=1,

@@ -17,7 +17,7 @@ from worker.spec_methods import MethodFields
 from worker.spec_outputs import OutputFields
 from worker.spec_passed import PASSED_KEYS
 
-FTQ_OWN = ("name", "gpus", "priority", "oom_retry", "gpu_ids", "without_effect")
+FTQ_OWN = ("name", "gpus", "priority", "oom_retry", "node_retry", "gpu_ids", "without_effect")
 # The method keys and what each group does, in the README's words.
 HONOURED_GROUPS = {
     "freeze": "last (or first, when negative) n layers train, as LLaMA-Factory picks them",
