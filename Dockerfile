@@ -9,7 +9,9 @@ COPY server server
 COPY scheduler scheduler
 COPY worker worker
 COPY migrations migrations
-RUN pip install --no-cache-dir -e .
+# EXTRAS: optional parts, e.g. --build-arg EXTRAS=[ray] for the Ray head and worker images (docker-compose.yml).
+ARG EXTRAS=
+RUN pip install --no-cache-dir -e ".${EXTRAS}"
 COPY configs configs
 ENV FTQ_DATA_DIR=/var/lib/ftq FTQ_INPUT_DIRS=/srv/ftq
 EXPOSE 8000

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from scheduler.probe import GpuInfo, descendant_pids, foreign_processes
-from server.models import GpuPublic
+from server.models import GpuPublic, NodePublic
 
 
 @dataclass
@@ -67,7 +67,7 @@ def gpus_view(machine: Machine, worker_pids: set[int]) -> list[GpuPublic]:
         links = {
             other.index: machine.topology.get((gpu.uuid, other.uuid), None)
             for other in machine.gpus
-            if other.uuid != gpu.uuid and machine.topology
+            if other.uuid != gpu.uuid and other.node == gpu.node and machine.topology
         }
         views.append(
             GpuPublic(
@@ -78,3 +78,10 @@ def gpus_view(machine: Machine, worker_pids: set[int]) -> list[GpuPublic]:
             )
         )
     return views
+
+
+def cluster_nodes(probe: Any) -> list[NodePublic]:
+    """The Ray cluster's nodes as the probe last saw them (scheduler.ray_executor.RayProbe); none on one machine."""
+    inner = getattr(probe, "probe", probe)  # RecentProbe keeps the probe it caches
+    nodes = getattr(inner, "nodes", None)
+    return [NodePublic(**node) for node in nodes()] if callable(nodes) else []

@@ -74,7 +74,6 @@ class Attempt(SQLModel, table=True):
     settings: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     resumed_from_step: int | None = None
     adopted: bool = False
-    node: str | None = None
     last_record_at: datetime | None = None  # when the daemon last read a record of this attempt
     record_interval_s: float | None = None  # the usual time between its records (a moving average)
     node: str | None = None  # the Ray node of its (first) worker; None on the daemon's own machine
@@ -176,6 +175,7 @@ class AttemptPublic(_Public):
     adopted: bool = False
     last_record_at: UtcTime | None = None  # when the worker wrote the newest record the daemon has read
     record_interval_s: float | None = None  # its usual time between records
+    node: str | None = None  # the Ray node it runs on (its first worker's, for a job across nodes)
 
 
 class Progress(SQLModel):
@@ -248,6 +248,19 @@ class GpuPublic(SQLModel):
     error: str | None
     bound_job: int | None
     links: dict[int, int | None] = {}  # other GPU's index -> distance (0 NVLink ... 60 across sockets)
+    node: str = ""  # the Ray node it is on ("" on the daemon's own machine); uuid is then "<node>/<uuid>"
+
+
+class NodePublic(SQLModel):
+    """A node of the Ray cluster the daemon runs jobs on, as its agent last reported it."""
+
+    node: str  # the Ray node id; its GPUs' `node`
+    address: str | None = None  # the node's IP address
+    hostname: str | None = None
+    state: str  # usable | lost | unusable (problem says why: e.g. it does not see the shared data dir)
+    problem: str | None = None
+    gpus: int = 0
+    probe: str | None = None  # what its agent reads the GPUs with: NVML, or fake GPUs from its label
 
 
 class GpusPublic(SQLModel):
@@ -255,6 +268,7 @@ class GpusPublic(SQLModel):
     gpus: list[GpuPublic]
     cpu_slots: int
     cpu_slots_bound: dict[str, int]
+    nodes: list[NodePublic] = []  # on a Ray cluster (FTQ_RAY_ADDRESS): every node; empty otherwise
 
 
 # What a requeue may change; everything else stays as submitted. Each field takes what the same

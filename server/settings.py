@@ -6,6 +6,7 @@ A bad value fails at start with the variable's name, never halfway through a job
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -108,6 +109,12 @@ class Settings(BaseSettings):
         le=3600,
         description="A `gpus` event on /events at most this often, and only when a reading or a holder changed.",
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="Run jobs on a Ray cluster: auto (the cluster this machine is part of), ray://HOST:10001, or "
+        "a GCS address HOST:6379. The data and input dirs must be the same paths on every node "
+        "(needs pip install 'ftq[ray]'). Unset: jobs run on this machine.",
+    )
 
     @field_validator("input_dirs", "output_dirs", mode="before")
     @classmethod
@@ -141,10 +148,19 @@ class Settings(BaseSettings):
         """Where jobs may write their output_dir and tokenized_path: FTQ_OUTPUT_DIRS, or the data dir."""
         return self.output_dirs or [self.data_dir.resolve()]
 
-    @field_validator("fake_gpus", "api_token", "webhook_url")
+    @field_validator("fake_gpus", "api_token", "webhook_url", "ray_address", mode="before")
     @classmethod
-    def _blank_is_none(cls, value: str | None) -> str | None:
-        return value.strip() or None if value is not None else None
+    def _blank_is_none(cls, value: object) -> object:
+        return value.strip() or None if isinstance(value, str) else value
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"auto|ray://[^\s/]+|[^\s/:]+:\d+", value):
+            raise ValueError(
+                f"{value!r} is not a Ray address; write auto, ray://HOST:10001 (Ray Client) or HOST:6379 (the GCS)"
+            )
+        return value
 
     @field_validator("allowed_hosts", "allowed_origins", mode="before")
     @classmethod

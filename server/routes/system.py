@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server import jobs as service
 from server.deps import MachineDep, SessionDep, SettingsDep
-from server.machine import gpus_view
+from server.machine import cluster_nodes, gpus_view
 from server.models import GpusPublic, JobCreate
 from server.openapi import ANY, JOB_EXAMPLES, error_responses
 
@@ -26,6 +26,7 @@ def get_gpus(request: Request, session: SessionDep, settings: SettingsDep, machi
         gpus=gpus_view(machine, worker_pids),
         cpu_slots=settings.cpu_slots,
         cpu_slots_bound=service.cpu_slot_holders(session, settings.cpu_slots),
+        nodes=cluster_nodes(probe),
     )
 
 

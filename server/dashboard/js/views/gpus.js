@@ -49,7 +49,7 @@ function processes(gpu) {
 function card(gpu) {
   return h(
     "section",
-    { class: `gpu card${gpu.healthy ? "" : " unhealthy"}`, "data-gpu": gpu.index },
+    { class: `gpu card${gpu.healthy ? "" : " unhealthy"}`, "data-gpu": gpu.index, "data-node": gpu.node || "" },
     h("header", {}, h("h2", {}, `GPU ${gpu.index}`), h("span", { class: "muted" }, gpu.name)),
     memoryBar(gpu),
     h(
@@ -64,6 +64,29 @@ function card(gpu) {
   );
 }
 
+// On a Ray cluster: one section per node (its address and whether ftq can use it), its GPUs under it.
+function byNode(view) {
+  const nodes = view.nodes || [];
+  if (!nodes.length) {
+    return view.gpus.length ? h("div", { class: "gpu-grid" }, view.gpus.map(card)) : h("p", { class: "empty" }, "No GPUs on this machine: jobs with gpus: 0 run on CPU slots.");
+  }
+  return nodes.map((node) => {
+    const gpus = view.gpus.filter((g) => g.node === node.node);
+    return h(
+      "section",
+      { class: "node", "data-node-section": node.node },
+      h(
+        "header",
+        {},
+        h("h2", {}, `node ${node.node.slice(0, 8)}`),
+        h("span", { class: "muted" }, ` ${node.address || ""} · ${node.state}`),
+      ),
+      node.problem ? h("p", { class: "error" }, node.problem) : null,
+      gpus.length ? h("div", { class: "gpu-grid" }, gpus.map(card)) : h("p", { class: "muted small" }, "no GPUs"),
+    );
+  });
+}
+
 export function gpusView(root) {
   const body = h("div");
   fill(root, h("div", { class: "toolbar" }, h("h1", {}, "GPUs")), body);
@@ -75,7 +98,7 @@ export function gpusView(root) {
     fill(
       body,
       h("p", { class: "muted" }, `probe: ${view.probe}`),
-      view.gpus.length ? h("div", { class: "gpu-grid" }, view.gpus.map(card)) : h("p", { class: "empty" }, "No GPUs on this machine: jobs with gpus: 0 run on CPU slots."),
+      byNode(view),
       h("h2", {}, "CPU slots"),
       h(
         "div",
