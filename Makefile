@@ -47,10 +47,12 @@ test: $(STAMP) system-packages
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# The GPU checks in one go (QLoRA 4-bit, sdpa against eager, tokens/s by batching mode): on a machine with an NVIDIA GPU and a CUDA torch.
+# The GPU checks in one go (QLoRA 4-bit, sdpa against eager, tokens/s by batching mode, the demo jobs through a
+# one-node Ray cluster): on a machine with an NVIDIA GPU and a CUDA torch.
 gpu-check: $(STAMP)
-	@$(BIN)/python -c "import bitsandbytes" 2>/dev/null || $(PIP) install -q $(TORCH_PIP_ARGS) -e ".[gpu]"
+	@$(BIN)/python -c "import bitsandbytes, ray" 2>/dev/null || $(PIP) install -q $(TORCH_PIP_ARGS) -e ".[gpu,ray]"
 	$(BIN)/python -m bench.gpu_check
+	$(BIN)/python -m bench.gpu_check_ray
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
