@@ -126,11 +126,16 @@ class NodeSupervisor:
         return same_process(pid, start_time)
 
     def stop_unstarted(self, run_dir: str) -> None:
-        """Stop a worker whose pid the daemon never stored (so it was never told to go), if it is still there."""
-        found = read_pid_file(Path(run_dir))
-        if found is not None and same_process(*found):
-            signal_group(found[0], signal.SIGKILL)
-            wait_until(lambda: not same_process(*found), timeout=5.0)
+        """Stop a worker whose pid the daemon never stored (so it was never told to go), if it is still there.
+
+        Every node of a job across nodes writes its own pid file (worker.gate.pid_file_name): each is looked
+        at, and only a process alive here with the same start time is taken for the one it names.
+        """
+        for path in sorted(Path(run_dir).glob("worker*.pid")):
+            found = read_pid_file(Path(run_dir), path.name)
+            if found is not None and same_process(*found):
+                signal_group(found[0], signal.SIGKILL)
+                wait_until(lambda found=found: not same_process(*found), timeout=5.0)
 
     def progress(self, offsets: Mapping[int, int]) -> dict[int, Progress]:
         """For each attempt asked about that runs here: its new records and whether it has ended.

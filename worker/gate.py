@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 from worker.layout import EXIT_NOT_STARTED, METRICS_FILE
@@ -36,7 +36,7 @@ def pass_gate(run_dir: Path, env: MutableMapping[str, str] = os.environ) -> bool
     """
     if env.pop(GATE_ENV, None) != "stdin":
         return True
-    write_pid_file(run_dir)
+    write_pid_file(run_dir, pid_file_name(env))
     return sys.stdin.buffer.readline().strip() == GO
 
 
@@ -47,18 +47,24 @@ def refuse_to_start(run_dir: Path) -> int:
     return EXIT_NOT_STARTED
 
 
-def write_pid_file(run_dir: Path) -> None:
+def pid_file_name(env: Mapping[str, str] = os.environ) -> str:
+    """worker.pid, or worker.node{R}.pid for node rank R > 0 of a job across nodes (their run dir is shared)."""
+    rank = env.get("FTQ_NODE_RANK", "0")
+    return PID_FILE if rank in ("", "0") else f"worker.node{rank}.pid"
+
+
+def write_pid_file(run_dir: Path, name: str = PID_FILE) -> None:
     """RUN_DIR/worker.pid: this process's pid and kernel start time, written whole (a rename) or not at all."""
     pid = os.getpid()
-    partial = run_dir / f".{PID_FILE}.{pid}"
+    partial = run_dir / f".{name}.{pid}.{os.urandom(4).hex()}"  # two nodes' workers may share a pid
     partial.write_text(json.dumps({"pid": pid, "start_time": own_start_time()}))
-    partial.replace(run_dir / PID_FILE)
+    partial.replace(run_dir / name)
 
 
-def read_pid_file(run_dir: Path) -> tuple[int, int | None] | None:
+def read_pid_file(run_dir: Path, name: str = PID_FILE) -> tuple[int, int | None] | None:
     """(pid, start time) from RUN_DIR/worker.pid, or None when there is none that can be read."""
     try:
-        found = json.loads((run_dir / PID_FILE).read_text(encoding="utf-8"))
+        found = json.loads((run_dir / name).read_text(encoding="utf-8"))
         return int(found["pid"]), (None if found.get("start_time") is None else int(found["start_time"]))
     except (OSError, ValueError, TypeError, KeyError):
         return None
