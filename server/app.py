@@ -7,6 +7,7 @@ running, starts the scheduling loop, and only then serves (STYLE.md 7).
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from scheduler.executor import Executor
 from scheduler.loop import Scheduler
 from scheduler.probe import GpuProbe, make_probe
 from scheduler.probe_cache import RecentProbe
@@ -38,6 +40,16 @@ from server.store import SqlStore
 from worker.confine import worker_settings
 
 log = logging.getLogger("ftq")
+
+
+def make_cluster(settings: Settings, workers: dict[str, str]) -> tuple[GpuProbe, Executor]:
+    """The Ray cluster at FTQ_RAY_ADDRESS: its probe (every usable node's GPUs) and executor (the node agents)."""
+    if importlib.util.find_spec("ray") is None:
+        raise SystemExit("FTQ_RAY_ADDRESS is set, and Ray is not installed: pip install 'ftq[ray]'")
+    from scheduler.ray_executor import connect
+
+    assert settings.ray_address is not None
+    return connect(settings.ray_address, settings.data_dir.resolve(), settings.worker_module, workers)
 
 
 def create_app(
@@ -65,7 +77,9 @@ def create_app(
         events.start()
         recovered_after = events.newest
         # The scheduler's snapshots, shared with the API's wait reasons while they are at most a tick old.
-        gpu_probe = RecentProbe(probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
+        workers = worker_settings(settings.input_dirs, settings.allow_remote_code, settings.writable_dirs)
+        cluster_probe, executor = make_cluster(settings, workers) if settings.ray_address else (None, None)
+        gpu_probe = RecentProbe(probe or cluster_probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
         scheduler = Scheduler(
             SqlStore(engine, committed=events.poke),
             gpu_probe,
@@ -78,7 +92,8 @@ def create_app(
             worker_module=settings.worker_module,
             fault=settings.daemon_fault,
             # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
-            daemon_settings=worker_settings(settings.input_dirs, settings.allow_remote_code, settings.writable_dirs),
+            daemon_settings=workers,
+            executor=executor,  # None: workers on this machine
         )
         scheduler.start()
         live = Live(engine, events, gpu_probe, scheduler.live_pids, settings)  # GPU snapshots and alerts
@@ -101,6 +116,7 @@ def create_app(
         finally:
             await live.close()
             scheduler.stop()
+            scheduler.executor.close()
             events.stop()
             close_reads()
             gpu_probe.close()

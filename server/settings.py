@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -115,6 +115,16 @@ class Settings(BaseSettings):
         "a GCS address HOST:6379. The data and input dirs must be the same paths on every node "
         "(needs pip install 'ftq[ray]'). Unset: jobs run on this machine.",
     )
+
+    @model_validator(mode="after")
+    def _fake_gpus_are_a_node_label_on_a_cluster(self) -> Settings:
+        if self.ray_address is not None and self.fake_gpus is not None:
+            raise ValueError(
+                "FTQ_FAKE_GPUS and FTQ_RAY_ADDRESS are both set: on a Ray cluster each node's agent reads its own "
+                "GPUs; give a node fake GPUs with the node label ftq.fake_gpus (ray start --labels "
+                "ftq.fake_gpus=2x24GiB), and unset FTQ_FAKE_GPUS"
+            )
+        return self
 
     @field_validator("input_dirs", "output_dirs", mode="before")
     @classmethod
