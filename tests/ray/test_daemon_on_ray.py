@@ -1,0 +1,127 @@
+"""The daemon on a real Ray cluster (FTQ_RAY_ADDRESS): real workers training the tiny model on the nodes' agents.
+
+A cluster of its own for this module (ray.cluster_utils.Cluster on this machine): a head without GPUs (the
+daemon's own node, its CPU slot) and two nodes with two fake GPUs each (the ftq.fake_gpus label). Every node
+sees the data dir at the same path, as a shared filesystem gives it. The last test removes a node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray", reason="the Ray tests need ray: pip install 'ftq[ray]'")
+
+from tests.helpers import REPO, tiny_spec, wait_for  # noqa: E402
+from tests.integration.daemon import Daemon, process_group_alive  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.integration]
+
+NODE = {"num_cpus": 1, "object_store_memory": 80 << 20}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    found = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    for _ in range(2):
+        found.add_node(**NODE, labels={"ftq.fake_gpus": "2x24GiB"})
+    found.wait_for_nodes()
+    try:
+        yield found
+    finally:
+        found.shutdown()
+
+
+@pytest.fixture
+def daemon(cluster: Any, tmp_path: Path) -> Iterator[Daemon]:
+    running = Daemon(tmp_path / "ftq", ray_address=cluster.address, cancel_grace_s="5").start(timeout=180)
+    try:
+        yield running
+    finally:
+        running.stop()
+        running.kill_workers()
+
+
+def attempts(daemon: Daemon, job_id: int) -> list[dict[str, Any]]:
+    return daemon.job(job_id)["attempts"]
+
+
+def start_record(daemon: Daemon, job_id: int) -> dict[str, Any]:
+    return daemon.metrics(job_id, kind="start")[-1]
+
+
+def test_gpus_shows_every_node_and_jobs_spread_over_them_with_each_node_s_own_gpu_numbers(daemon: Daemon):
+    view = daemon.http.get("/gpus").json()
+    usable = {n["node"] for n in view["nodes"] if n["state"] == "usable"}
+    assert len(view["nodes"]) == 3 and len(usable) == 3, view["nodes"]
+    gpu_nodes = Counter(g["node"] for g in view["gpus"])
+    assert sorted(gpu_nodes.values()) == [2, 2] and all(g["uuid"].startswith(g["node"] + "/") for g in view["gpus"])
+
+    ids = [daemon.submit(tiny_spec(name=f"line-{i}", max_steps=4))["id"] for i in range(3)]
+    for job_id in ids:
+        job = wait_for(lambda j=job_id: daemon.ended(j), timeout=300, interval=0.5, what=f"job {job_id} to end")
+        assert job["state"] == "succeeded", job
+    placed = [(a["node"], a["cuda_visible_devices"]) for a in (attempts(daemon, j)[0] for j in ids)]
+    assert len({node for node, _ in placed}) == 2, placed  # three one-GPU jobs over two nodes of two
+    assert len(set(placed)) == 3, placed  # never one GPU of one node twice
+    by_node = Counter(node for node, _ in placed)
+    assert sorted(by_node.values()) == [1, 2]
+    for job_id, (_, visible) in zip(ids, placed, strict=True):
+        assert start_record(daemon, job_id)["cuda_visible_devices"] == visible  # set by ftq, as the worker saw it
+
+
+def test_a_job_larger_than_a_node_runs_across_two_nodes_under_torchrun(daemon: Daemon):
+    job_id = daemon.submit(tiny_spec(name="gang", gpus=4, max_steps=4, per_device_train_batch_size=2))["id"]
+    job = wait_for(lambda: daemon.ended(job_id), timeout=400, interval=0.5, what="the job across nodes to end")
+    assert job["state"] == "succeeded", job
+    [attempt] = job["attempts"]
+    visible = attempt["cuda_visible_devices"]
+    assert len(visible.split(";")) == 2 and all(part.endswith(":0,1") for part in visible.split(";")), visible
+    assert start_record(daemon, job_id)["world_size"] == 4
+    steps = Counter(r["current_steps"] for r in daemon.metrics(job_id, kind="metric"))
+    assert set(steps.values()) == {1}, steps  # node rank 0 alone writes the records
+    assert [r["kind"] for r in daemon.metrics(job_id)].count("end") == 1
+    run_dir = Path(attempt["run_dir"])
+    assert (run_dir / "worker.log").exists() and (run_dir / "worker.node1.log").exists()
+
+
+def test_kill_9_the_daemon_and_a_new_one_re_adopts_the_workers_through_the_agents(daemon: Daemon):
+    job_id = daemon.submit(tiny_spec(name="long", max_steps=120))["id"]
+    wait_for(lambda: daemon.metrics(job_id, kind="metric"), timeout=180, what="the job to train")
+    pid = attempts(daemon, job_id)[0]["pid"]
+    daemon.stop(signal.SIGKILL)
+    assert process_group_alive(pid)  # the worker trains on while no daemon watches
+    daemon.start(timeout=180)
+    job = wait_for(lambda: daemon.ended(job_id), timeout=400, interval=0.5, what="the adopted job to end")
+    assert job["state"] == "succeeded", job
+    assert len(job["attempts"]) == 1 and job["attempts"][0]["adopted"], job["attempts"]
+    steps = Counter(r["current_steps"] for r in daemon.metrics(job_id, kind="metric"))
+    assert sorted(steps) == list(range(2, 121, 2)) and set(steps.values()) == {1}, steps  # each step once
+
+
+def test_a_node_lost_mid_job_fails_the_attempt_and_the_job_resumes_on_the_other_node(cluster: Any, daemon: Daemon):
+    job_id = daemon.submit(tiny_spec(name="moved", max_steps=60, save_steps=10))["id"]
+    wait_for(lambda: daemon.metrics(job_id, kind="checkpoint"), timeout=240, what="a first checkpoint")
+    first = attempts(daemon, job_id)[0]
+    [node] = [n for n in cluster.list_all_nodes() if n.node_id == first["node"]]
+    # The machine dies: its Ray processes and the worker with them.
+    cluster.remove_node(node, allow_graceful=False)
+    os.killpg(first["pid"], signal.SIGKILL)
+    job = wait_for(lambda: daemon.ended(job_id), timeout=400, interval=0.5, what="the job to end elsewhere")
+    assert job["state"] == "succeeded", job
+    lost, resumed = job["attempts"]
+    assert lost["state"] == "failed" and lost["reason"].startswith("node lost"), lost
+    assert resumed["node"] != lost["node"] and resumed["resumed_from_step"] >= 10, resumed
+    view = daemon.http.get("/gpus").json()
+    assert [n["state"] for n in view["nodes"] if n["node"] == lost["node"]] == ["lost"]
+    assert all(g["node"] != lost["node"] for g in view["gpus"])
