@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,18 +45,25 @@ class WorkerProcess:
 
 
 def worker_env(
-    cuda_visible_devices: str, cpu_threads: int | None, daemon_settings: Mapping[str, str] | None = None
+    cuda_visible_devices: str,
+    cpu_threads: int | None,
+    daemon_settings: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The worker's environment: ours, plus the GPUs it may see and nothing it may not.
 
     `daemon_settings`: what the daemon resolved and the worker must obey (worker.confine.worker_settings:
     its input dirs, whether remote code may run), given as the daemon resolved them, not as its own
-    environment happened to spell them.
+    environment happened to spell them. `extra_env`: what the executor tells this one worker, such as its
+    node's part of a job across nodes (FTQ_NNODES, FTQ_NODE_RANK, FTQ_MASTER_ADDR, FTQ_MASTER_PORT:
+    worker.nodes); applied after the FTQ_ strip, so it reaches the worker, but it cannot change the GPUs
+    or the start gate.
     """
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("FTQ_") and k not in PASSED_TO_WORKERS]:
         del env[key]  # the worker takes nothing from the daemon's settings but these; its spec is its input
     env.update(daemon_settings or {})
+    env.update(extra_env or {})
     env.update(
         CUDA_VISIBLE_DEVICES=cuda_visible_devices,
         CUDA_DEVICE_ORDER="PCI_BUS_ID",
@@ -78,24 +86,35 @@ def spawn_worker(
     cpu_threads: int | None = None,
     module: str = "worker",
     daemon_settings: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    log_name: str = LOG_FILE,
 ) -> WorkerProcess:
     """Write the spec into the run dir and start `python -m worker RUN_DIR` in a new session.
 
     The worker waits at its start gate (worker.gate) until `release` says go: the caller stores the
     pid first, so that a daemon killed at any instant leaves no worker that trains untracked.
+
+    A job across nodes starts one worker per node on the same (shared) run dir, each with its node's
+    `extra_env` (see worker_env) and a log of its own (`log_name`: worker.node<R>.log for node rank
+    R > 0), so that two launchers never write into one log. The nodes may write the spec and make the
+    checkpoints link at the same moment: the spec is written whole (a rename), and a link that another
+    node made first is as good as ours.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    write_whole(run_dir / SPEC_FILE, json.dumps(spec, indent=2))
     # Checkpoints belong to the job, not the attempt, so a requeued attempt resumes from them.
     shared = run_dir.parent / CHECKPOINT_DIR
     shared.mkdir(exist_ok=True)
     if not (run_dir / CHECKPOINT_DIR).exists():
-        (run_dir / CHECKPOINT_DIR).symlink_to(shared, target_is_directory=True)
-    with (run_dir / LOG_FILE).open("ab") as log:
+        try:
+            (run_dir / CHECKPOINT_DIR).symlink_to(shared, target_is_directory=True)
+        except FileExistsError:  # another node of the job made it just now
+            pass
+    with (run_dir / log_name).open("ab") as log:
         popen = subprocess.Popen(
             [sys.executable, "-m", module, str(run_dir)],
             cwd=run_dir,
-            env=worker_env(cuda_visible_devices, cpu_threads, daemon_settings),
+            env=worker_env(cuda_visible_devices, cpu_threads, daemon_settings, extra_env),
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -103,6 +122,22 @@ def spawn_worker(
             close_fds=True,
         )
     return WorkerProcess(attempt_id, popen.pid, run_dir, process_start_time(popen.pid), popen)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a reader, or another writer of the same text, never sees half.
+
+    The temporary name is random (mkstemp), not the pid: workers of one job on two nodes may share a pid.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # as write_text would leave it; mkstemp's is 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def release(proc: WorkerProcess) -> bool:

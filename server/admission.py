@@ -9,11 +9,12 @@ waiting in the queue forever.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.estimate import MemoryEstimate, estimate_for_spec
-from scheduler.placement import GiB, Placement, QueuedJob, place
+from scheduler.placement import GiB, Placement, QueuedJob, gang_shape, place
 from scheduler.probe import GpuInfo
 from server.errors import field_error
 from server.paths import SpecFiles, read_spec_files
@@ -52,14 +53,35 @@ def estimate(spec: JobSpec, files: SpecFiles | None = None) -> MemoryEstimate | 
 
 
 def largest_offer(spec: JobSpec, gpus: list[GpuInfo]) -> int | None:
-    """Per-GPU memory of the best set of `spec.gpus` healthy GPUs the machine has (pinned: those)."""
-    healthy = {g.index: g for g in gpus if g.healthy and g.memory_total is not None}
+    """Per-GPU memory of the best set of `spec.gpus` healthy GPUs there are (pinned: those), on one node, or
+    for a job larger than every node of a cluster, split evenly over nodes as placement splits it (gang_shape).
+    None when no set serves it."""
+    by_node: dict[str, dict[int, GpuInfo]] = {}
+    for g in gpus:
+        if g.healthy and g.memory_total is not None:
+            by_node.setdefault(g.node, {})[g.index] = g
     if spec.gpu_ids is not None:
-        if any(i not in healthy for i in spec.gpu_ids):
-            return None
-        return min(healthy[i].memory_total or 0 for i in spec.gpu_ids)
-    totals = sorted((g.memory_total or 0 for g in healthy.values()), reverse=True)
-    return totals[spec.gpus - 1] if 0 < spec.gpus <= len(totals) else None
+        ids = spec.gpu_ids
+        pinned = [min(n[i].memory_total or 0 for i in ids) for n in by_node.values() if all(i in n for i in ids)]
+        return max(pinned, default=None)
+    totals = [sorted((g.memory_total or 0 for g in node.values()), reverse=True) for node in by_node.values()]
+    one_node = [t[spec.gpus - 1] for t in totals if 0 < spec.gpus <= len(t)]
+    if one_node:
+        return max(one_node)
+    shape = gang_shape(spec.gpus, [len(t) for t in totals]) if spec.gpus > 0 else None
+    if shape is None:
+        return None
+    nodes, each = shape
+    return sorted((t[each - 1] for t in totals if len(t) >= each), reverse=True)[nodes - 1]
+
+
+def servable_gpus(asked: int, gpus: list[GpuInfo]) -> int | None:
+    """The largest GPU count up to `asked` that one node or an even split over nodes can serve."""
+    sizes = list(Counter(g.node for g in gpus if g.healthy).values())
+    for n in range(asked, 0, -1):
+        if any(size >= n for size in sizes) or gang_shape(n, sizes) is not None:
+            return n
+    return None
 
 
 def assess(
@@ -191,6 +213,19 @@ def admission_errors(
         have = f"{len(gpus)} GPU" + ("" if len(gpus) == 1 else "s")
         fix = f"ask for at most {len(gpus)}" if gpus else "set gpus: 0 to run on a CPU slot"
         return [field_error("gpus", f"the job asks for {spec.gpus} and this daemon has {have}: {fix}")]
+    nodes = {g.node for g in gpus}
+    if spec.gpu_ids is None and assessment.largest_offer is None and len(nodes) > 1:
+        sizes = sorted(Counter(g.node for g in gpus if g.healthy).values(), reverse=True)
+        fit = servable_gpus(spec.gpus, gpus)
+        return [
+            field_error(
+                "gpus",
+                f"the job asks for {spec.gpus} GPUs; no node of the cluster has that many (its nodes have "
+                f"{', '.join(map(str, sizes))} healthy GPUs), and across nodes a job runs with the same number on "
+                f"each (torchrun's ranks per node), which {spec.gpus} does not split into: "
+                + (f"ask for {fit}" if fit else "no GPU count fits"),
+            )
+        ]
     if not assessment.fits_ever:
         need = assessment.need_bytes / GiB
         offer = (assessment.largest_offer or 0) / GiB

@@ -23,6 +23,28 @@ launcher's group still takes every rank with it.
 With `--standalone` torchrun binds its rendezvous store to port 0, so the kernel
 picks a free port and two jobs started at the same moment cannot collide; the
 ranks' own gloo/NCCL sockets are ephemeral too.
+
+A job larger than one node runs as one torchrun job over K nodes, as
+LLaMA-Factory's launcher runs one (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).
+The executor starts one `python -m worker RUN_DIR` per node, the run dir shared
+by all (the same path), with FTQ_NNODES, FTQ_NODE_RANK, FTQ_MASTER_ADDR and
+FTQ_MASTER_PORT (node_plan). Each launcher starts its node's spec.gpus // K ranks
+under
+
+    torchrun --nnodes K --node-rank R --master-addr A --master-port P ...
+
+a static rendezvous: node rank 0's torchrun hosts a c10d TCPStore at A:P, the
+others connect to it, and global rank = R * (gpus // K) + local rank. Not
+`--rdzv-backend=c10d`: it numbers the nodes in the order they join, so which
+launcher has global rank 0 on its node, the one that writes the records, would
+not be known in advance. Global rank 0 writes `start` and the progress records,
+as in one node. A launcher of node rank R > 0 writes no `end` record: it leaves
+what its torchrun said in RUN_DIR/ranks/node-R.json and exits with torchrun's
+code. The launcher of node rank 0, once its own torchrun has ended, waits a
+little for those files, then writes the one `end` record from every rank's
+report and every node's torchrun (worker.ranks.decide_gang_end). Each node's
+torchrun keeps its ranks' logs under RUN_DIR/ranks/node<R>/, so that two nodes'
+local rank 0 never share a log.
 """
 
 from __future__ import annotations
@@ -42,14 +64,31 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
+from worker.nodes import (
+    MASTER_ADDR_ENV,
+    MASTER_PORT_ENV,
+    NODE_ENV,
+    NODE_REPORT_WAIT_CANCELLED_S,
+    NODE_REPORT_WAIT_S,
+    NodePlan,
+    NodePlanError,
+    claimed_node_rank,
+    gang_rank_logs,
+    node_exit_code,
+    node_log_dir,
+    node_plan,
+    ranks_per_node,
+    wait_for_node_reports,
+)
 from worker.ranks import (
     RANKS_DIR,
     RANKS_DIR_ENV,
-    RankReport,
-    decide_end,
+    NodeReport,
+    decide_gang_end,
+    gang_rank_reports,
     is_rank,
-    parse_torchrun_failures,
-    ranks_killed_by_torchrun,
+    node_report_path,
+    write_node_report,
 )
 from worker.records import append_record, hms
 from worker.spec import EXIT_CANCELLED, EXIT_FAILED, METRICS_FILE, SPEC_FILE, JobSpec
@@ -78,9 +117,31 @@ def launch_plan(spec: JobSpec | None, env: Mapping[str, str]) -> int | None:
     """
     if spec is None or is_rank(env):
         return None
-    if spec.gpus > 1 or spec.deepspeed is not None:
+    if spec.gpus > 1 or spec.deepspeed is not None or any(key in env for key in NODE_ENV):
         return max(spec.gpus, 1)
     return None
+
+
+SPEC_INVALID_ASIDE = "the job's spec does not validate; node 0 reports why"
+
+
+def stand_aside(run_dir: Path, env: Mapping[str, str], why: str, code: int) -> int | None:
+    """What a node rank > 0 of a job across nodes does when it will not launch: leave the word to node rank 0.
+
+    Its spec did not validate (node rank 0 trains in its own process, where the recipe reports every
+    problem in the one `end` record), or its daemon went away before the go: this node writes no `end`
+    record, only its node report saying `why`, and exits with `code`. None when this process is not such a
+    node (it then does what a worker on one node does).
+    """
+    node_rank = claimed_node_rank(env)
+    if is_rank(env) or node_rank == 0 or not any(key in env for key in NODE_ENV):
+        return None
+    ranks_dir = run_dir / RANKS_DIR
+    ranks_dir.mkdir(exist_ok=True)
+    rendezvous = f"{env.get(MASTER_ADDR_ENV, '')}:{env.get(MASTER_PORT_ENV, '')}"
+    write_node_report(node_report_path(ranks_dir, node_rank), NodeReport(node_rank, error=why, rendezvous=rendezvous))
+    _say(f"node {node_rank}: {why}; exit {code}")
+    return code
 
 
 def read_spec(run_dir: Path) -> JobSpec | None:
@@ -91,12 +152,26 @@ def read_spec(run_dir: Path) -> JobSpec | None:
         return None
 
 
-def torchrun_argv(run_dir: Path, nproc: int, log_dir: Path, python: str = sys.executable) -> list[str]:
-    """The torchrun command line: standalone (a free port of its own), every rank's output kept and teed."""
+def torchrun_argv(
+    run_dir: Path, nproc: int, log_dir: Path, python: str = sys.executable, node: NodePlan | None = None
+) -> list[str]:
+    """The torchrun command line, every rank's output kept and teed.
+
+    One node: standalone (a free port of its own). Across nodes: a static rendezvous at node rank 0
+    (see the module's docstring), `nproc` ranks on this node.
+    """
+    if node is None:
+        rendezvous = ["--standalone", "--nnodes", "1"]
+    else:
+        rendezvous = [
+            "--nnodes", str(node.nnodes),
+            "--node-rank", str(node.node_rank),
+            "--master-addr", node.master_addr,
+            "--master-port", str(node.master_port),
+        ]  # fmt: skip
     return [
         python, "-m", "torch.distributed.run",
-        "--standalone",
-        "--nnodes", "1",
+        *rendezvous,
         "--nproc-per-node", str(nproc),
         "--max-restarts", "0",  # a failed attempt is the daemon's to requeue, with its reason
         "--shutdown-timeout", str(RANK_SHUTDOWN_S),
@@ -167,8 +242,18 @@ class _Forwarder:
             self.sent += 1
 
 
-def launch(run_dir: Path, nproc: int, cancel_requested: Callable[[], bool] = lambda: False) -> int:
-    """Run the job in RUN_DIR as `nproc` ranks under torchrun; write its `end` record; return the exit code."""
+def launch(
+    run_dir: Path,
+    nproc: int,
+    cancel_requested: Callable[[], bool] = lambda: False,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run the job in RUN_DIR as `nproc` ranks under torchrun; return the exit code.
+
+    On one node, or on node rank 0 of a job across nodes, write its `end` record; on any other node,
+    leave the node's report for node rank 0 instead.
+    """
+    env = os.environ if env is None else env
     started = time.monotonic()
     run_dir = run_dir.resolve()
     forwarder = _Forwarder()
@@ -179,9 +264,8 @@ def launch(run_dir: Path, nproc: int, cancel_requested: Callable[[], bool] = lam
 
     ranks_dir = run_dir / RANKS_DIR
     ranks_dir.mkdir(exist_ok=True)
-    for stale in ranks_dir.glob("rank-*.json"):  # this run dir was run before: only this launch's reports count
-        stale.unlink()
     metrics = run_dir / METRICS_FILE
+    rendezvous = f"{env.get(MASTER_ADDR_ENV, '')}:{env.get(MASTER_PORT_ENV, '')}"
 
     def end(fields: dict[str, Any], code: int) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the end record must not be cut in half
@@ -191,15 +275,74 @@ def launch(run_dir: Path, nproc: int, cancel_requested: Callable[[], bool] = lam
         _say(f"end: {record['status']}" + (f" ({record['error']})" if "error" in record else "") + f"; exit {code}")
         return code
 
-    if forwarder.requested:
-        return end({"status": "cancelled", "error": "cancelled (SIGTERM)"}, EXIT_CANCELLED)
+    def leave(report: NodeReport, code: int) -> int:  # a node rank > 0: node rank 0 writes the end record
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        write_node_report(node_report_path(ranks_dir, report.node_rank), report)
+        _say(f"node {report.node_rank} done" + (f" ({report.error})" if report.error else "") + f"; exit {code}")
+        return code
 
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        node = node_plan(env)
+        nproc = ranks_per_node(nproc, node)
+    except NodePlanError as exc:
+        error = f"cannot launch across nodes: {exc}"
+        if claimed_node_rank(env) > 0:
+            return leave(NodeReport(claimed_node_rank(env), error=error, rendezvous=rendezvous), EXIT_FAILED)
+        return end({"status": "failed", "error": error}, EXIT_FAILED)
+    node_rank, nnodes = (0, 1) if node is None else (node.node_rank, node.nnodes)
+    first_rank = node_rank * nproc  # torchrun numbers the ranks node by node
+    for stale in [ranks_dir / f"rank-{first_rank + i}.json" for i in range(nproc)] + [
+        node_report_path(ranks_dir, node_rank)
+    ]:  # this run dir was run before: only this launch's reports count (each node clears its own)
+        stale.unlink(missing_ok=True)
+
+    def ended(rc: int | None, tail: str = "", error: str | None = None) -> int:
+        cancelled = forwarder.requested
+        own = (
+            NodeReport(node_rank, error=error, cancelled=cancelled, rendezvous=rendezvous)
+            if rc is None
+            else NodeReport.from_torchrun(node_rank, rc, tail, cancelled, rendezvous)
+        )
+        if node_rank > 0:
+            return leave(own, node_exit_code(own))
+        if rc is None and nnodes == 1:  # torchrun never ran
+            if cancelled:
+                return end({"status": "cancelled", "error": "cancelled (SIGTERM)"}, EXIT_CANCELLED)
+            return end({"status": "failed", "error": error}, EXIT_FAILED)
+        nodes = [own]
+        if nnodes > 1:
+            wait = NODE_REPORT_WAIT_CANCELLED_S if cancelled else NODE_REPORT_WAIT_S
+            # a second signal: the daemon is about to SIGKILL the launcher, the end record comes first
+            nodes += wait_for_node_reports(ranks_dir, nnodes, rendezvous, wait, lambda: forwarder.received > 1)
+            if missing := [str(n.node_rank) for n in nodes if not n.reported]:
+                _say(f"no report from node(s) {', '.join(missing)} within {wait:g} s")
+        logs = gang_rank_logs(ranks_dir, node, nproc)
+        reports = gang_rank_reports(
+            nodes,
+            nproc,
+            {rank: _read_report(ranks_dir / f"rank-{rank}.json") for rank in range(nnodes * nproc)},
+            {rank: _tail(path) for rank, path in logs.items()},
+        )
+        return end(*decide_gang_end(reports, nodes, cancelled))
+
+    if forwarder.requested:
+        return ended(None)
+
+    visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible and len(visible.split(",")) != nproc:
         _say(f"warning: {nproc} ranks but CUDA_VISIBLE_DEVICES={visible}; each rank takes the GPU of its local rank")
-    argv = torchrun_argv(run_dir, nproc, ranks_dir)
-    env = {**os.environ, RANKS_DIR_ENV: str(ranks_dir), "PYTHONUNBUFFERED": "1"}
-    _say(f"starting {nproc} ranks under torchrun; their logs are kept in {ranks_dir}")
+    log_dir = node_log_dir(ranks_dir, node)
+    argv = torchrun_argv(run_dir, nproc, log_dir, node=node)
+    torchrun_env = {
+        **env,
+        RANKS_DIR_ENV: str(ranks_dir),
+        "PYTHONUNBUFFERED": "1",
+        # teed lines name the global rank ([rank3]:), not the local one, which every node has
+        "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[${role_name}${rank}]:",
+    }
+    where = "" if node is None else f" (node {node_rank} of {nnodes}, rendezvous at {node.rendezvous})"
+    _say(f"starting {nproc} ranks under torchrun{where}; their logs are kept in {log_dir}")
     launcher_pid = os.getpid()
     _libc()  # load it here, not in the forked child
 
@@ -215,39 +358,16 @@ def launch(run_dir: Path, nproc: int, cancel_requested: Callable[[], bool] = lam
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=torchrun_env,
             preexec_fn=own_group_dying_with_us,  # safe here: the launcher has started no threads
             close_fds=True,
         )
     except OSError as exc:
-        return end({"status": "failed", "error": f"could not start torchrun: {exc}"}, EXIT_FAILED)
+        return ended(None, error=f"could not start torchrun: {exc}")
     forwarder.attach(proc)
     assert proc.stdout is not None
     tail = _copy_lines(proc.stdout, TAIL_LINES)
-    rc = proc.wait()
-
-    failures, killed, logs = parse_torchrun_failures(tail), ranks_killed_by_torchrun(tail), rank_logs(ranks_dir)
-    reports = [
-        RankReport(
-            rank,
-            outcome=_read_report(ranks_dir / f"rank-{rank}.json"),
-            exit_code=failures.get(rank),
-            log_tail=_tail(logs.get(rank)),
-            killed_by_torchrun=rank in killed,
-        )
-        for rank in range(nproc)
-    ]
-    fields, code = decide_end(reports, rc, cancelled=forwarder.requested, torchrun_tail=tail)
-    return end(fields, code)
-
-
-def rank_logs(ranks_dir: Path) -> dict[int, Path]:
-    """rank -> its stderr log, from torchrun's newest run under ranks_dir (<rdzv id>_*/attempt_N/<rank>/)."""
-    attempts = sorted(ranks_dir.glob("*/attempt_*"), key=lambda p: p.stat().st_mtime)
-    if not attempts:
-        return {}
-    logs = {int(d.name): d / "stderr.log" for d in attempts[-1].iterdir() if d.name.isdigit()}
-    return {rank: path for rank, path in logs.items() if path.exists()}
+    return ended(proc.wait(), tail)
 
 
 def _copy_lines(stream: IO[bytes], keep: int) -> str:

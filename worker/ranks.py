@@ -2,10 +2,13 @@
 
 Under worker.launch every rank runs the ordinary recipe, but none writes the
 `end` record: each leaves a report (the record it would have written, plus its
-exit code) in RUN_DIR/ranks/rank-N.json, and the launcher decides the run's end
-from all of them, from what torchrun said of the ranks that died without
-reporting, and from whether a cancel came in. Pure but for the report file, and
-without torch: the launcher imports it.
+exit code) in RUN_DIR/ranks/rank-N.json (N the global rank), and the launcher
+decides the run's end from all of them, from what torchrun said of the ranks
+that died without reporting, and from whether a cancel came in. A job across
+several nodes has one launcher per node: those of node rank r > 0 leave what
+their torchrun said in RUN_DIR/ranks/node-r.json (a NodeReport), and the launcher
+of node rank 0 adds them up with every rank's report (decide_gang_end). Pure but
+for the report files, and without torch: the launcher imports it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import json
 import os
 import re
 import signal
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +161,18 @@ class RankReport:
 
 
 def decide_end(
-    reports: Iterable[RankReport], torchrun_rc: int, cancelled: bool, torchrun_tail: str = ""
+    reports: Iterable[RankReport],
+    torchrun_rc: int,
+    cancelled: bool,
+    torchrun_tail: str = "",
+    node_causes: Sequence[str] = (),
+    torchrun_name: str = "torchrun",
 ) -> tuple[dict[str, Any], int]:
-    """The run's end-record fields and the launcher's exit code, from everything the ranks left."""
+    """The run's end-record fields and the launcher's exit code, from everything the ranks left.
+
+    `node_causes`: what went wrong with whole nodes of a job across nodes (a launcher that did not
+    report, or could not start its torchrun); `torchrun_name` names the torchrun that failed.
+    """
     reports = sorted(reports, key=lambda r: r.rank)
     first = next((r.outcome for r in reports if r.rank == 0 and r.outcome), {})
     fields: dict[str, Any] = {key: first[key] for key in _CARRIED if key in first}
@@ -183,11 +195,11 @@ def decide_end(
 
     unsuccessful = [r for r in reports if r.status != "succeeded"]
     oom = any(r.status == "oom" or is_oom(r.log_tail) for r in unsuccessful)
-    causes = failure_causes(reports)
+    causes = failure_causes(reports, node_causes)
     if causes:
         error = "; ".join(causes)
     else:
-        error = f"torchrun {describe_exit(torchrun_rc)} and no rank reported why"
+        error = f"{torchrun_name} {describe_exit(torchrun_rc)} and no rank reported why"
         last = _last_line(torchrun_tail)
         if last:
             error += f"; its output ends: {last}"
@@ -213,12 +225,13 @@ def _tried_to_allocate(reports: list[RankReport]) -> int | None:
     return None
 
 
-def failure_causes(reports: Iterable[RankReport]) -> list[str]:
+def failure_causes(reports: Iterable[RankReport], node_causes: Sequence[str] = ()) -> list[str]:
     """One phrase per rank that failed, likeliest cause first.
 
-    First the ranks that ran out of memory, then those that died without
-    reporting (killed, or crashed in native code), then those that raised, in
-    the order they did. A rank that torchrun stopped, on its SIGTERM or with
+    First the ranks that ran out of memory, then the nodes that failed as a
+    whole (`node_causes`: their ranks' peers only saw their sockets close), then
+    the ranks that died without reporting (killed, or crashed in native code),
+    then those that raised, in the order they did. A rank that torchrun stopped, on its SIGTERM or with
     SIGKILL when it did not stop in time, only followed another's failure: it
     is named only when nothing else is.
     """
@@ -228,6 +241,7 @@ def failure_causes(reports: Iterable[RankReport]) -> list[str]:
     raised = sorted((r for r in reports if r.status == "failed"), key=lambda r: (str(r.said("timestamp")), r.rank))
     stopped = [r for r in reports if _stopped(r)]
     causes = [f"rank {r.rank}: {r.said('error') or 'out of memory'}" for r in oom]
+    causes += node_causes
     for r, code in silent:
         phrase = f"rank {r.rank} {describe_exit(code)} before it could report"
         if code == -signal.SIGKILL:  # nothing of its own to say: its log ends wherever it was
@@ -244,6 +258,148 @@ def failure_causes(reports: Iterable[RankReport]) -> list[str]:
             for r in stopped
         ]
     return causes
+
+
+# ---- a job across nodes ------------------------------------------------------------------------------------------
+
+
+def node_report_path(ranks_dir: Path, node_rank: int) -> Path:
+    """Where the launcher of node rank r > 0 leaves what its torchrun said, for the launcher of node rank 0."""
+    return ranks_dir / f"node-{node_rank}.json"
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What one node's launcher knows when its torchrun has ended: the node's part of a job across nodes."""
+
+    node_rank: int
+    reported: bool = True  # False: its launcher left no report (it died, its node was lost, or it never started)
+    exit_code: int | None = None  # its torchrun's exit code; None when torchrun never ran (see error)
+    failures: Mapping[int, int] = field(default_factory=dict)  # global rank -> exit code, from its failure table
+    killed: frozenset[int] = frozenset()  # the global ranks its torchrun SIGKILLed for not stopping in time
+    cancelled: bool = False  # its launcher was sent a SIGTERM
+    tail: str = ""  # the last lines of its torchrun's output
+    error: str | None = None  # why its launcher could not start torchrun (a bad FTQ_ variable, say)
+    rendezvous: str = ""  # MASTER_ADDR:MASTER_PORT of the launch it belongs to
+
+    @classmethod
+    def from_torchrun(
+        cls, node_rank: int, rc: int, tail: str, cancelled: bool, rendezvous: str = "", tail_chars: int = 8000
+    ) -> NodeReport:
+        """The report of a node whose torchrun ran and ended with `rc`, its output ending with `tail`."""
+        return cls(
+            node_rank,
+            exit_code=rc,
+            failures=parse_torchrun_failures(tail),
+            killed=frozenset(ranks_killed_by_torchrun(tail)),
+            cancelled=cancelled,
+            tail=tail[-tail_chars:],
+            rendezvous=rendezvous,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_rank": self.node_rank,
+            "rendezvous": self.rendezvous,
+            "exit_code": self.exit_code,
+            "failures": {str(rank): code for rank, code in sorted(self.failures.items())},
+            "killed": sorted(self.killed),
+            "cancelled": self.cancelled,
+            "error": self.error,
+            "tail": self.tail,
+        }
+
+    @classmethod
+    def from_json(cls, node_rank: int, found: Any, rendezvous: str = "") -> NodeReport:
+        """The report as read back; one that is missing, unreadable or of another launch reads as not reported."""
+        if not isinstance(found, dict) or found.get("node_rank") != node_rank:
+            return cls(node_rank, reported=False)
+        if rendezvous and found.get("rendezvous") != rendezvous:  # left by an earlier run of this run dir
+            return cls(node_rank, reported=False)
+        try:
+            return cls(
+                node_rank,
+                exit_code=None if found.get("exit_code") is None else int(found["exit_code"]),
+                failures={int(rank): int(code) for rank, code in (found.get("failures") or {}).items()},
+                killed=frozenset(int(rank) for rank in found.get("killed") or ()),
+                cancelled=bool(found.get("cancelled")),
+                tail=str(found.get("tail") or ""),
+                error=None if found.get("error") is None else str(found["error"]),
+                rendezvous=str(found.get("rendezvous") or ""),
+            )
+        except (TypeError, ValueError, AttributeError):
+            return cls(node_rank, reported=False)
+
+    @property
+    def failed(self) -> bool:
+        """Whether this node's part did not end well: no report, no torchrun, or a torchrun that failed."""
+        return not self.reported or self.error is not None or self.exit_code != 0
+
+
+def write_node_report(path: Path, report: NodeReport) -> None:
+    """Written whole or not at all (a rename), as a rank's report is: node rank 0 may be reading it already."""
+    write_rank_report(path, report.to_json())
+
+
+def read_node_report(path: Path, node_rank: int, rendezvous: str = "") -> NodeReport:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        found = None
+    return NodeReport.from_json(node_rank, found, rendezvous)
+
+
+def gang_rank_reports(
+    nodes: Sequence[NodeReport],
+    nproc_per_node: int,
+    outcomes: Mapping[int, dict[str, Any] | None],
+    log_tails: Mapping[int, str],
+) -> list[RankReport]:
+    """Every rank of a job across nodes, each with what its own node's torchrun said of it.
+
+    Global rank = node rank * nproc_per_node + local rank, as torchrun numbers them.
+    """
+    by_rank = {n.node_rank: n for n in nodes}
+    reports = []
+    for rank in range(len(nodes) * nproc_per_node):
+        node = by_rank.get(rank // nproc_per_node, NodeReport(rank // nproc_per_node, reported=False))
+        reports.append(
+            RankReport(
+                rank,
+                outcome=outcomes.get(rank),
+                exit_code=node.failures.get(rank),
+                log_tail=log_tails.get(rank, ""),
+                killed_by_torchrun=rank in node.killed,
+            )
+        )
+    return reports
+
+
+def decide_gang_end(
+    reports: Iterable[RankReport], nodes: Iterable[NodeReport], cancelled: bool
+) -> tuple[dict[str, Any], int]:
+    """The one end record of a job across nodes, from every rank's report and every node's torchrun.
+
+    One node is the single-node case: this is decide_end with that torchrun's exit code and output. A
+    node whose launcher left no report, or could not start its torchrun, is a cause of its own: its
+    ranks' peers only saw their sockets close. A cancel sent to any node's launcher is a cancel (the
+    daemon sends it to every node of the job).
+    """
+    nodes = sorted(nodes, key=lambda n: n.node_rank)
+    cancelled = cancelled or any(n.cancelled for n in nodes)
+    node_causes = [
+        f"node {n.node_rank} (its launcher) did not report" if not n.reported else f"node {n.node_rank}: {n.error}"
+        for n in nodes
+        if not n.reported or n.error is not None
+    ]
+    failed = next((n for n in nodes if n.failed), None)
+    if failed is None:
+        rc, tail, name = 0, nodes[0].tail if nodes else "", "torchrun"
+    else:
+        rc = failed.exit_code if failed.reported and failed.exit_code is not None else EXIT_FAILED
+        tail = failed.tail
+        name = "torchrun" if len(nodes) == 1 else f"torchrun on node {failed.node_rank}"
+    return decide_end(reports, rc, cancelled, tail, node_causes=node_causes, torchrun_name=name)
 
 
 def _stopped(r: RankReport) -> bool:
