@@ -36,7 +36,6 @@ REFRESH_S = 5.0  # how often the cluster's node list is read again (new nodes ge
 START_WAIT_S = 60.0  # at connect: how long the first agents may take to answer
 ANSWER_WAIT_S = 2.0  # a tick's calls (readings, progress): how long a node's answer is waited for
 CALL_TIMEOUT_S = 30.0  # a call the loop cannot go on without (spawn, release, adopt, settle)
-SKIP = 1 << 62  # the offset asked of a gang's node rank > 0: its records are node rank 0's, read from there
 
 
 def short(node: str) -> str:
@@ -103,7 +102,7 @@ class RayCluster:
         self._agent_class = remote_class()
         self._pending: dict[tuple[str, str], tuple[Any, Any]] = {}  # (kind, node) -> (object ref, what was asked)
         self._lock = threading.RLock()
-        self._refreshed_at = -math.inf
+        self._refreshed_at, self._refreshing = -math.inf, False
         self.refresh(wait_s=start_wait_s)
 
     # ---- nodes ----
@@ -114,20 +113,33 @@ class RayCluster:
             now = time.monotonic()
             if not force and not wait_s and now - self._refreshed_at < self.refresh_s:
                 return
-            self._refreshed_at = now
-            alive = {n["NodeID"]: n for n in self._ray.nodes() if n.get("Alive")}
-            for node, state in self.nodes.items():
-                if node not in alive and state.state != "lost":
-                    self._mark_lost(state)
-            calls = {}
-            for node, info in alive.items():
-                state = self.nodes.setdefault(node, NodeState(node, info.get("NodeManagerAddress")))
-                if state.state != "usable":  # a new node, or one that could not be used yet: ask again
-                    calls[node] = (lambda agent: agent.hello.remote(str(self.marker), self.token), None)
-            for node, (answer, _) in self.gather("hello", calls, wait_s).items():
-                self._hello(self.nodes[node], answer)
+            self._refreshed_at, self._refreshing = now, True
+            try:
+                self._refresh(wait_s)
+            finally:
+                self._refreshing = False
+
+    def _refresh(self, wait_s: float) -> None:
+        alive = {n["NodeID"]: n for n in self._ray.nodes() if n.get("Alive")}
+        for node, state in self.nodes.items():
+            if node not in alive and state.state != "lost":
+                self._mark_lost(state)
+        if wait_s:  # whoever waits wants today's answers, not those of a call left pending at an earlier refresh
+            for key in [k for k in self._pending if k[0] == "hello"]:
+                del self._pending[key]
+        calls = {}
+        for node, info in alive.items():
+            self.nodes.setdefault(node, NodeState(node, info.get("NodeManagerAddress")))
+            # Every node, every time: a new one gets its agent, and one whose storage went away is noticed.
+            calls[node] = (lambda agent: agent.hello.remote(str(self.marker), self.token), None)
+        for node, (answer, _) in self.gather("hello", calls, wait_s).items():
+            self._hello(self.nodes[node], answer)
 
     def _hello(self, state: NodeState, answer: Any) -> None:
+        from ray.exceptions import ActorUnavailableError
+
+        if isinstance(answer, ActorUnavailableError):
+            return  # Ray is restarting the agent: the node is what it was
         if isinstance(answer, BaseException):
             problem = f"its agent did not answer: {type(answer).__name__}: {answer}"[:500]
         else:
@@ -243,7 +255,8 @@ class RayCluster:
                 if state is not None and state.state != "lost":
                     state.agent = None
                     log.warning("the agent of Ray node %s died (%s); getting it again", short(node), exc)
-            self.refresh(force=True)  # the node may have died with it
+            if not self._refreshing:
+                self.refresh(force=True)  # the node may have died with it
         else:
             log.warning("Ray node %s: a call to its agent failed: %s", short(node), exc)
 
@@ -417,7 +430,7 @@ class RayExecutor:
                 self._stop_the_rest(attempt_id, attempt)
                 continue
             for rank, worker in attempt.workers.items():
-                asked.setdefault(worker.node, {})[attempt_id] = offset if rank == 0 else SKIP
+                asked.setdefault(worker.node, {})[attempt_id] = offset  # rank > 0: the same file; its records unused
         calls = {node: (lambda agent, o=dict(o): agent.progress.remote(o), o) for node, o in asked.items()}
         parts: dict[int, dict[int, Progress]] = {}  # attempt -> node rank -> its worker's progress
         for node, (result, was_asked) in self.cluster.gather("progress", calls, ANSWER_WAIT_S).items():
