@@ -12,6 +12,7 @@ with it. The agent never runs a shell.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -35,8 +36,14 @@ AGENT_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
 AGENT_CONCURRENCY = 16
 
 
-def agent_name(node: str) -> str:
-    return f"{AGENT_PREFIX}{node}"
+def agent_name(node: str, owner: str = "") -> str:
+    """The node's agent of the daemon `owner` (its data dir, hashed): two daemons on one cluster never share an
+    agent, so their attempt ids never meet; a daemon restarted on the same data dir finds its own again."""
+    return f"{AGENT_PREFIX}{owner}-{node}" if owner else f"{AGENT_PREFIX}{node}"
+
+
+def owner_of(data_dir: Path) -> str:
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def qualified(node: str, uuid: str) -> str:
@@ -158,13 +165,13 @@ def remote_class() -> Any:
     return ray.remote(NodeAgent)
 
 
-def agent_options(node: str) -> dict[str, Any]:
+def agent_options(node: str, owner: str = "") -> dict[str, Any]:
     """How the daemon starts a node's agent: detached and named (a new daemon finds it), pinned to its node,
     restarted by Ray whenever it dies (the daemon then re-adopts its workers), no CPU of the node taken."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return {
-        "name": agent_name(node),
+        "name": agent_name(node, owner),
         "namespace": NAMESPACE,
         "lifetime": "detached",
         "get_if_exists": True,  # two daemons (or two refreshes) racing get the same agent

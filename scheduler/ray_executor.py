@@ -27,7 +27,7 @@ from scheduler.executor import WorkerRef
 from scheduler.node_supervisor import Progress
 from scheduler.placement import NodeShare, Placement
 from scheduler.probe import GpuInfo, ProbeError, Topology
-from scheduler.ray_agent import NAMESPACE, agent_options, remote_class
+from scheduler.ray_agent import NAMESPACE, agent_options, owner_of, remote_class
 from worker.spec import LOG_FILE
 
 log = logging.getLogger("ftq.ray")
@@ -95,6 +95,7 @@ class RayCluster:
         self.address, self.refresh_s = address, refresh_s
         self.own_node: str = ray.get_runtime_context().get_node_id()
         self.token = secrets.token_hex(16)
+        self.owner = owner_of(Path(data_dir))  # whose agents these are: this data dir's daemon
         self.marker = Path(data_dir) / f".ftq-shared-{self.token}"
         self.marker.parent.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(self.token, encoding="utf-8")
@@ -189,7 +190,7 @@ class RayCluster:
             if state is None or state.state == "lost":
                 return None
             if state.agent is None:
-                state.agent = self._agent_class.options(**agent_options(node)).remote()
+                state.agent = self._agent_class.options(**agent_options(node, self.owner)).remote()
             return state.agent
 
     # ---- calls ----
@@ -429,7 +430,7 @@ class RayExecutor:
                 answer[attempt_id] = Progress([], offset, True, None, lost=lost)
                 self._stop_the_rest(attempt_id, attempt)
                 continue
-            for rank, worker in attempt.workers.items():
+            for worker in attempt.workers.values():
                 asked.setdefault(worker.node, {})[attempt_id] = offset  # rank > 0: the same file; its records unused
         calls = {node: (lambda agent, o=dict(o): agent.progress.remote(o), o) for node, o in asked.items()}
         parts: dict[int, dict[int, Progress]] = {}  # attempt -> node rank -> its worker's progress

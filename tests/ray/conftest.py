@@ -39,7 +39,7 @@ class Ftq:
     data_dir: Path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
@@ -57,7 +57,7 @@ def ray_cluster() -> Iterator[Any]:
         cluster.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ftq(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ftq]:
     data_dir = tmp_path_factory.mktemp("ftq-data")
     cluster = RayCluster(ray_cluster.address, data_dir, refresh_s=0.2)

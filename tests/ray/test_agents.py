@@ -66,7 +66,7 @@ def test_one_agent_per_node_pinned_with_the_fake_gpus_of_its_label(ftq: Ftq) -> 
     usable = ftq.ray.usable()
     assert len(usable) == 3 and not ftq.ray.problems
     for state in usable:
-        agent = ray.get_actor(agent_name(state.node), namespace=NAMESPACE)
+        agent = ray.get_actor(agent_name(state.node, ftq.ray.owner), namespace=NAMESPACE)
         hello = ray.get(agent.hello.remote(str(ftq.ray.marker), ftq.ray.token))
         assert hello["node"] == state.node and hello["marker_problem"] is None
         assert hello["probe"] == f"fake: {NODE_ARGS['labels']['ftq.fake_gpus']}"
@@ -111,7 +111,7 @@ def test_a_killed_agent_is_restarted_and_adopts_its_running_worker(ftq: Ftq) -> 
     run = Run(ftq.executor, ftq.data_dir / "runs" / "adopted")
     [worker] = run.start(one_node(node), steps=400, step_s=0.05)
     wait_for(lambda: run.poll() and run.records, timeout=30, what="the worker's first record")
-    agent = ray.get_actor(agent_name(node), namespace=NAMESPACE)
+    agent = ray.get_actor(agent_name(node, ftq.ray.owner), namespace=NAMESPACE)
     before = ray.get(agent.hello.remote("", ""))["pid"]
     ray.kill(agent, no_restart=False)  # Ray restarts it (max_restarts=-1): a new process, no workers known
     restarted = wait_for(lambda: _pid_of(agent) not in (None, before), timeout=60, what="Ray to restart the agent")
