@@ -30,6 +30,7 @@ from server.guard import Guard, Policy
 from server.health import health_problems
 from server.live import Live
 from server.lock import DataDirLock
+from server.machine import cluster_nodes
 from server.openapi import error_responses, install_openapi
 from server.prometheus import make_registry
 from server.read_cache import make_read_cache
@@ -147,7 +148,13 @@ def create_app(
         problems = health_problems(scheduler.health, time.monotonic(), settings.tick_s)
         if problems:
             return JSONResponse({"status": "unhealthy", "detail": "; ".join(problems), "problems": problems}, 503)
-        return JSONResponse({"status": "ok"})
+        # On a Ray cluster, nodes ftq cannot use (no shared data dir, gone): the daemon works on the others.
+        warnings = [
+            f"Ray node {node.node[:8]} ({node.address}) is not used ({node.state}): {node.problem or 'no reason given'}"
+            for node in cluster_nodes(request.app.state.probe)
+            if node.state != "usable"
+        ]
+        return JSONResponse({"status": "ok", "warnings": warnings} if warnings else {"status": "ok"})
 
     install_docs(app)
     dashboard.install(app)

@@ -109,8 +109,31 @@ def test_kill_9_the_daemon_and_a_new_one_re_adopts_the_workers_through_the_agent
     assert sorted(steps) == list(range(2, 121, 2)) and set(steps.values()) == {1}, steps  # each step once
 
 
+def test_a_killed_agent_is_restarted_and_its_worker_trains_on_in_the_same_attempt(cluster: Any, daemon: Daemon):
+    import ray
+
+    from scheduler.ray_agent import NAMESPACE, agent_name, owner_of
+
+    job_id = daemon.submit(tiny_spec(name="kept", max_steps=300))["id"]
+    wait_for(lambda: daemon.metrics(job_id, kind="metric"), timeout=180, what="the job to train")
+    attempt = attempts(daemon, job_id)[0]
+    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        agent = ray.get_actor(agent_name(attempt["node"], owner_of(daemon.data_dir)), namespace=NAMESPACE)
+        ray.kill(agent, no_restart=False)  # Ray starts it again; the daemon has it adopt the worker
+    finally:
+        ray.shutdown()
+    at_kill = max(r["current_steps"] for r in daemon.metrics(job_id, kind="metric"))
+    assert at_kill < 300
+    job = wait_for(lambda: daemon.ended(job_id), timeout=400, interval=0.5, what="the job to end")
+    assert job["state"] == "succeeded", job
+    assert len(job["attempts"]) == 1 and job["attempts"][0]["pid"] == attempt["pid"], job["attempts"]
+    steps = Counter(r["current_steps"] for r in daemon.metrics(job_id, kind="metric"))
+    assert sorted(steps) == list(range(2, 301, 2)) and set(steps.values()) == {1}, steps  # on past the kill
+
+
 def test_a_node_lost_mid_job_fails_the_attempt_and_the_job_resumes_on_the_other_node(cluster: Any, daemon: Daemon):
-    job_id = daemon.submit(tiny_spec(name="moved", max_steps=60, save_steps=10))["id"]
+    job_id = daemon.submit(tiny_spec(name="moved", max_steps=400, save_steps=10))["id"]
     wait_for(lambda: daemon.metrics(job_id, kind="checkpoint"), timeout=240, what="a first checkpoint")
     first = attempts(daemon, job_id)[0]
     [node] = [n for n in cluster.list_all_nodes() if n.node_id == first["node"]]
@@ -132,3 +155,5 @@ def test_a_node_lost_mid_job_fails_the_attempt_and_the_job_resumes_on_the_other_
     view = daemon.http.get("/gpus").json()
     assert [n["state"] for n in view["nodes"] if n["node"] == lost["node"]] == ["lost"]
     assert all(g["node"] != lost["node"] for g in view["gpus"])
+    health = daemon.http.get("/healthz").json()
+    assert health["status"] == "ok" and any(lost["node"][:8] in w for w in health["warnings"]), health
