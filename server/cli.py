@@ -154,12 +154,16 @@ def _requeue(client: Client, args: argparse.Namespace) -> None:
 def _gpus(client: Client, args: argparse.Namespace) -> None:
     info = client.request("GET", "/gpus")
     print(f"probe: {info['probe']}")
+    for node in info.get("nodes", []):  # a Ray cluster's nodes: their GPUs below are named NODE/INDEX
+        problem = f": {node['problem']}" if node.get("problem") else ""
+        print(f"  node {node['node'][:8]}  {node.get('address') or '?'}  {node['state']}{problem}")
     for gpu in info["gpus"]:
         free = gpu["memory_free"] / 2**30 if gpu["memory_free"] is not None else float("nan")
         total = gpu["memory_total"] / 2**30 if gpu["memory_total"] is not None else float("nan")
         holder = f"job {gpu['bound_job']}" if gpu["bound_job"] else "free"
         health = "" if gpu["healthy"] else f"  UNHEALTHY: {gpu['error']}"
-        print(f"  {gpu['index']}  {gpu['name']}  {free:.1f}/{total:.1f} GiB free  {holder}{health}")
+        where = f"{gpu['node'][:8]}/" if gpu.get("node") else ""
+        print(f"  {where}{gpu['index']}  {gpu['name']}  {free:.1f}/{total:.1f} GiB free  {holder}{health}")
     print(f"CPU slots: {info['cpu_slots']}, bound: {info['cpu_slots_bound'] or 'none'}")
 
 

@@ -30,8 +30,14 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def where_ran(cuda_visible_devices: str | None) -> str:
-    """The GPUs an attempt saw ('0,1'), 'cpu' for a CPU slot, '-' before any attempt."""
-    return "cpu" if cuda_visible_devices == "" else (cuda_visible_devices or "-")
+    """The GPUs an attempt saw ('0,1'), 'cpu' for a CPU slot, '-' before any attempt; a job across Ray nodes
+    shows each node by the first 8 characters of its id ('3f9a07c2:0,1;b81e0d44:0,1')."""
+    if cuda_visible_devices == "":
+        return "cpu"
+    if not cuda_visible_devices:
+        return "-"
+    shares = [part.partition(":") for part in cuda_visible_devices.split(";")]
+    return ";".join(f"{node[:8]}:{indices}" if sep else node for node, sep, indices in shares)
 
 
 def render_table(rows: list[tuple[str, ...]]) -> str:

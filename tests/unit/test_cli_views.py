@@ -227,3 +227,10 @@ def test_events_as_lines():
     assert event_line(SseEvent(11, "gpus", gpus)) == "#11 T gpus: 0: 2.0/16.0 GiB job 3"
     alert = {"alert": "vram", "job_id": 3, "gpu": 0, "message": "GPU 0 is 96% full", "at": "T"}
     assert event_line(SseEvent(12, "alert", alert)) == "#12 T ALERT vram: GPU 0 is 96% full"
+
+
+def test_where_ran_names_each_node_of_a_job_across_nodes_by_its_short_id():
+    from server.cli_tables import where_ran
+
+    assert where_ran("0,1") == "0,1" and where_ran("") == "cpu" and where_ran(None) == "-"
+    assert where_ran("a" * 56 + ":0,1;" + "b" * 56 + ":0,1") == "aaaaaaaa:0,1;bbbbbbbb:0,1"
