@@ -66,15 +66,13 @@ def ftq_latencies(workdir: Path, extra_env: dict[str, str], probes: int) -> list
     """A real daemon; `probes` lone submits, each waited for; seconds from submit to the worker's `start`."""
     workdir.mkdir(parents=True)
     names = [f"probe-{i:03d}" for i in range(probes + 1)]  # the first warms up, and is not counted
-    (workdir / "durations.json").write_text(json.dumps({name: 0.05 for name in names}))
+    Path(os.environ["BENCH_TRACE"]).write_text(json.dumps({name: 0.05 for name in names}))
     port = _free_port()
     env = {
         **os.environ,
         "FTQ_DATA_DIR": str(workdir / "ftq"),
         "FTQ_INPUT_DIRS": f"{workdir}{os.pathsep}{REPO}",
         "FTQ_WORKER_MODULE": "bench.hold_worker",
-        "BENCH_TRACE": str(workdir / "durations.json"),
-        "PYTHONPATH": str(REPO),
         **extra_env,
     }
     with (workdir / "daemon.log").open("wb") as log:
@@ -128,14 +126,19 @@ def main() -> int:
     args = parser.parse_args()
     import ray
 
-    from bench.ray_placement import main as placement_main
+    from bench.ray_placement import print_table
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="ftq-bench-ray-"))
+    # What the workers need, in the environment the Ray nodes start with (their agents' workers inherit it):
+    # the repo, for bench.hold_worker, and the durations it holds for.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    os.environ["BENCH_TRACE"] = str(workdir / "durations.json")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cluster = start_cluster(args.nodes)
     try:
         # The daemon is the cluster's driver, not this process: disconnect what start_cluster connected.
         ray.shutdown()
-        dashboard = f"http://{cluster.head_node.address.split(':')[0]}:8265"
+        dashboard = "http://" + str(cluster.head_node.address_info["webui_url"])
         local = {"FTQ_FAKE_GPUS": "4x24GiB"}
         on_ray = {"FTQ_RAY_ADDRESS": cluster.address}
         rows = [
@@ -153,8 +156,9 @@ def main() -> int:
     for label, values in rows:
         p50, p99 = statistics.median(values), percentile(values, 99)
         print(f"{label:<28} {p50 * 1000:>7.0f}ms {p99 * 1000:>7.0f}ms {p50 / base:>11.2f}x")
-    print()
-    return placement_main()
+    print("\none placement pass (bench.ray_placement):")
+    print_table()
+    return 0
 
 
 def _free_port() -> int:

@@ -156,11 +156,15 @@ def placement_rows(repeat: int = 20) -> list[tuple[str, float, float, float, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=20, help="passes timed per case")
-    args = parser.parse_args()
+    print_table(parser.parse_args().repeat)
+
+
+def print_table(repeat: int = 20) -> None:
+    """The placement table (bench.ray prints it after its latencies)."""
     header = ("case", "median", "p99", f"p99 / {TARGET_MS:.0f} ms", "CPU median", "placed", "reservation")
     lines = [header] + [
         (label, f"{med:.1f} ms", f"{p99:.1f} ms", f"{ratio:.2f}", f"{cpu:.1f} ms", str(placed), "held" if held else "-")
-        for label, med, p99, ratio, cpu, placed, held in placement_rows(args.repeat)
+        for label, med, p99, ratio, cpu, placed, held in placement_rows(repeat)
     ]
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
     for r in lines:
