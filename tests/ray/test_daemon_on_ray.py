@@ -18,28 +18,17 @@ import pytest
 
 pytest.importorskip("ray", reason="the Ray tests need ray: pip install 'ftq[ray]'")
 
-from tests.helpers import REPO, tiny_spec, wait_for  # noqa: E402
+from tests.helpers import tiny_spec, wait_for  # noqa: E402
 from tests.integration.daemon import Daemon, process_group_alive  # noqa: E402
+from tests.ray.cluster import ray_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
-
-NODE = {"num_cpus": 1, "object_store_memory": 80 << 20}
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    found = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
-    for _ in range(2):
-        found.add_node(**NODE, labels={"ftq.fake_gpus": "2x24GiB"})
-    found.wait_for_nodes()
-    try:
-        yield found
-    finally:
-        found.shutdown()
+    with ray_cluster(nodes=2, node_gpus="2x24GiB") as started:
+        yield started
 
 
 @pytest.fixture

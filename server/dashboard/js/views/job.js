@@ -5,7 +5,7 @@ import { postJson, getText } from "../api.js";
 import { align, lineChart } from "../charts.js";
 import { duration, fill, gib, h, hmsSeconds, num, rate, stateBadge, when, wallSeconds } from "../dom.js";
 import { loadJob, loadSeries, report, sorted, state } from "../store.js";
-import { gpuText } from "./jobs.js";
+import { devicesText, gpuText } from "./jobs.js";
 
 const CANCELLABLE = new Set(["queued", "starting", "running"]);
 const REQUEUEABLE = new Set(["failed", "oom", "cancelled"]);
@@ -39,7 +39,7 @@ function attemptsTable(attempts) {
           {},
           h("td", {}, a.number),
           h("td", {}, stateBadge(a.state)),
-          h("td", {}, a.cuda_visible_devices ? `GPU ${a.cuda_visible_devices}` : a.resources.join(", ") || "–"),
+          h("td", {}, (a.node && !(a.cuda_visible_devices || "").includes(":") ? `node ${a.node.slice(0, 8)} · ` : "") + (a.cuda_visible_devices ? `GPU ${devicesText(a.cuda_visible_devices)}` : a.resources.join(", ") || "–")),
           h("td", {}, when(a.started_at)),
           h("td", {}, a.last_step == null ? "–" : `${a.resumed_from_step ? `${a.resumed_from_step}→` : ""}${a.last_step}/${a.total_steps ?? "?"}`),
           h("td", {}, h("pre", { class: "settings" }, settingsText(a.settings))),

@@ -6,15 +6,24 @@ import { changed, loadJobs, loadSeries, report, seriesLoading, sorted, state } f
 
 const SERIES_FOR_AT_MOST = 200; // the sparklines of the newest jobs; older ones show their last loss only
 
+// A job across Ray nodes saw "NODE:0,1;NODE:0,1": each node by the first 8 characters of its id.
+export function devicesText(visible) {
+  return visible
+    .split(";")
+    .map((part) => (part.includes(":") ? `${part.slice(0, part.indexOf(":")).slice(0, 8)}${part.slice(part.indexOf(":"))}` : part))
+    .join("; ");
+}
+
 export function gpuText(job, gpus) {
   const held = job.bound_resources || [];
   if (held.length) {
     if (held.every((r) => r.startsWith("cpu-"))) return `CPU ${held.map((r) => r.slice(4)).join(", ")}`;
-    const index = new Map((gpus?.gpus || []).map((g) => [g.uuid, g.index]));
+    // On a Ray cluster a GPU is NODE/UUID, and shown as its node's short id and its index there.
+    const index = new Map((gpus?.gpus || []).map((g) => [g.uuid, g.node ? `${g.node.slice(0, 8)}:${g.index}` : g.index]));
     return `GPU ${held.map((r) => index.get(r) ?? r).join(", ")}`;
   }
   if (job.gpus === 0) return "CPU";
-  return TERMINAL.has(job.state) && job.cuda_visible_devices ? `GPU ${job.cuda_visible_devices}` : `${job.gpus} GPU`;
+  return TERMINAL.has(job.state) && job.cuda_visible_devices ? `GPU ${devicesText(job.cuda_visible_devices)}` : `${job.gpus} GPU`;
 }
 
 function progressCell(job, series) {
