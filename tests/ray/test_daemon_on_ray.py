@@ -146,3 +146,21 @@ def test_a_node_lost_mid_job_fails_the_attempt_and_the_job_resumes_on_the_other_
     assert all(g["node"] != lost["node"] for g in view["gpus"])
     health = daemon.http.get("/healthz").json()
     assert health["status"] == "ok" and any(lost["node"][:8] in w for w in health["warnings"]), health
+
+
+def test_a_node_that_joins_gets_an_agent_and_its_gpu_takes_a_job(cluster: Any, daemon: Daemon):
+    before = {n["node"] for n in daemon.http.get("/gpus").json()["nodes"]}
+    cluster.add_node(num_cpus=1, object_store_memory=80 << 20, labels={"ftq.fake_gpus": "1x80GiB"})
+
+    def joined() -> str | None:
+        nodes = daemon.http.get("/gpus").json()["nodes"]
+        return next((n["node"] for n in nodes if n["node"] not in before and n["state"] == "usable"), None)
+
+    new = wait_for(joined, timeout=120, what="the new node's agent")
+    gpus = [g for g in daemon.http.get("/gpus").json()["gpus"] if g["node"] == new]
+    assert [(g["index"], g["memory_total"]) for g in gpus] == [(0, 80 << 30)]
+    # Best fit: of the nodes whose free GPUs can take it, the one with the fewest, the new one's single GPU.
+    job_id = daemon.submit(tiny_spec(name="newcomer", max_steps=4))["id"]
+    job = wait_for(lambda: daemon.ended(job_id), timeout=300, interval=0.5, what="the job to end")
+    assert job["state"] == "succeeded", job
+    assert job["attempts"][0]["node"] == new
