@@ -9,10 +9,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from scheduler.placement import GiB, QueuedJob, cpu_slot_names, explain_wait
+from scheduler.placement import GiB, QueuedJob, cpu_slot_names
 from scheduler.retry import memory_settings
 from scheduler.states import ACTIVE, JobState
 from scheduler.tail import last_lines
+from scheduler.wait_reasons import explain_wait
 from server import queries
 from server.admission import admission_errors, assess, remote_code_errors, requirement_errors
 from server.db import read_snapshot

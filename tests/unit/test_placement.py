@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from scheduler.placement import Placement, QueuedJob, explain_wait, place, plan
+from scheduler.placement import Placement, QueuedJob, place, plan
 from scheduler.probe import FakeProbe
+from scheduler.wait_reasons import explain_wait
 
 
 def gpus(spec: str = "4x24GiB"):

@@ -8,8 +8,9 @@ from dataclasses import replace
 import hypothesis
 from hypothesis import strategies as st
 
-from scheduler.placement import NodeShare, Placement, QueuedJob, explain_wait, gang_shape, place, plan
+from scheduler.placement import NodeShare, Placement, QueuedJob, gang_shape, place, plan
 from scheduler.probe import FakeProbe, GpuInfo
+from scheduler.wait_reasons import explain_wait
 
 GiB = 1 << 30
 
