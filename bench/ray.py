@@ -22,17 +22,16 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.schedule import percentile
+from bench.schedule import _free_port, _healthy, _ts, _wait, percentile
+from server.demo import start_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 LABEL = "ftq.fake_gpus"
@@ -75,14 +74,7 @@ def ftq_latencies(workdir: Path, extra_env: dict[str, str], probes: int) -> list
         "FTQ_WORKER_MODULE": "bench.hold_worker",
         **extra_env,
     }
-    with (workdir / "daemon.log").open("wb") as log:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = start_daemon(port, workdir / "daemon.log", env)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
         _wait(lambda: _healthy(http), 120)
@@ -159,35 +151,6 @@ def main() -> int:
     print("\none placement pass (bench.ray_placement):")
     print_table()
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(http: httpx.Client) -> bool:
-    try:
-        return http.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark step timed out")
-        time.sleep(interval)
-
-
-def _ts(value: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_daemon(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_daemon(port: int, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`ftq serve` on `port` in a process of its own, its output in `log_path`; `env`: its environment (ours)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -35,6 +36,7 @@ def start_daemon(port: int, log_path: Path) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
 
 

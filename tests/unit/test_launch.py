@@ -97,15 +97,6 @@ def test_the_torchrun_argv_parses_as_torchrun_reads_it(tmp_path: Path) -> None:
     assert args.training_script == "worker" and args.training_script_args == [str(tmp_path)]
 
 
-@pytest.fixture
-def keep_signal_handlers():
-    """launch() installs its own SIGTERM / SIGINT handlers: give pytest its own back."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 def test_a_cancel_before_torchrun_starts_ends_the_run_at_once(tmp_path: Path, keep_signal_handlers) -> None:
     (tmp_path / RANKS_DIR).mkdir()
     (tmp_path / RANKS_DIR / "rank-1.json").write_text('{"status": "succeeded"}')  # left by an earlier run here

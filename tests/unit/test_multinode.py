@@ -282,14 +282,6 @@ def test_one_node_is_the_single_node_decision() -> None:
 # ---- the launcher's edges ----
 
 
-@pytest.fixture
-def keep_signal_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 def test_node_rank_0_with_a_malformed_variable_ends_the_job_naming_it(tmp_path: Path, keep_signal_handlers) -> None:
     code = launch(tmp_path, 2, env=node_env(FTQ_NODE_RANK="0", FTQ_MASTER_PORT="port"))
 
