@@ -98,13 +98,24 @@ export function seriesLoading(id) {
   return seriesLoads.has(id);
 }
 
+// Records the stream brings for a job whose first read is on its way: without a place to go they would be
+// dropped, and one committed just after the server read the metrics would be missing from the chart for good.
+const arriving = new Map();
+
 async function readSeries(id) {
-  const { data } = await getJson(`/jobs/${id}/metrics`);
+  const meanwhile = emptySeries();
+  if (!state.series.has(id)) arriving.set(id, meanwhile);
+  let data;
+  try {
+    ({ data } = await getJson(`/jobs/${id}/metrics`));
+  } finally {
+    arriving.delete(id);
+  }
   const fresh = emptySeries();
   for (const record of data) addRecord(fresh, record);
-  const old = state.series.get(id);
-  if (old) {
-    const newest = Math.max(-1, ...fresh.metric.keys(), ...fresh.eval.keys());
+  const newest = Math.max(-1, ...fresh.metric.keys(), ...fresh.eval.keys());
+  for (const old of [state.series.get(id), meanwhile]) {
+    if (!old) continue;
     for (const record of [...old.metric.values(), ...old.eval.values()]) {
       if (record.current_steps > newest) addRecord(fresh, record);
     }
@@ -136,7 +147,7 @@ function applyRecord(kind, { job_id: id, attempt, record }) {
     refreshDetail(id);
     if (attempt > 1 && state.series.has(id)) loadSeries(id).catch(report);
   }
-  const series = state.series.get(id);
+  const series = state.series.get(id) ?? arriving.get(id);
   if (series) addRecord(series, { kind, ...record });
   if (job && record.current_steps != null && (kind === "metric" || kind === "eval")) {
     const total = record.total_steps ?? job.progress?.total_steps ?? null;
