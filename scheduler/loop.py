@@ -38,10 +38,8 @@ FAULT_POINTS = ("after-begin", "after-spawn", "after-pid", "after-go")
 
 @dataclass
 class Tracked:
-    """What the loop keeps of a live attempt; its processes are the executor's."""
+    """What the loop keeps of a live attempt; its processes (and where they run) are the executor's."""
 
-    run_dir: Path
-    workers: list[WorkerRef]
     offset: int = 0
     end: dict[str, Any] | None = None
     term_sent_at: float | None = None
@@ -242,7 +240,7 @@ class Scheduler:
         # Taken on either way: one still running is tailed from the stored offset and reaped like our own;
         # one that ended while no daemon watched is settled by the first poll, from its last records.
         alive = self.executor.adopt(live.attempt_id, live.run_dir, workers)
-        self._tracked[live.attempt_id] = Tracked(live.run_dir, workers, offset=live.metrics_offset)
+        self._tracked[live.attempt_id] = Tracked(offset=live.metrics_offset)
         if alive:
             self.store.attempt_adopted(live.attempt_id)
             log.info("attempt %s: re-adopted its running worker, pid %s", live.attempt_id, workers[0].pid)
@@ -371,7 +369,7 @@ class Scheduler:
             self.executor.settle(started.attempt_id)
             self._unfinished[started.attempt_id] = classify(None, {"status": "not_started"}, False)
             raise
-        self._tracked[started.attempt_id] = Tracked(started.run_dir, workers)  # from here on, failures stop it
+        self._tracked[started.attempt_id] = Tracked()  # from here on, any failure stops it (_give_up_on)
         self._fault_point("after-pid")
         self.executor.release(started.attempt_id)
         self._fault_point("after-go")

@@ -48,7 +48,8 @@ class Progress:
     ended: bool  # the worker (its group leader) has ended
     exit_code: int | None  # None while it runs, or when it is not ours to know (adopted)
     log_tail: str = ""  # the log's last lines, once ended
-    end: dict[str, Any] | None = None  # once ended: the last `end` record of the whole file, if any
+    # Once ended: its `end` record, from the new records, or from the whole file when the exit code is unknown.
+    end: dict[str, Any] | None = None
     lost: str | None = None  # the worker's node left the cluster (set by the Ray executor): why, in words
 
 
@@ -156,14 +157,13 @@ class NodeSupervisor:
             metrics = worker.proc.run_dir / METRICS_FILE
             records, reached = read_new_records(metrics, offset)
             if ended:
-                answer[attempt_id] = Progress(
-                    records,
-                    reached,
-                    True,
-                    exit_code,
-                    last_lines(worker.proc.run_dir / worker.log_name, LOG_TAIL_LINES),
-                    _last_end_record(metrics),
-                )
+                # The whole file is read for its end only when neither the exit code nor the new records tell
+                # how the run ended: a worker adopted after a restart, whose end may have been stored before.
+                end = next((r for r in reversed(records) if r.get("kind") == "end"), None)
+                if end is None and exit_code is None:
+                    end = _last_end_record(metrics)
+                tail = last_lines(worker.proc.run_dir / worker.log_name, LOG_TAIL_LINES)
+                answer[attempt_id] = Progress(records, reached, True, exit_code, tail, end)
                 continue
             if children:
                 for pid in descendants_in(children, {worker.proc.pid}):
