@@ -30,8 +30,8 @@ from typing import Any
 
 from bench import throughput
 from bench.chat_lengths import describe
-from server.cli import Client, watch
-from server.demo import free_port, start_daemon, wait_healthy
+from server.cli.demo import free_port, start_daemon, wait_healthy
+from server.cli.main import Client, watch
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO / "configs/models/tiny-chat"

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.cli import Client, load_spec
-from server.demo import JOBS_DIR, free_port, start_daemon, wait_healthy
+from server.cli.demo import JOBS_DIR, free_port, start_daemon, wait_healthy
+from server.cli.main import Client, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def main() -> int:
     if importlib.util.find_spec("ray") is None:
         print("needs Ray: pip install '.[ray]'", file=sys.stderr)
         return 2
-    from scheduler.probe import NvmlProbe
+    from scheduler.gpus.probe import NvmlProbe
 
     try:
         gpus = NvmlProbe().snapshot()

@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from worker.gate import pass_gate, refuse_to_start
+from worker.spec.gate import pass_gate, refuse_to_start
 
 
 def record(path: Path, **fields: object) -> None:

@@ -25,8 +25,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.api_load import Daemon, _percentile, _wait, job_spec
-from server.db import make_engine, upgrade_database
-from server.models import Attempt, Event, Job, MetricRecord
+from server.db.engine import make_engine, upgrade_database
+from server.db.models import Attempt, Event, Job, MetricRecord
 from server.settings import Settings
 
 OUTCOMES = ("succeeded", "succeeded", "succeeded", "failed", "oom", "cancelled")

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from bench.schedule import _free_port, _healthy, _ts, _wait, percentile
-from server.demo import start_daemon
+from server.cli.demo import start_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 LABEL = "ftq.fake_gpus"

@@ -29,8 +29,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from scheduler.placement import GiB, Plan, QueuedJob, plan
-from scheduler.probe import FakeProbe, GpuInfo
+from scheduler.gpus.probe import FakeProbe, GpuInfo
+from scheduler.policy.placement import GiB, Plan, QueuedJob, plan
 
 TARGET_MS = 50.0
 MARGIN = GiB

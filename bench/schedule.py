@@ -41,10 +41,10 @@ from typing import Any
 
 import httpx
 
-from scheduler.estimate import estimate_for_spec
-from scheduler.placement import GiB, Placement, QueuedJob, place, plan
-from scheduler.probe import FakeProbe, GpuInfo
-from worker.spec import JobSpec
+from scheduler.gpus.probe import FakeProbe, GpuInfo
+from scheduler.policy.estimate import estimate_for_spec
+from scheduler.policy.placement import GiB, Placement, QueuedJob, place, plan
+from worker.spec.job import JobSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "tests/fixtures/model_configs"

@@ -2,7 +2,7 @@
 
 `python -m bench.stream_worker RUN_DIR`, run by the daemon (FTQ_WORKER_MODULE) like the
 real worker: a `start` record, then `metric` records at BENCH_RECORDS_PER_S (default 20)
-in the real worker's format (worker.records), until it is cancelled (SIGTERM: an `end`
+in the real worker's format (worker.spec.records), until it is cancelled (SIGTERM: an `end`
 record saying so, exit 143, as the real worker), its daemon goes away, or BENCH_STREAM_S
 (default 900) pass, whichever comes first: a benchmark that dies leaves nothing running.
 """
@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from worker.records import MetricsSink, hms
-from worker.spec import EXIT_CANCELLED, METRICS_FILE
+from worker.spec.job import EXIT_CANCELLED, METRICS_FILE
+from worker.spec.records import MetricsSink, hms
 
 
 def main(run_dir: Path) -> int:

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.chat_lengths import DATASET, describe, draw_lengths, write_dataset
-from server.cli import Client, render_table, watch
-from server.demo import free_port, start_daemon, wait_healthy
+from server.cli.demo import free_port, start_daemon, wait_healthy
+from server.cli.main import Client, render_table, watch
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO / "configs/models/tiny-chat"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scheduler.executor import WorkerRef
-from scheduler.exits import Outcome
-from scheduler.placement import Placement, QueuedJob
+from scheduler.policy.exits import Outcome
+from scheduler.policy.placement import Placement, QueuedJob
 
 
 @dataclass(frozen=True)

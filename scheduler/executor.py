@@ -3,7 +3,7 @@
 The loop decides (what starts, what is cancelled, how an attempt ended) and the
 database remembers; an executor only carries out, through the NodeSupervisor
 of the machine the worker is on. `LocalExecutor` holds one in this process;
-`scheduler.ray_executor.RayExecutor` talks to one in every node's agent.
+`scheduler.ray.executor.RayExecutor` talks to one in every node's agent.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from scheduler.node_supervisor import NodeSupervisor, Progress
-from scheduler.placement import Placement
-from scheduler.supervisor import WorkerProcess, spawn_worker
+from scheduler.local.node_supervisor import NodeSupervisor, Progress
+from scheduler.local.supervisor import WorkerProcess, spawn_worker
+from scheduler.policy.placement import Placement
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from typing import Any
 
 from scheduler.contract import Health, LiveAttempt, StartedAttempt, Store
 from scheduler.executor import Executor, LocalExecutor, WorkerRef
-from scheduler.exits import Outcome, classify
-from scheduler.node_supervisor import Progress
-from scheduler.placement import Placement, plan
-from scheduler.probe import GpuInfo, GpuProbe
-from scheduler.states import JobState
-from scheduler.supervisor import WorkerProcess, spawn_worker
+from scheduler.gpus.probe import GpuInfo, GpuProbe
+from scheduler.local.node_supervisor import Progress
+from scheduler.local.supervisor import WorkerProcess, spawn_worker
+from scheduler.policy.exits import Outcome, classify
+from scheduler.policy.placement import Placement, plan
+from scheduler.policy.states import JobState
 
 log = logging.getLogger("ftq.scheduler")
 

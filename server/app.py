@@ -19,26 +19,26 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from scheduler.executor import Executor
+from scheduler.gpus.cache import RecentProbe
+from scheduler.gpus.probe import GpuProbe, make_probe
 from scheduler.loop import Scheduler
-from scheduler.probe import GpuProbe, make_probe
-from scheduler.probe_cache import RecentProbe
-from server.db import make_engine, upgrade_database
-from server.docs import install_docs
-from server.errors import JsonErrors, install_handlers
-from server.event_hub import EventHub
-from server.guard import Guard, Policy
-from server.health import health_problems
-from server.live import Live
+from server.api.docs import install_docs
+from server.api.guard import Guard, Policy
+from server.api.openapi import error_responses, install_openapi
+from server.api.routes import compare, dashboard, jobs, system
+from server.api.routes import events as events_routes
+from server.db.engine import make_engine, upgrade_database
+from server.db.store import SqlStore
+from server.live.event_hub import EventHub
+from server.live.watchers import Live
 from server.lock import DataDirLock
-from server.machine import cluster_nodes
-from server.openapi import error_responses, install_openapi
-from server.prometheus import make_registry
-from server.read_cache import make_read_cache
-from server.routes import compare, dashboard, jobs, system
-from server.routes import events as events_routes
+from server.metrics.prometheus import make_registry
+from server.services.errors import JsonErrors, install_handlers
+from server.services.health import health_problems
+from server.services.machine import cluster_nodes
+from server.services.read_cache import make_read_cache
 from server.settings import Settings
-from server.store import SqlStore
-from worker.confine import worker_settings
+from worker.preflight.confine import worker_settings
 
 log = logging.getLogger("ftq")
 
@@ -47,7 +47,7 @@ def make_cluster(settings: Settings, workers: dict[str, str]) -> tuple[GpuProbe,
     """The Ray cluster at FTQ_RAY_ADDRESS: its probe (every usable node's GPUs) and executor (the node agents)."""
     if importlib.util.find_spec("ray") is None:
         raise SystemExit("FTQ_RAY_ADDRESS is set, and Ray is not installed: pip install 'ftq[ray]'")
-    from scheduler.ray_executor import connect
+    from scheduler.ray.executor import connect
 
     assert settings.ray_address is not None
     return connect(settings.ray_address, settings.data_dir.resolve(), settings.worker_module, workers)
@@ -71,7 +71,7 @@ def create_app(
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings)
         upgrade_database(engine)
-        # The API's threads, and a pooled database connection for each (server.db.pool_size).
+        # The API's threads, and a pooled database connection for each (server.db.engine.pool_size).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         # Before the scheduler: what its recovery changes is in the event streams too.
         events = EventHub(engine)
@@ -129,7 +129,7 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         description="Runs many LLM fine-tunes at once on the GPUs of a machine.",
-        docs_url=None,  # server.docs serves the pages with local assets
+        docs_url=None,  # server.api.docs serves the pages with local assets
         redoc_url=None,
         generate_unique_id_function=_operation_id,
     )

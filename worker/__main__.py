@@ -1,8 +1,8 @@
 """`python -m worker RUN_DIR`: run the job in RUN_DIR and exit with the recipe's code.
 
 A multi-GPU job (or a DeepSpeed one) is started again under torchrun by
-worker.launch; each rank then comes back here and runs the recipe. A job across
-nodes has one of these per node (FTQ_NNODES, FTQ_NODE_RANK, ...: worker.nodes).
+worker.launch.torchrun; each rank then comes back here and runs the recipe. A job across
+nodes has one of these per node (FTQ_NNODES, FTQ_NODE_RANK, ...: worker.launch.nodes).
 """
 
 import os
@@ -21,19 +21,19 @@ def _note_sigterm(signum: int, frame: object) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _note_sigterm)
-    from worker.gate import pass_gate, refuse_to_start
+    from worker.spec.gate import pass_gate, refuse_to_start
 
     if len(sys.argv) == 2 and Path(sys.argv[1]).is_dir() and not pass_gate(Path(sys.argv[1])):
-        from worker.gate import NOT_STARTED
-        from worker.launch import stand_aside
-        from worker.spec import EXIT_NOT_STARTED
+        from worker.launch.torchrun import stand_aside
+        from worker.spec.gate import NOT_STARTED
+        from worker.spec.job import EXIT_NOT_STARTED
 
         # a node rank > 0 of a job across nodes leaves the one record to node rank 0, and tells it why
         aside = stand_aside(Path(sys.argv[1]), os.environ, NOT_STARTED, EXIT_NOT_STARTED)
         sys.exit(aside if aside is not None else refuse_to_start(Path(sys.argv[1])))
-    from worker.launch import SPEC_INVALID_ASIDE, die_with_parent, launch, launch_plan, read_spec, stand_aside
-    from worker.ranks import RANKS_DIR_ENV, is_rank
-    from worker.spec import EXIT_BAD_INPUT
+    from worker.launch.ranks import RANKS_DIR_ENV, is_rank
+    from worker.launch.torchrun import SPEC_INVALID_ASIDE, die_with_parent, launch, launch_plan, read_spec, stand_aside
+    from worker.spec.job import EXIT_BAD_INPUT
 
     if is_rank(os.environ):
         if RANKS_DIR_ENV in os.environ:
@@ -49,6 +49,6 @@ if __name__ == "__main__":
         if aside is not None:
             sys.exit(aside)
 
-    from worker.train import main
+    from worker.run.recipe import main
 
     sys.exit(main(sys.argv[1:], cancelled_early=_cancelled_early))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from worker.key_fates import ALIASES, REFUSED, WITHOUT_EFFECT
-from worker.spec import JobSpec
-from worker.spec_batching import BatchingFields
-from worker.spec_methods import MethodFields
-from worker.spec_outputs import OutputFields
-from worker.spec_passed import PASSED_KEYS
+from worker.spec.batching import BatchingFields
+from worker.spec.job import JobSpec
+from worker.spec.key_fates import ALIASES, REFUSED, WITHOUT_EFFECT
+from worker.spec.method_keys import MethodFields
+from worker.spec.outputs import OutputFields
+from worker.spec.passed import PASSED_KEYS
 
 FTQ_OWN = ("name", "gpus", "priority", "oom_retry", "node_retry", "gpu_ids", "without_effect")
 # The method keys and what each group does, in the README's words.

@@ -17,8 +17,8 @@ from typing import Any
 
 from playwright.sync_api import Page
 
-from server.cli import load_spec
-from server.demo import JOBS_DIR
+from server.cli.demo import JOBS_DIR
+from server.cli.main import load_spec
 from tests.browser.browser import chromium
 from tests.helpers import REPO
 from tests.integration.daemon import Daemon

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from server.db import make_engine, upgrade_database
+from server.db.engine import make_engine, upgrade_database
+from server.db.store import SqlStore
 from server.settings import Settings
-from server.store import SqlStore
 from tests.integration.daemon import Daemon, process_group_alive
 
 

@@ -72,8 +72,8 @@ class Daemon:
 
     def kill_workers(self) -> None:
         """SIGKILL every worker any attempt under this data dir ever started (they outlive a stopped daemon)."""
-        from scheduler.supervisor import same_process
-        from worker.gate import read_pid_file
+        from scheduler.local.supervisor import same_process
+        from worker.spec.gate import read_pid_file
 
         for run_dir in (self.data_dir / "runs").glob("job-*/attempt-*"):
             found = read_pid_file(run_dir)

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from worker.gate import pass_gate, refuse_to_start
-from worker.records import append_record
+from worker.spec.gate import pass_gate, refuse_to_start
+from worker.spec.records import append_record
 
 STEP_S = float(os.environ.get("STANDIN_STEP_S", "0.05"))
 

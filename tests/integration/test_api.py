@@ -84,7 +84,7 @@ def test_a_bad_setting_stops_the_daemon_with_its_name(tmp_path):
 
 def test_the_daemon_never_imports_torch():
     code = (
-        "import sys, server.app, server.cli, server.serve, server.demo, scheduler.loop;"
+        "import sys, server.app, server.cli.main, server.serve, server.cli.demo, scheduler.loop;"
         "from server.app import create_app; create_app();"
         "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules];"
         "assert not bad, bad; print('ok')"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session
 
-from scheduler.placement import Placement
-from scheduler.states import JobState
-from server.compare import compare_jobs
-from server.errors import NotFound
-from server.models import Job, MetricRecord
-from server.store import SqlStore
+from scheduler.policy.placement import Placement
+from scheduler.policy.states import JobState
+from server.db.models import Job, MetricRecord
+from server.db.store import SqlStore
+from server.services.compare import compare_jobs
+from server.services.errors import NotFound
 from tests.helpers import tiny_spec, wait_for
 from tests.integration.daemon import standin_daemon
 

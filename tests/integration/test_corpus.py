@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from server.cli import load_spec
-from server.cli_paths import absolute_paths
+from server.cli.main import load_spec
+from server.cli.paths import absolute_paths
 from tests.helpers import REPO, wait_for
 from tests.integration import lf_checkout
 from tests.integration.daemon import Daemon

@@ -1,4 +1,4 @@
-"""No instant of a daemon crash leaves a worker untracked (the start gate, worker.gate).
+"""No instant of a daemon crash leaves a worker untracked (the start gate, worker.spec.gate).
 
 The daemon SIGKILLs itself (FTQ_DAEMON_FAULT) at each point of a worker's start: after the attempt is
 stored, after the worker is spawned, after its pid is stored, after it is told to go. After a restart,
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.local.supervisor import same_process
 from scheduler.loop import FAULT_POINTS
-from scheduler.supervisor import same_process
 from tests.helpers import tiny_spec, wait_for
 from tests.integration.daemon import Daemon
-from worker.gate import read_pid_file
+from worker.spec.gate import read_pid_file
 
 pytestmark = pytest.mark.integration
 

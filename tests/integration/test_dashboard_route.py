@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.routes.dashboard import DASHBOARD_DIR
+from server.api.routes.dashboard import DASHBOARD_DIR
 from tests.integration.daemon import standin_daemon
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from scheduler.fake_probe import FakeProbe
+from scheduler.gpus.fake import FakeProbe
 from server.app import create_app
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec, wait_for

@@ -3,7 +3,7 @@ new user would: model_name_or_path pointed at a local model and nothing else cha
 
 Each is accepted, or refused at submit in one answer whose errors name exactly
 the keys this table says, each with its reason. The check is the daemon's own
-(server.submission) on a machine with one 80 GiB GPU, with remote code allowed
+(server.services.submission) on a machine with one 80 GiB GPU, with remote code allowed
 (LLaMA-Factory's examples set trust_remote_code: true; allowing it is the
 operator's call), from a directory laid out like LLaMA-Factory's checkout.
 """
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.fake_probe import FakeProbe
-from server.cli import load_spec
-from server.cli_paths import absolute_paths
-from server.errors import InvalidSpec
-from server.machine import Machine
-from server.submission import check_submission
+from scheduler.gpus.fake import FakeProbe
+from server.cli.main import load_spec
+from server.cli.paths import absolute_paths
+from server.services.errors import InvalidSpec
+from server.services.machine import Machine
+from server.services.submission import check_submission
 from tests.helpers import REPO
 from tests.integration import lf_checkout
 

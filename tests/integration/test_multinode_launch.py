@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from scheduler.supervisor import WorkerProcess, release, spawn_worker
+from scheduler.local.supervisor import WorkerProcess, release, spawn_worker
 from tests.integration.test_multigpu import job_processes
 from tests.integration.test_worker import DATA_DIR, MODEL_DIR, records, wait_for
-from worker.gate import NOT_STARTED
-from worker.ranks import RANKS_DIR
-from worker.spec import EXIT_CANCELLED, EXIT_NOT_STARTED, EXIT_OOM, LOG_FILE
+from worker.launch.ranks import RANKS_DIR
+from worker.spec.gate import NOT_STARTED
+from worker.spec.job import EXIT_CANCELLED, EXIT_NOT_STARTED, EXIT_OOM, LOG_FILE
 
 pytestmark = [
     pytest.mark.integration,

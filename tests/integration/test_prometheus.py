@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
-from server.db import make_engine
-from server.prom_waits import WaitTally
+from server.db.engine import make_engine
+from server.metrics.waits import WaitTally
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec, wait_for
 from tests.integration.daemon import STANDIN_WORKER, Daemon

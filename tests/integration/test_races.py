@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.supervisor import same_process
+from scheduler.local.supervisor import same_process
 from tests.helpers import tiny_spec, wait_for
 from tests.integration.daemon import TERMINAL, Daemon
-from worker.gate import read_pid_file
+from worker.spec.gate import read_pid_file
 
 pytestmark = pytest.mark.integration
 

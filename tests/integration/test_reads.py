@@ -17,19 +17,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col
 
-from scheduler.exits import Outcome
-from scheduler.fake_probe import FakeProbe
-from scheduler.placement import GiB, Placement
-from scheduler.probe_cache import RecentProbe
-from scheduler.states import JobState
-from server import jobs
+from scheduler.gpus.cache import RecentProbe
+from scheduler.gpus.fake import FakeProbe
+from scheduler.policy.exits import Outcome
+from scheduler.policy.placement import GiB, Placement
+from scheduler.policy.states import JobState
 from server.app import create_app
-from server.db import make_engine, pool_size, read_snapshot
-from server.machine import LazyMachine, Machine
-from server.models import Job, JobSummary
-from server.read_cache import DatabaseVersion
+from server.db.engine import make_engine, pool_size, read_snapshot
+from server.db.models import Job, JobSummary
+from server.db.store import SqlStore
+from server.services import jobs
+from server.services.machine import LazyMachine, Machine
+from server.services.read_cache import DatabaseVersion
 from server.settings import Settings
-from server.store import SqlStore
 from tests.helpers import REPO, tiny_spec
 
 pytestmark = pytest.mark.integration

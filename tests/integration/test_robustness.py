@@ -11,19 +11,19 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from scheduler.exits import Outcome
-from scheduler.fake_probe import FakeProbe
+from scheduler.gpus.fake import FakeProbe
 from scheduler.loop import Scheduler
-from scheduler.placement import Placement
-from scheduler.states import JobState
-from server import jobs
-from server.db import make_engine, upgrade_database
-from server.models import Attempt, Job, Lease, MetricRecord
+from scheduler.policy.exits import Outcome
+from scheduler.policy.placement import Placement
+from scheduler.policy.states import JobState
+from server.db.engine import make_engine, upgrade_database
+from server.db.models import Attempt, Job, Lease, MetricRecord
+from server.db.store import SqlStore
+from server.db.transitions import transition
+from server.services import jobs
 from server.settings import Settings
-from server.store import SqlStore
-from server.transitions import transition
 from tests.helpers import REPO, tiny_spec, wait_for
-from worker.spec import JobSpec
+from worker.spec.job import JobSpec
 
 pytestmark = pytest.mark.integration
 

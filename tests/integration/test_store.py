@@ -13,17 +13,17 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from scheduler.exits import Outcome
-from scheduler.fake_probe import FakeProbe
-from scheduler.placement import GiB, Placement
-from scheduler.states import JobState
-from server import jobs
-from server.machine import Machine
-from server.models import Attempt, Job
+from scheduler.gpus.fake import FakeProbe
+from scheduler.policy.exits import Outcome
+from scheduler.policy.placement import GiB, Placement
+from scheduler.policy.states import JobState
+from server.db.models import Attempt, Job
+from server.db.store import SqlStore, estimate_need
+from server.services import jobs
+from server.services.machine import Machine
 from server.settings import Settings
-from server.store import SqlStore, estimate_need
 from tests.helpers import REPO, tiny_spec
-from worker.spec import EXIT_OOM, JobSpec
+from worker.spec.job import EXIT_OOM, JobSpec
 
 
 def submit(store: SqlStore, **overrides) -> int:

@@ -12,11 +12,11 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from scheduler.executor import WorkerRef
-from scheduler.exits import Outcome
-from scheduler.placement import NodeShare, Placement
-from scheduler.states import JobState
-from server.models import Attempt, Job
-from server.store import SqlStore
+from scheduler.policy.exits import Outcome
+from scheduler.policy.placement import NodeShare, Placement
+from scheduler.policy.states import JobState
+from server.db.models import Attempt, Job
+from server.db.store import SqlStore
 from tests.integration.test_store import job_of, submit
 
 NODE_A, NODE_B = "a" * 56, "b" * 56

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from server.webhook import TRIES, Webhook
+from server.live.webhook import TRIES, Webhook
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from worker.spec import (
+from worker.spec.job import (
     CHECKPOINT_DIR,
     EXIT_BAD_INPUT,
     EXIT_CANCELLED,
@@ -224,7 +224,7 @@ def test_pure_bf16_trains_weights_gradients_and_adam_states_in_bf16_on_cpu(tmp_p
 
 
 def test_deepspeed_config_is_checked_before_anything_loads(tmp_path: Path) -> None:
-    from worker.validate import INSTALL_DEEPSPEED, check_deepspeed
+    from worker.run.validate import INSTALL_DEEPSPEED, check_deepspeed
 
     not_object = tmp_path / "list.json"
     not_object.write_text("[1, 2]")

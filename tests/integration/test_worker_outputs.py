@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_worker import log_of, make_run_dir, records
-from worker.plots import series
-from worker.spec import LOG_FILE
+from worker.run.plots import series
+from worker.spec.job import LOG_FILE
 
 pytestmark = [
     pytest.mark.integration,

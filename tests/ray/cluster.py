@@ -14,7 +14,7 @@ from typing import Any
 from tests.helpers import REPO
 
 NODE: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 80 << 20}
-FAKE_GPUS_LABEL = "ftq.fake_gpus"  # scheduler.ray_agent.FAKE_GPUS_LABEL, without importing ray here
+FAKE_GPUS_LABEL = "ftq.fake_gpus"  # scheduler.ray.agent.FAKE_GPUS_LABEL, without importing ray here
 
 
 @contextmanager

@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("ray", reason="the Ray tests need ray: pip install 'ftq[ray]'")
 
-from scheduler.ray_agent import FAKE_GPUS_LABEL  # noqa: E402
-from scheduler.ray_cluster import RayCluster  # noqa: E402
-from scheduler.ray_executor import RayExecutor  # noqa: E402
-from scheduler.ray_probe import RayProbe  # noqa: E402
+from scheduler.ray.agent import FAKE_GPUS_LABEL  # noqa: E402
+from scheduler.ray.cluster import RayCluster  # noqa: E402
+from scheduler.ray.executor import RayExecutor  # noqa: E402
+from scheduler.ray.probe import RayProbe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_GPUS = "2x24GiB"

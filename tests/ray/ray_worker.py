@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from worker.gate import pass_gate, refuse_to_start
-from worker.records import append_record
+from worker.spec.gate import pass_gate, refuse_to_start
+from worker.spec.records import append_record
 
 GANG_ENV = ("FTQ_NNODES", "FTQ_NODE_RANK", "FTQ_MASTER_ADDR", "FTQ_MASTER_PORT", "CUDA_VISIBLE_DEVICES")
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from scheduler.node_supervisor import Progress
-from scheduler.placement import NodeShare, Placement
-from scheduler.ray_agent import NAMESPACE, agent_name
-from scheduler.ray_executor import RayExecutor
-from scheduler.supervisor import same_process
+from scheduler.local.node_supervisor import Progress
+from scheduler.local.supervisor import same_process
+from scheduler.policy.placement import NodeShare, Placement
+from scheduler.ray.agent import NAMESPACE, agent_name
+from scheduler.ray.executor import RayExecutor
 from tests.helpers import wait_for
 from tests.ray.conftest import NODE_ARGS, Ftq
 

@@ -101,7 +101,7 @@ def test_kill_9_the_daemon_and_a_new_one_re_adopts_the_workers_through_the_agent
 def test_a_killed_agent_is_restarted_and_its_worker_trains_on_in_the_same_attempt(cluster: Any, daemon: Daemon):
     import ray
 
-    from scheduler.ray_agent import NAMESPACE, agent_name, owner_of
+    from scheduler.ray.agent import NAMESPACE, agent_name, owner_of
 
     job_id = daemon.submit(tiny_spec(name="kept", max_steps=300))["id"]
     wait_for(lambda: daemon.metrics(job_id, kind="metric"), timeout=180, what="the job to train")

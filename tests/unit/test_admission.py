@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scheduler.estimate import load_model_config
-from scheduler.fake_probe import FakeProbe
-from scheduler.placement import GiB
-from server.admission import suggestions
-from server.paths import SpecFiles
-from worker.spec import JobSpec
+from scheduler.gpus.fake import FakeProbe
+from scheduler.policy.estimate import load_model_config
+from scheduler.policy.placement import GiB
+from server.services.admission import suggestions
+from server.services.paths import SpecFiles
+from worker.spec.job import JobSpec
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "model_configs"
 QWEN = load_model_config(FIXTURES / "qwen2.5-0.5b.json")

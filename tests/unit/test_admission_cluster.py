@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from scheduler.fake_probe import FakeProbe
-from scheduler.placement import GiB
-from scheduler.probe import GpuInfo
-from server.admission import Assessment, admission_errors, largest_offer, servable_gpus
-from worker.spec import JobSpec
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.probe import GpuInfo
+from scheduler.policy.placement import GiB
+from server.services.admission import Assessment, admission_errors, largest_offer, servable_gpus
+from worker.spec.job import JobSpec
 
 
 def cluster(*nodes: str) -> list[GpuInfo]:

@@ -1,10 +1,10 @@
-"""What ftq alerts on, and when a GPU snapshot is news (server.alerts): plain readings in, alerts out."""
+"""What ftq alerts on, and when a GPU snapshot is news (server.live.alerts): plain readings in, alerts out."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from server.alerts import job_alerts, snapshot_changed, vram_alerts
+from server.live.alerts import job_alerts, snapshot_changed, vram_alerts
 
 GiB = 2**30
 

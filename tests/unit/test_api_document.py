@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy.exc
 from fastapi.testclient import TestClient
 
+from server.api.openapi import EXAMPLE_JOB
 from server.app import create_app
-from server.errors import describe_error, storage_problem
-from server.models import REQUEUE_FIELDS, RequeueRequest
-from server.openapi import EXAMPLE_JOB
+from server.db.models import REQUEUE_FIELDS, RequeueRequest
+from server.services.errors import describe_error, storage_problem
 from server.settings import Settings
-from worker.spec import JobSpec
+from worker.spec.job import JobSpec
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Micro-batches as padded rows or one padding-free row (worker.batching)."""
+"""Micro-batches as padded rows or one padding-free row (worker.data.batching)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import torch
 
-from worker.batching import FlatCollator, PadCollator, batching_name, is_flat, make_collator, split_packed
-from worker.supervised import IGNORE_INDEX
+from worker.data.batching import FlatCollator, PadCollator, batching_name, is_flat, make_collator, split_packed
+from worker.data.supervised import IGNORE_INDEX
 
 A = {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [IGNORE_INDEX, 6, 7]}
 B = {"input_ids": [8, 9], "attention_mask": [1, 1], "labels": [8, 9]}

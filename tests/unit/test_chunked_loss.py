@@ -1,4 +1,5 @@
-"""The chunked cross-entropy computes transformers' loss and gradients (worker.chunked_loss, worker.loss_chunks)."""
+"""The chunked cross-entropy computes transformers' loss and gradients
+(worker.model.chunked_loss, worker.spec.loss_chunks)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from worker.batching import FlatCollator
-from worker.chunked_loss import ChunkedLoss, causal_lm_loss
-from worker.loss_chunks import CHUNKED, FULL_LOGITS, LIGER, chunk_tokens, loss_blockers, loss_kernel
-from worker.supervised import IGNORE_INDEX
+from worker.data.batching import FlatCollator
+from worker.data.supervised import IGNORE_INDEX
+from worker.model.chunked_loss import ChunkedLoss, causal_lm_loss
+from worker.spec.loss_chunks import CHUNKED, FULL_LOGITS, LIGER, chunk_tokens, loss_blockers, loss_kernel
 
 
 def reference_loss(logits: torch.Tensor, labels: torch.Tensor, num_items: int | None) -> torch.Tensor:
@@ -56,7 +57,7 @@ def tiny_llama() -> LlamaForCausalLM:
         num_key_value_heads=2,
         tie_word_embeddings=True,
         use_cache=False,
-    )  # fmt: skip  (as worker.model sets it for padding-free rows)
+    )  # fmt: skip  (as worker.model.load sets it for padding-free rows)
     return LlamaForCausalLM(config).train()
 
 

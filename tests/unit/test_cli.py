@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import jobs_table, load_spec
+from server.cli.main import jobs_table, load_spec
 from tests.helpers import REPO
 
 
@@ -64,7 +64,7 @@ def test_a_stalled_job_says_so_in_the_table():
 
 
 def test_the_demos_reopen_hint_names_an_ftq_that_exists(monkeypatch):
-    from server.demo import reopen_hint
+    from server.cli.demo import reopen_hint
 
     monkeypatch.chdir(REPO)
     hint = reopen_hint(Path("ftq-data"))

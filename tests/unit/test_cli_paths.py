@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.cli_paths import absolute_paths
+from server.cli.paths import absolute_paths
 
 
 def test_relative_paths_resolve_against_the_cwd_and_dataset_dir_defaults_to_data(tmp_path: Path):

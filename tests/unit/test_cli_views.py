@@ -6,11 +6,11 @@ import io
 
 from rich.console import Console
 
-from server.cli_client import error_message, unreachable_message
-from server.cli_sse import SseEvent, SseParser, backoff_s, ends_job_stream
-from server.cli_tables import compare_table, fmt_duration, jobs_table
-from server.cli_watch_view import WatchRow, change_line, eta_s, watch_row, watch_table
-from server.cli_words import estimate_text, event_line, status_text
+from server.cli.client import error_message, unreachable_message
+from server.cli.sse import SseEvent, SseParser, backoff_s, ends_job_stream
+from server.cli.tables import compare_table, fmt_duration, jobs_table
+from server.cli.watch_view import WatchRow, change_line, eta_s, watch_row, watch_table
+from server.cli.words import estimate_text, event_line, status_text
 
 
 def parse(lines: list[str]) -> list[SseEvent]:
@@ -230,7 +230,7 @@ def test_events_as_lines():
 
 
 def test_where_ran_names_each_node_of_a_job_across_nodes_by_its_short_id():
-    from server.cli_tables import where_ran
+    from server.cli.tables import where_ran
 
     assert where_ran("0,1") == "0,1" and where_ran("") == "cpu" and where_ran(None) == "-"
     assert where_ran("a" * 56 + ":0,1;" + "b" * 56 + ":0,1") == "aaaaaaaa:0,1;bbbbbbbb:0,1"

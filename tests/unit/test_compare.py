@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.compare import JobRows, compare, compare_job, gpu_hours, tokens_per_s
+from server.services.compare import JobRows, compare, compare_job, gpu_hours, tokens_per_s
 from server.settings import Settings
-from worker.records import hms_seconds
+from worker.spec.records import hms_seconds
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
 

@@ -1,4 +1,5 @@
-"""worker.confine and worker.modelfiles: files read only inside the input dirs, only regular, never blocking."""
+"""worker.preflight.confine and worker.preflight.modelfiles:
+files read only inside the input dirs, only regular, never blocking."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import REPO
-from worker.confine import (
+from worker.preflight.confine import (
     JSON_LIMIT,
     CannotRead,
     FileTooLarge,
@@ -30,7 +31,7 @@ from worker.confine import (
     remote_code_allowed,
     worker_settings,
 )
-from worker.modelfiles import bad_file_behind, check_model_files, check_safetensors
+from worker.preflight.modelfiles import bad_file_behind, check_model_files, check_safetensors
 
 TINY = REPO / "configs/models/tiny-chat"
 
@@ -222,8 +223,8 @@ def test_truncated_or_non_utf8_model_json_is_named_with_its_line(model: Path, ro
 
 
 def test_a_truncated_tokenizer_json_fails_the_load_naming_the_file(model: Path, root: Path) -> None:
-    from worker.model import ModelLoadError, load_tokenizer
-    from worker.spec import JobSpec
+    from worker.model.load import ModelLoadError, load_tokenizer
+    from worker.spec.job import JobSpec
 
     text = (model / "tokenizer.json").read_text()
     (model / "tokenizer.json").write_text(text[: len(text) // 2])
@@ -233,7 +234,7 @@ def test_a_truncated_tokenizer_json_fails_the_load_naming_the_file(model: Path, 
 
 
 def test_the_worker_refuses_remote_code_the_daemon_did_not_allow(tmp_path: Path, model: Path, root: Path) -> None:
-    from worker.validate import read_and_validate
+    from worker.run.validate import read_and_validate
 
     data = root / "in/data"
     shutil.copytree(REPO / "configs/data", data)

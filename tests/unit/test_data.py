@@ -1,4 +1,4 @@
-"""worker.data: LLaMA-Factory's dataset_info.json formats to chat messages to labelled tokens."""
+"""worker.data.pipeline: LLaMA-Factory's dataset_info.json formats to chat messages to labelled tokens."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from tests.unit.data_helpers import OPENAI_ENTRY, chat, make_tokenizer, write_dataset
-from worker.data import (
+from worker.data.encode import make_encoder
+from worker.data.pipeline import (
     IGNORE_INDEX,
     Conversation,
     DataError,
@@ -20,8 +21,7 @@ from worker.data import (
     load_conversations,
     split_examples,
 )
-from worker.encode import make_encoder
-from worker.templates import CHAT_ROLES
+from worker.templates.render import CHAT_ROLES
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""worker.data_files: json, jsonl, csv, parquet and arrow files (and directories of them), read through confine."""
+"""worker.data.files: json, jsonl, csv, parquet and arrow files (and directories of them), read through confine."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from datasets import Dataset
 
 from tests.unit.data_helpers import write_dataset
-from worker.data import DataError, load_conversations
+from worker.data.pipeline import DataError, load_conversations
 
 ALPACA_ROWS = [
     {"instruction": "Summarise", "input": "the order shipped", "output": "Shipped."},

@@ -1,4 +1,5 @@
-"""worker.data end to end: mix_strategy with interleave_probs, max_samples, eval_dataset, preprocessing workers."""
+"""worker.data.pipeline end to end:
+mix_strategy with interleave_probs, max_samples, eval_dataset, preprocessing workers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from tests.unit.data_helpers import OPENAI_ENTRY, make_tokenizer, qa, write_dataset
-from worker.data import build_datasets
-from worker.spec import JobSpec
+from worker.data.pipeline import build_datasets
+from worker.spec.job import JobSpec
 
 
 @pytest.fixture(scope="module")

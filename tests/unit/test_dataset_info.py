@@ -1,4 +1,5 @@
-"""What ftq refuses of a dataset at submit (worker.dataset_info, worker.data_checks), each naming dataset and column."""
+"""What ftq refuses of a dataset at submit (worker.preflight.dataset_info, worker.preflight.data_checks),
+each naming dataset and column."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 from datasets import Dataset
 
 from tests.unit.data_helpers import OPENAI_ENTRY, chat, qa, write_dataset
-from worker.confine import output_dirs_from_env, worker_settings
-from worker.data_checks import data_problems, interleave_probs_problems, tokenized_path_problem
-from worker.dataset_info import DataError, resolve_datasets
+from worker.preflight.confine import output_dirs_from_env, worker_settings
+from worker.preflight.data_checks import data_problems, interleave_probs_problems, tokenized_path_problem
+from worker.preflight.dataset_info import DataError, resolve_datasets
 
 ALPACA = [{"instruction": "a", "input": "", "output": "b"}]
 
@@ -194,11 +195,11 @@ def test_data_problems_names_each_field(tmp_path: Path) -> None:
 
 
 def test_the_worker_validation_and_the_server_both_refuse(tmp_path: Path) -> None:
-    from server.errors import InvalidSpec
-    from server.paths import check_spec_inputs
+    from server.services.errors import InvalidSpec
+    from server.services.paths import check_spec_inputs
     from tests.helpers import REPO
-    from worker.spec import JobSpec
-    from worker.validate import read_and_validate
+    from worker.run.validate import read_and_validate
+    from worker.spec.job import JobSpec
 
     write_dataset(tmp_path / "data", {"cs": OPENAI_ENTRY, "prefs": {**OPENAI_ENTRY, "ranking": True}},
                   {"chat.jsonl": [qa(0)]})  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.estimate import (
+from scheduler.policy.estimate import (
     GIB,
     LOGITS_BYTES,
     MemoryEstimate,
@@ -22,8 +22,8 @@ from scheduler.estimate import (
     zero_from_deepspeed,
 )
 from tests.helpers import REPO
-from worker.loss_chunks import chunk_tokens
-from worker.spec import JobSpec
+from worker.spec.job import JobSpec
+from worker.spec.loss_chunks import chunk_tokens
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "model_configs"
 TINY = REPO / "configs" / "models" / "tiny-chat"
@@ -330,7 +330,7 @@ def test_the_spec_methods_reach_the_estimate() -> None:
     )
 
 
-# --- the batching modes (worker.spec_batching) ---
+# --- the batching modes (worker.spec.batching) ---
 
 
 def test_the_fused_loss_keeps_one_chunk_of_logits_and_changes_nothing_else() -> None:

@@ -1,4 +1,4 @@
-"""worker.faults: FTQ_FAULT parses strictly, and each fault fires in the step it names, the way a real one would."""
+"""worker.run.faults: FTQ_FAULT parses strictly, and each fault fires in the step it names, the way a real one would."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-from worker.faults import FAULT_ENV, Fault, FaultInjector, FaultSpecError, injected_oom, parse_faults
-from worker.ranks import exception_is_oom, is_oom, tried_to_allocate_bytes
-from worker.spec import SPEC_FILE
+from worker.launch.ranks import exception_is_oom, is_oom, tried_to_allocate_bytes
+from worker.run.faults import FAULT_ENV, Fault, FaultInjector, FaultSpecError, injected_oom, parse_faults
+from worker.spec.job import SPEC_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,7 +157,7 @@ def test_crash_is_a_runtime_error_that_is_not_oom() -> None:
 
 
 def test_sigkill_kills_the_process_itself() -> None:
-    code = "from worker.faults import Fault, fire; fire(Fault('sigkill', 1), 0, 0); print('survived')"
+    code = "from worker.run.faults import Fault, fire; fire(Fault('sigkill', 1), 0, 0); print('survived')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == -9 and "survived" not in result.stdout
 
@@ -166,7 +166,7 @@ def test_sigkill_kills_the_process_itself() -> None:
 
 
 def test_a_bad_ftq_fault_is_reported_with_the_specs_problems(tmp_path: Path) -> None:
-    from worker.validate import read_and_validate
+    from worker.run.validate import read_and_validate
 
     spec = {
         "model_name_or_path": str(REPO / "configs" / "models" / "tiny-chat"),
@@ -186,7 +186,7 @@ def test_nan_makes_a_trainable_weight_nan_and_the_loss_with_it() -> None:
     model = torch.nn.Linear(2, 1)
     Fault("nan", 1)  # parses as a kind of its own
     assert parse_faults("nan@step:2") == [Fault("nan", 2)]
-    from worker.faults import fire
+    from worker.run.faults import fire
 
     fire(Fault("nan", 1), 0, 0, model)
     assert not torch.isfinite(model(torch.ones(1, 2))).any()

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from server import guard
-from server.guard import Guard, Head, Policy, check_head, host_name, same_origin, token_matches
+from server.api import guard
+from server.api.guard import Guard, Head, Policy, check_head, host_name, same_origin, token_matches
 from server.serve import exposure_problem
 from server.settings import Settings
 

@@ -9,9 +9,9 @@ import pytest
 
 from configs.scripts.key_table import table
 from tests.helpers import REPO
-from worker.key_fates import ALIASES, REFUSED, WITHOUT_EFFECT, is_default, nearest
-from worker.spec import JobSpec
-from worker.spec_passed import OPTIMIZERS, PASSED_KEYS
+from worker.spec.job import JobSpec
+from worker.spec.key_fates import ALIASES, REFUSED, WITHOUT_EFFECT, is_default, nearest
+from worker.spec.passed import OPTIMIZERS, PASSED_KEYS
 
 # LLaMA-Factory v0.9.5 (commit 7af909522a951e3ad9f022ea6f88b6755257eaa5): key -> default as its source writes it.
 LF_KEYS = dict(

@@ -1,4 +1,5 @@
-"""worker.launch and worker.ranks, the pure parts: whether and how to start torchrun, how a multi-rank run ended."""
+"""worker.launch.torchrun and worker.launch.ranks, the pure parts:
+whether and how to start torchrun, how a multi-rank run ended."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from worker.launch import launch, launch_plan, read_spec, torchrun_argv
-from worker.ranks import (
+from worker.launch.ranks import (
     RANKS_DIR,
     RANKS_DIR_ENV,
     RankReport,
@@ -25,7 +25,8 @@ from worker.ranks import (
     tried_to_allocate_bytes,
     write_rank_report,
 )
-from worker.spec import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, SPEC_FILE, JobSpec
+from worker.launch.torchrun import launch, launch_plan, read_spec, torchrun_argv
+from worker.spec.job import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, SPEC_FILE, JobSpec
 
 
 def spec(**overrides: Any) -> JobSpec:
@@ -329,7 +330,7 @@ def test_every_rank_succeeded_but_torchrun_stumbled_after() -> None:
     assert decide_end([said(0, "succeeded", 0), RankReport(1, None, -9)], torchrun_rc=1, cancelled=False)[1] == 1
 
 
-# ---- out of memory, said by any layer (the one test for it: worker.ranks.is_oom) ----
+# ---- out of memory, said by any layer (the one test for it: worker.launch.ranks.is_oom) ----
 
 
 @pytest.mark.parametrize(

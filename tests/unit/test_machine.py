@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from scheduler.probe import FakeProbe, GpuProcess
-from server.machine import Machine, gpus_view
+from scheduler.gpus.probe import FakeProbe, GpuProcess
+from server.services.machine import Machine, gpus_view
 
 
 def test_foreign_processes_are_marked_and_links_shown():

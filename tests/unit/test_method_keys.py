@@ -11,8 +11,11 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from worker.checkpoints import Checkpoint, Expected, TrainingShape, check_checkpoint, write_shape
-from worker.methods import (
+from worker.run.checkpoints import Checkpoint, Expected, TrainingShape, check_checkpoint, write_shape
+from worker.run.trainer_args import merge_arguments, method_arguments
+from worker.run.validate import read_and_validate
+from worker.spec.job import JobSpec
+from worker.spec.methods import (
     ALL_LINEAR_BUT_OUTPUT,
     attn_implementation,
     describe_method,
@@ -20,9 +23,6 @@ from worker.methods import (
     expected_adapter,
     low_rank_optimizer,
 )
-from worker.spec import JobSpec
-from worker.trainer_args import merge_arguments, method_arguments
-from worker.validate import read_and_validate
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "models" / "tiny-chat"
@@ -85,7 +85,7 @@ def test_apollo_becomes_transformers_optim_with_its_args() -> None:
 
 
 def test_galore_reaches_training_arguments(tmp_path: Path) -> None:
-    from worker.train import training_arguments
+    from worker.run.recipe import training_arguments
 
     job = JobSpec(model_name_or_path=str(TINY), dataset="d", finetuning_type="full", use_galore=True, gpus=0,
                   gradient_checkpointing=True, use_reentrant_gc=False, disable_shuffling=True,

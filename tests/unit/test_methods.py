@@ -12,14 +12,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, MixtralConfig, TrainingArguments
 
-from worker.adapters import freeze_patterns, setup_method
-from worker.kernels import configure_moe, upcast_layernorm, upcast_lmhead_output
-from worker.loraplus import LoraPlus
-from worker.methods import MethodError
-from worker.model import load_model
-from worker.quantize import bnb_config, is_quantized, quantization_kwargs
-from worker.resume import ResumingTrainer
-from worker.spec import JobSpec
+from worker.model.adapters import freeze_patterns, setup_method
+from worker.model.kernels import configure_moe, upcast_layernorm, upcast_lmhead_output
+from worker.model.load import load_model
+from worker.model.quantize import bnb_config, is_quantized, quantization_kwargs
+from worker.run.loraplus import LoraPlus
+from worker.run.resume import ResumingTrainer
+from worker.spec.job import JobSpec
+from worker.spec.methods import MethodError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "models" / "tiny-chat"
@@ -218,7 +218,7 @@ def test_a_quantized_model_takes_one_adapter_without_merging(tmp_path: Path) -> 
 
 
 def test_an_adapter_directory_without_adapter_config_is_bad_input(tmp_path: Path) -> None:
-    from worker.adapters import AdapterLoadError
+    from worker.model.adapters import AdapterLoadError
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterLoadError, match="has no adapter_config.json: not a peft adapter"):
@@ -234,7 +234,7 @@ def test_an_adapter_directory_without_adapter_config_is_bad_input(tmp_path: Path
      ("auto", True, "ftq_packed")],
 )  # fmt: skip
 def test_flash_attn_picks_the_attention_implementation(flash_attn: str, padding_free: bool, implementation: str):
-    # Padding-free rows attend per example with SDPA (worker.packed_attention); eager asked by name stays eager.
+    # Padding-free rows attend per example with SDPA (worker.model.packed_attention); eager asked by name stays eager.
     job = spec(flash_attn=flash_attn, finetuning_type="full", padding_free=padding_free)
     model = load_model(job, cuda=False)
     assert model.config._attn_implementation == implementation

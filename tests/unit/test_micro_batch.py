@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.micro_batch import GIB, MicroBatchChoice, candidates, choose_micro_batch, divisors
+from scheduler.policy.micro_batch import GIB, MicroBatchChoice, candidates, choose_micro_batch, divisors
 
 
 def linear(fixed_gib: float, per_sample_gib: float):

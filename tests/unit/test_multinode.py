@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.supervisor import worker_env, write_whole
-from worker.gate import GATE_ENV
-from worker.launch import SPEC_INVALID_ASIDE, launch, launch_plan, stand_aside, torchrun_argv
-from worker.nodes import (
+from scheduler.local.supervisor import worker_env, write_whole
+from worker.launch.nodes import (
     NodePlan,
     NodePlanError,
     claimed_node_rank,
@@ -23,7 +21,7 @@ from worker.nodes import (
     ranks_per_node,
     wait_for_node_reports,
 )
-from worker.ranks import (
+from worker.launch.ranks import (
     RANKS_DIR,
     NodeReport,
     RankReport,
@@ -34,7 +32,9 @@ from worker.ranks import (
     read_node_report,
     write_node_report,
 )
-from worker.spec import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, JobSpec
+from worker.launch.torchrun import SPEC_INVALID_ASIDE, launch, launch_plan, stand_aside, torchrun_argv
+from worker.spec.gate import GATE_ENV
+from worker.spec.job import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, JobSpec
 
 NODE_1_OF_2 = {"FTQ_NNODES": "2", "FTQ_NODE_RANK": "1", "FTQ_MASTER_ADDR": "10.0.0.5", "FTQ_MASTER_PORT": "29400"}
 

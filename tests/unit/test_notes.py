@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.notes import spec_notes
-from worker.spec import JobSpec
+from server.services.notes import spec_notes
+from worker.spec.job import JobSpec
 
 
 def notes(**fields) -> list[str]:

@@ -1,4 +1,4 @@
-"""Attention inside each example of a padding-free row (worker.packed_attention)."""
+"""Attention inside each example of a padding-free row (worker.model.packed_attention)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from worker.batching import FlatCollator
-from worker.packed_attention import NAME, _window_mask, boundaries, packed_implementation, register
-from worker.supervised import IGNORE_INDEX
+from worker.data.batching import FlatCollator
+from worker.data.supervised import IGNORE_INDEX
+from worker.model.packed_attention import NAME, _window_mask, boundaries, packed_implementation, register
 
 
 def tiny_llama(attention: str) -> LlamaForCausalLM:
@@ -73,7 +73,7 @@ def test_a_row_attended_as_one_sequence_would_fail_the_same_check():
 
 
 def test_transformers_own_packed_rows_cross_examples_while_a_cache_is_on():
-    # Why worker.model turns use_cache off for padding-free rows: with the (default) cache, transformers does
+    # Why worker.model.load turns use_cache off for padding-free rows: with the (default) cache, transformers does
     # not look for the examples in the positions, and its SDPA path attends across the row.
     model = tiny_llama("sdpa")
     inputs = FlatCollator()(examples(6, 7))

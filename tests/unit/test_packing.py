@@ -1,4 +1,4 @@
-"""LLaMA-Factory's packing (worker.packing)."""
+"""LLaMA-Factory's packing (worker.data.packing)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from worker.packing import PackRows, greedy_knapsack
-from worker.supervised import IGNORE_INDEX
+from worker.data.packing import PackRows, greedy_knapsack
+from worker.data.supervised import IGNORE_INDEX
 
 
 def test_the_knapsack_takes_the_longest_that_still_fits_as_llamafactory_does():

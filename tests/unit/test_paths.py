@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from server import paths
-from server.errors import InvalidSpec, Unavailable, encodable
-from server.paths import _Reading, bounded, check_spec_inputs, resolve_spec_paths
+from server.services import paths
+from server.services.errors import InvalidSpec, Unavailable, encodable
+from server.services.paths import _Reading, bounded, check_spec_inputs, resolve_spec_paths
 from tests.helpers import REPO, wait_for
-from worker.spec import JobSpec
+from worker.spec.job import JobSpec
 
 TINY = REPO / "configs/models/tiny-chat"
 

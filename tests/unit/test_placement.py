@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scheduler.placement import Placement, QueuedJob, place, plan
-from scheduler.probe import FakeProbe
-from scheduler.wait_reasons import explain_wait
+from scheduler.gpus.probe import FakeProbe
+from scheduler.policy.placement import Placement, QueuedJob, place, plan
+from scheduler.policy.wait_reasons import explain_wait
 
 
 def gpus(spec: str = "4x24GiB"):

@@ -8,9 +8,9 @@ from dataclasses import replace
 import hypothesis
 from hypothesis import strategies as st
 
-from scheduler.placement import NodeShare, Placement, QueuedJob, gang_shape, place, plan
-from scheduler.probe import FakeProbe, GpuInfo
-from scheduler.wait_reasons import explain_wait
+from scheduler.gpus.probe import FakeProbe, GpuInfo
+from scheduler.policy.placement import NodeShare, Placement, QueuedJob, gang_shape, place, plan
+from scheduler.policy.wait_reasons import explain_wait
 
 GiB = 1 << 30
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pynvml as real_nvml
 import pytest
 
-from scheduler.probe import (
+from scheduler.gpus.probe import (
     LINK_HOSTBRIDGE,
     LINK_INTERNAL,
     LINK_MULTIPLE,
@@ -168,7 +168,7 @@ def fake_distance(probe: FakeProbe, a: int, b: int) -> int:
 def test_link_levels_are_strictly_ordered_nvlink_best_unknown_worst() -> None:
     levels = [LINK_NVLINK, LINK_INTERNAL, LINK_SINGLE, LINK_MULTIPLE, LINK_HOSTBRIDGE, LINK_NODE, LINK_SYSTEM]
     assert levels == sorted(set(levels)) and levels[0] == 0 and LINK_UNKNOWN > levels[-1]
-    from scheduler.placement import UNKNOWN_DISTANCE  # placement's default for a missing pair
+    from scheduler.policy.placement import UNKNOWN_DISTANCE  # placement's default for a missing pair
 
     assert UNKNOWN_DISTANCE == LINK_UNKNOWN
 
@@ -804,9 +804,9 @@ def test_real_nvml_topology_on_this_machine_never_crashes() -> None:
 
 def test_the_fake_and_the_real_binding_have_every_name_the_probe_uses() -> None:
     """The fake answers for pynvml in these tests; a name it or pynvml lacks would only fail on a real GPU."""
-    import scheduler.probe
+    import scheduler.gpus.probe
 
-    source = Path(scheduler.probe.__file__).read_text()
+    source = Path(scheduler.gpus.probe.__file__).read_text()
     names = set(re.findall(r"\bnvml\.(\w+)", source)) | set(re.findall(r'"(NVML_TOPOLOGY_\w+)"', source))
     assert {"nvmlDeviceGetTopologyCommonAncestor", "nvmlDeviceGetNvLinkState", "NVML_TOPOLOGY_SYSTEM"} <= names
     assert [n for n in sorted(names) if not hasattr(real_nvml, n)] == []
@@ -814,11 +814,11 @@ def test_the_fake_and_the_real_binding_have_every_name_the_probe_uses() -> None:
 
 
 def test_fake_probe_module_imports_first_too() -> None:
-    code = "import scheduler.fake_probe as f, scheduler.probe as p; assert p.FakeProbe is f.FakeProbe"
+    code = "import scheduler.gpus.fake as f, scheduler.gpus.probe as p; assert p.FakeProbe is f.FakeProbe"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_importing_the_probe_imports_neither_torch_nor_pynvml() -> None:
-    code = "import sys, scheduler.probe; print(sorted(m for m in ('torch', 'pynvml') if m in sys.modules))"
+    code = "import sys, scheduler.gpus.probe; print(sorted(m for m in ('torch', 'pynvml') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

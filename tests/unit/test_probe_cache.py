@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from scheduler.fake_probe import FakeProbe
-from scheduler.probe import GiB
-from scheduler.probe_cache import RecentProbe
+from scheduler.gpus.cache import RecentProbe
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.probe import GiB
 
 
 class Clock:

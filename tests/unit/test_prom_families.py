@@ -1,4 +1,4 @@
-"""server.prom_families: GET /metrics' families from plain rows, rendered and parsed as Prometheus reads them."""
+"""server.metrics.families: GET /metrics' families from plain rows, rendered and parsed as Prometheus reads them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import prom_families as f
-from server.models import GpuPublic
+from server.db.models import GpuPublic
+from server.metrics import families as f
 
 GiB = 2**30
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
@@ -89,7 +89,7 @@ def test_per_job_series_say_what_is_known_and_leave_out_what_is_not():
     assert values(got["ftq_job_attempts"]) == {"1": 2, "2": 1, "3": 0, "4": 1}
     assert values(got["ftq_job_oom_retries"])["1"] == 1
     assert values(got["ftq_job_seconds_since_last_record"]) == {"1": 42.0, "2": 5.0}
-    # 5 x 20 s = 100 s; a job without a rhythm yet waits ten times FTQ_STALL_MIN_S (server.health)
+    # 5 x 20 s = 100 s; a job without a rhythm yet waits ten times FTQ_STALL_MIN_S (server.services.health)
     assert values(got["ftq_job_stall_threshold_seconds"]) == {"1": 100.0, "2": 600.0}
     assert values(got["ftq_job_queued_seconds"]) == {"3": 31 * 60.0}
     assert got["ftq_job_loss"][0][1] == {"id": "1", "name": "cs-billing"}

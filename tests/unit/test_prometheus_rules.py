@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from server import prom_families as f
+from server.metrics import families as f
 from tests.prom_rules import ALERTS, PROMETHEUS_DIR, PROMETHEUS_OWN, metric_names, rules
 from tests.unit.test_prom_families import NOW, _gpu, scrape
 

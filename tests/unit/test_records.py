@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from scheduler.records import INT64_MAX, MAX_RECORD_BYTES, as_step, record_time, storable
-from scheduler.tail import read_new_records
+from scheduler.local.tail import read_new_records
+from scheduler.policy.records import INT64_MAX, MAX_RECORD_BYTES, as_step, record_time, storable
 
 
 def test_a_step_beyond_int64_is_kept_raw_with_the_reason():

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from worker.requirements import NO_CUDA, NO_GPU_SLOT, Need, missing, needs
-from worker.spec import JobSpec
+from worker.preflight.requirements import NO_CUDA, NO_GPU_SLOT, Need, missing, needs
+from worker.spec.job import JobSpec
 
 BNB = ("bitsandbytes", "pip install 'ftq[gpu]'", True)
 
@@ -174,7 +174,9 @@ def test_the_default_find_looks_without_importing() -> None:
 def test_the_module_imports_nothing_heavy() -> None:
     import subprocess
 
-    code = "import sys, worker.requirements; print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
+    code = (
+        "import sys, worker.preflight.requirements; print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

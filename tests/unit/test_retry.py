@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.retry import memory_settings, next_after_oom, ran_spec, retry_spec
+from scheduler.policy.retry import memory_settings, next_after_oom, ran_spec, retry_spec
 
 SPEC = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "gradient_checkpointing": False}
 

@@ -1,4 +1,4 @@
-"""worker.sink: the records the daemon tails, read back from the same file it reads."""
+"""worker.run.sink: the records the daemon tails, read back from the same file it reads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState
 
-from worker.checkpoints import (
+from worker.run.checkpoints import (
     UNUSABLE_DIR,
     Checkpoint,
     Expected,
@@ -26,9 +26,9 @@ from worker.checkpoints import (
     plan_resume,
     read_shape,
 )
-from worker.records import append_record
-from worker.resume import ShapeCallback
-from worker.sink import MetricsCallback, MetricsSink, NullSink, hms
+from worker.run.resume import ShapeCallback
+from worker.run.sink import MetricsCallback, MetricsSink, NullSink, hms
+from worker.spec.records import append_record
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HMS = re.compile(r"^\d+:\d\d:\d\d$")
@@ -238,7 +238,7 @@ def test_the_checkpoint_record_names_it_through_the_run_dirs_link(tmp_path: Path
     assert record["path"] == "checkpoints/checkpoint-8"
 
 
-# ---- which checkpoint an attempt resumes from (worker.checkpoints, worker.resume) ----
+# ---- which checkpoint an attempt resumes from (worker.run.checkpoints, worker.run.resume) ----
 
 LORA = Expected("lora", lora_rank=8, deepspeed=False, world_size=1)
 

@@ -7,7 +7,7 @@ import yaml
 from pydantic import ValidationError
 
 from tests.helpers import REPO
-from worker.spec import JobSpec
+from worker.spec.job import JobSpec
 
 # LLaMA-Factory's examples/train_lora/llama3_lora_sft.yaml, as its users have it (paths made local).
 LLAMA_FACTORY_YAML = """

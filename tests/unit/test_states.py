@@ -1,4 +1,4 @@
-from scheduler.states import TERMINAL, JobState, allowed_from, can_transition, is_terminal
+from scheduler.policy.states import TERMINAL, JobState, allowed_from, can_transition, is_terminal
 
 
 def test_the_design_cards_transitions():
@@ -23,7 +23,7 @@ def test_allowed_from_is_the_inverse_of_the_table():
 
 
 def test_route_goes_through_the_steps_an_end_learnt_early_skipped():
-    from scheduler.states import route
+    from scheduler.policy.states import route
 
     S = JobState
     assert route(S.STARTING, S.SUCCEEDED) == [S.RUNNING, S.SUCCEEDED]

@@ -1,4 +1,4 @@
-"""worker.supervised: LLaMA-Factory's truncation and labels for one supervised example.
+"""worker.data.supervised: LLaMA-Factory's truncation and labels for one supervised example.
 
 Expected numbers are worked out by hand from LF's infer_seqlen (data/processor/processor_utils.py) and
 SupervisedDatasetProcessor._encode_data_example (supervised.py) at v0.9.5, commit
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.supervised import IGNORE_INDEX, encode_supervised, infer_seqlen
+from worker.data.supervised import IGNORE_INDEX, encode_supervised, infer_seqlen
 
 X = IGNORE_INDEX
 PAIRS = [([1, 2, 3], [4, 5]), ([6, 7], [8, 9, 10])]

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from scheduler.supervisor import group_alive, process_start_time, same_process, signal_group, worker_env
+from scheduler.local.supervisor import group_alive, process_start_time, same_process, signal_group, worker_env
 from tests.helpers import wait_for
 
 
@@ -59,7 +59,7 @@ def test_the_worker_sees_its_gpus_and_none_of_the_daemons_settings(monkeypatch):
 
 
 def test_the_worker_learns_its_input_dirs_and_the_remote_code_switch_as_the_daemon_resolved_them(monkeypatch):
-    from worker.confine import input_dirs_from_env, remote_code_allowed, worker_settings
+    from worker.preflight.confine import input_dirs_from_env, remote_code_allowed, worker_settings
 
     monkeypatch.setenv("FTQ_INPUT_DIRS", "/somewhere/else")  # the daemon's own spelling does not reach the worker
     monkeypatch.setenv("FTQ_ALLOW_REMOTE_CODE", "1")

@@ -1,6 +1,6 @@
 import json
 
-from scheduler.tail import last_lines, read_new_records
+from scheduler.local.tail import last_lines, read_new_records
 
 
 def test_only_whole_lines_are_read_and_the_offset_resumes(tmp_path):

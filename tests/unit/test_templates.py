@@ -1,4 +1,4 @@
-"""worker.templates: LLaMA-Factory's `template:` encoding, checked against fixtures written by hand.
+"""worker.templates.render: LLaMA-Factory's `template:` encoding, checked against fixtures written by hand.
 
 The expected elements below were derived by reading LF's src/llamafactory/data/template.py,
 formatter.py and tool_utils.py at tag v0.9.5 (commit 7af909522a951e3ad9f022ea6f88b6755257eaa5),
@@ -18,10 +18,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from worker import tool_formats
-from worker.supervised import IGNORE_INDEX, encode_supervised
-from worker.template_table import BOS, EOS
-from worker.templates import (
+from worker.data.supervised import IGNORE_INDEX, encode_supervised
+from worker.templates import tools as tool_formats
+from worker.templates.render import (
     TEMPLATE_NAMES,
     ChatTemplateError,
     MalformedMessages,
@@ -33,7 +32,8 @@ from worker.templates import (
     format_turns,
     get_template,
 )
-from worker.tool_formats import UnknownToolFormat
+from worker.templates.table import BOS, EOS
+from worker.templates.tools import UnknownToolFormat
 
 TINY_CHAT = Path(__file__).resolve().parents[2] / "configs" / "models" / "tiny-chat"
 SYSTEM = "Be brief."
@@ -283,7 +283,7 @@ def test_gemma2_pairs_through_supervised_encoding_label_eos_where_the_next_promp
 
 def test_importing_templates_imports_neither_torch_nor_transformers() -> None:
     code = (
-        "import sys, worker.templates, worker.supervised; "
+        "import sys, worker.templates.render, worker.data.supervised; "
         "print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""worker.tokenized: a set saved at tokenized_path, reused only when made from the same inputs, written atomically,
+"""worker.data.tokenized: a set saved at tokenized_path, reused only when made from the same inputs, written atomically,
 confined to the output dirs."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from transformers import PreTrainedTokenizerFast
 
 from tests.helpers import wait_for
 from tests.unit.data_helpers import OPENAI_ENTRY, make_tokenizer, qa, write_dataset
-from worker import data as data_module
-from worker import tokenized
-from worker.data import DataError, build_datasets
-from worker.spec import JobSpec
+from worker.data import pipeline as data_module
+from worker.data import tokenized
+from worker.data.pipeline import DataError, build_datasets
+from worker.spec.job import JobSpec
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,207 @@
+"""The workers of one machine: spawn, release, poll, tail, signal and settle them.
+
+The half of supervision that must run where the processes are. The local
+executor holds one in the daemon's own process; on a Ray cluster every node's
+agent (scheduler.ray.agent) holds one, and the daemon calls it remotely. So
+everything crosses as plain, picklable data (paths as `str`), and what the
+database must say (offsets, states) stays the daemon's: `progress` reads from
+the offsets the daemon asks for, so a record is stored once however often the
+daemon or an agent restarts.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.gpus.probe import descendants_in, process_children
+from scheduler.local.supervisor import (
+    WorkerProcess,
+    group_alive,
+    kill_leftovers,
+    process_start_time,
+    release,
+    same_process,
+    signal_group,
+    spawn_worker,
+    wait_until,
+)
+from scheduler.local.tail import last_lines, read_new_records
+from worker.spec.gate import read_pid_file
+from worker.spec.job import LOG_FILE, METRICS_FILE
+
+LOG_TAIL_LINES = 30
+DESCENDANTS_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one poll tells of one attempt's worker."""
+
+    records: list[dict[str, Any]]  # new metrics.jsonl records from the offset asked
+    offset: int  # the offset they reach
+    ended: bool  # the worker (its group leader) has ended
+    exit_code: int | None  # None while it runs, or when it is not ours to know (adopted)
+    log_tail: str = ""  # the log's last lines, once ended
+    # Once ended: its `end` record, from the new records, or from the whole file when the exit code is unknown.
+    end: dict[str, Any] | None = None
+    lost: str | None = None  # the worker's node left the cluster (set by the Ray executor): why, in words
+
+
+@dataclass
+class _Worker:
+    proc: WorkerProcess
+    log_name: str = LOG_FILE
+    # Processes the worker started outside its own group (torchrun and its ranks), pid -> start time,
+    # so that none of them outlives the attempt.
+    descendants: dict[int, int | None] = field(default_factory=dict)
+
+
+class NodeSupervisor:
+    """Every worker this machine runs for the daemon, by attempt id."""
+
+    def __init__(
+        self,
+        worker_module: str = "worker",
+        daemon_settings: Mapping[str, str] | None = None,
+        on_exit: Callable[[], None] | None = None,
+        spawn: Callable[..., WorkerProcess] = spawn_worker,
+    ) -> None:
+        self.worker_module = worker_module
+        self.daemon_settings = dict(daemon_settings or {})
+        self._on_exit = on_exit
+        self._spawn = spawn
+        self._workers: dict[int, _Worker] = {}
+        self._descendants_seen_at = 0.0
+        self._lock = threading.Lock()  # an agent serves calls from several threads
+
+    def spawn(
+        self,
+        attempt_id: int,
+        run_dir: str,
+        spec: dict[str, Any],
+        cuda_visible_devices: str,
+        cpu_threads: int | None,
+        extra_env: Mapping[str, str] | None = None,
+        log_name: str = LOG_FILE,
+        daemon_settings: Mapping[str, str] | None = None,
+    ) -> tuple[int, int | None]:
+        """Start the worker at its gate (it trains nothing until `release`); (pid, start time).
+
+        `daemon_settings`: what the worker must obey (worker.preflight.confine), when the caller's differ from the
+        ones this supervisor was made with (a Ray agent outlives the daemon that created it).
+        """
+        kwargs: dict[str, Any] = {}
+        if daemon_settings is not None or self.daemon_settings:
+            kwargs["daemon_settings"] = dict(daemon_settings if daemon_settings is not None else self.daemon_settings)
+        if extra_env:
+            kwargs["extra_env"] = dict(extra_env)
+        if log_name != LOG_FILE:
+            kwargs["log_name"] = log_name
+        proc = self._spawn(
+            attempt_id, Path(run_dir), spec, cuda_visible_devices, cpu_threads, self.worker_module, **kwargs
+        )
+        with self._lock:
+            self._workers[attempt_id] = _Worker(proc, log_name)
+        if proc.popen is not None and self._on_exit is not None:
+            threading.Thread(target=self._wait_exit, args=(proc,), daemon=True).start()
+        return proc.pid, proc.start_time
+
+    def release(self, attempt_id: int) -> bool:
+        worker = self._workers.get(attempt_id)
+        return worker is not None and release(worker.proc)
+
+    def adopt(self, attempt_id: int, run_dir: str, pid: int, start_time: int | None, log_name: str = LOG_FILE) -> bool:
+        """Take on a worker that an earlier daemon (or agent) started; False when it has ended already.
+
+        It is kept either way: the next `progress` reports an ended one with its last records and end.
+        """
+        with self._lock:
+            if attempt_id not in self._workers:
+                self._workers[attempt_id] = _Worker(WorkerProcess(attempt_id, pid, Path(run_dir), start_time), log_name)
+        return same_process(pid, start_time)
+
+    def stop_unstarted(self, run_dir: str) -> None:
+        """Stop a worker whose pid the daemon never stored (so it was never told to go), if it is still there.
+
+        Every node of a job across nodes writes its own pid file (worker.spec.gate.pid_file_name): each is looked
+        at, and only a process alive here with the same start time is taken for the one it names.
+        """
+        for path in sorted(Path(run_dir).glob("worker*.pid")):
+            found = read_pid_file(Path(run_dir), path.name)
+            if found is not None and same_process(*found):
+                signal_group(found[0], signal.SIGKILL)
+                wait_until(lambda found=found: not same_process(*found), timeout=5.0)
+
+    def progress(self, offsets: Mapping[int, int]) -> dict[int, Progress]:
+        """For each attempt asked about that runs here: its new records and whether it has ended.
+
+        Whether it ended is read before its records, so an ended worker's last records are in the answer.
+        """
+        now = time.monotonic()
+        scan = now - self._descendants_seen_at >= DESCENDANTS_EVERY_S
+        children = process_children() if scan else {}
+        if scan:
+            self._descendants_seen_at = now
+        answer: dict[int, Progress] = {}
+        for attempt_id, offset in offsets.items():
+            worker = self._workers.get(attempt_id)
+            if worker is None:
+                continue
+            ended, exit_code = worker.proc.poll()
+            metrics = worker.proc.run_dir / METRICS_FILE
+            records, reached = read_new_records(metrics, offset)
+            if ended:
+                # The whole file is read for its end only when neither the exit code nor the new records tell
+                # how the run ended: a worker adopted after a restart, whose end may have been stored before.
+                end = next((r for r in reversed(records) if r.get("kind") == "end"), None)
+                if end is None and exit_code is None:
+                    end = _last_end_record(metrics)
+                tail = last_lines(worker.proc.run_dir / worker.log_name, LOG_TAIL_LINES)
+                answer[attempt_id] = Progress(records, reached, True, exit_code, tail, end)
+                continue
+            if children:
+                for pid in descendants_in(children, {worker.proc.pid}):
+                    worker.descendants.setdefault(pid, process_start_time(pid))
+            answer[attempt_id] = Progress(records, reached, False, None)
+        return answer
+
+    def signal(self, attempt_id: int, sig: int) -> bool:
+        worker = self._workers.get(attempt_id)
+        return worker is not None and signal_group(worker.proc.pid, sig)
+
+    def settle(self, attempt_id: int) -> None:
+        """SIGKILL whatever the attempt left (its group: data loader workers, torchrun, ranks), then forget it."""
+        with self._lock:
+            worker = self._workers.pop(attempt_id, None)
+        if worker is None:
+            return
+        pid = worker.proc.pid
+        if group_alive(pid):
+            signal_group(pid, signal.SIGKILL)
+            wait_until(lambda: not group_alive(pid), timeout=5.0)
+        if worker.proc.popen is not None:
+            worker.proc.popen.poll()  # reap it, so no zombie is left behind
+        kill_leftovers(worker.descendants)
+
+    def attempt_ids(self) -> list[int]:
+        return list(self._workers)
+
+    def pids(self) -> dict[int, int]:
+        """attempt id -> worker pid."""
+        return {attempt_id: w.proc.pid for attempt_id, w in self._workers.items()}
+
+    def _wait_exit(self, proc: WorkerProcess) -> None:
+        if proc.popen is not None:
+            proc.popen.wait()
+            if self._on_exit is not None:
+                self._on_exit()
+
+
+def _last_end_record(path: Path) -> dict[str, Any] | None:
+    return next((r for r in reversed(read_new_records(path, 0)[0]) if r.get("kind") == "end"), None)

@@ -1,0 +1,369 @@
+"""How many bytes a fine-tune needs per GPU at its peak, from config.json and the job spec.
+
+The scheduler must decide where a job fits before any weights are loaded, so
+this reads only the model's shape and counts what a training step keeps alive
+at its peak (the start of backward): weights, gradients, optimizer states,
+saved activations, the logits of the loss, and the CUDA context with allocator
+slack. The target is what `torch.cuda.max_memory_reserved` reports plus the
+context, erring slightly high: an under-estimate is an OOM. Pure: no torch,
+no I/O beyond `load_model_config`.
+
+It knows the batching modes of worker.spec.batching as the worker runs them: a
+flattened batch (padding_free, neat_packing) is one row of at most micro-batch x
+cutoff_len tokens and has no attention mask, so no mask term; plain packing and
+padded batches keep the mask. The fused cross-entropy keeps only one chunk of
+logits alive (worker.spec.loss_chunks), except where the worker falls back to the
+whole logits: a model that changes its logits or adds a loss, ZeRO-3, a MoE
+aux loss turned on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker.spec.loss_chunks import FULL_LOGITS, chunk_tokens, loss_kernel
+
+if TYPE_CHECKING:
+    from worker.spec.job import JobSpec
+
+GIB = 1024**3
+
+# Bytes per trainable parameter (weights, gradients, optimizer) by precision, AdamW.
+# AMP (bf16/fp16 without pure_bf16): fp32 parameters act as the master copy and are
+# counted with the optimizer (4 + m 4 + v 4), fp32 gradients, and the bf16 copies
+# autocast makes of each weight, which autograd keeps for backward until that layer's
+# gradient is done, so they are alive at the peak (torch.amp cache; DeepSpeed's bf16
+# module copy plays the same part). pure_bf16: everything bf16 (LLaMA-Factory's
+# README table: 60 GB for 7B). fp32: no copies.
+TRAINABLE_BYTES = {"amp": (2, 4, 12), "pure_bf16": (2, 2, 4), "fp32": (4, 4, 8)}
+# Frozen parameters: kept in the compute dtype (the worker loads the LoRA base in it).
+FROZEN_BYTES = {"amp": 2, "pure_bf16": 2, "fp32": 4}
+# bitsandbytes NF4: 4 bits plus double-quantized absmax constants (8 bits per block of
+# 64, plus fp32 per 256 blocks = 0.127 bits/param); LLM.int8: 1 byte (+ a per-row scale).
+QUANT_BYTES = {4: 0.5 + (8 / 64 + 32 / (64 * 256)) / 8, 8: 1.0}
+# LLaMA-Factory's freeze_trainable_layers default: the last 2 decoder layers train.
+FREEZE_TRAINABLE_LAYERS = 2
+# Module names peft matches in a Llama-style decoder block; "all" means every one.
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The loss path at its peak (backward of log-softmax), bytes per logit: the saved fp32
+# log-softmax output (4), its incoming gradient (4), the outgoing gradient (4) and the
+# bf16 gradient for lm_head (2). Fits the calibration to within a few percent.
+LOGITS_BYTES = 14
+# peft casts each adapter's input to fp32 (the adapters' dtype) and autocast casts it
+# back: the transient fp32 copies interleave with saved tensors and fragment the caching
+# allocator. Fitted on the H100 calibration (Qwen2.5-0.5B, Llama-3.2-1B, LoRA r8).
+LORA_ACTIVATION_FACTOR = 1.3
+# ZeRO-3 gathers the parameters of the module running and of the one prefetched.
+ZERO3_LIVE_MODULES = 2
+# CUDA context per process as nvidia-smi shows it (H100, torch 2.x, lazy module
+# loading ~0.5 GiB; not in max_memory_reserved, but it is on the GPU).
+CUDA_CONTEXT_BYTES = GIB // 2
+# Caching-allocator slack over the sum of tensors (block rounding, fragmentation).
+ALLOCATOR_SLACK = 0.05
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The few numbers of a decoder-only transformer that decide its memory."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    head_dim: int
+    attention_bias: bool = False  # Qwen2 has q/k/v biases
+    mlp_bias: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+        """Read a Llama/Qwen2/Mistral-style config.json (transformers 4 or 5; text_config nested)."""
+        text = config.get("text_config")
+        if isinstance(text, dict) and "hidden_size" not in config:
+            config = {**config, **text}
+
+        def positive(key: str, default: Any = None) -> int:
+            value = default if config.get(key) is None else config[key]
+            if value is None:
+                raise ValueError(f"model config has no {key!r}; the memory estimate needs it")
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model config {key!r} is {value!r}; expected a positive integer")
+            return value
+
+        hidden, heads = positive("hidden_size"), positive("num_attention_heads")
+        return cls(
+            hidden_size=hidden,
+            num_hidden_layers=positive("num_hidden_layers"),
+            num_attention_heads=heads,
+            num_key_value_heads=positive("num_key_value_heads", heads),  # absent: no GQA
+            intermediate_size=positive("intermediate_size"),
+            vocab_size=positive("vocab_size"),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),  # Llama/Qwen2 class default
+            head_dim=positive("head_dim", hidden // heads),
+            attention_bias=bool(config.get("attention_bias", str(config.get("model_type", "")).startswith("qwen2"))),
+            mlp_bias=bool(config.get("mlp_bias", False)),
+        )
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer in one decoder block."""
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
+
+    def layer_linear_weights(self) -> int:
+        return sum(a * b for a, b in self.linear_shapes().values())
+
+    def layer_parameters(self) -> int:
+        """One decoder block: linears, their biases, two RMSNorms."""
+        shapes = self.linear_shapes()
+        biases = sum(shapes[m][1] for m in ("q_proj", "k_proj", "v_proj")) if self.attention_bias else 0
+        if self.mlp_bias:
+            biases += sum(shapes[m][1] for m in ("gate_proj", "up_proj", "down_proj"))
+        return self.layer_linear_weights() + biases + 2 * self.hidden_size
+
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def parameter_count(self) -> int:
+        """Embeddings, blocks, final norm, and lm_head unless tied."""
+        embeddings = self.embedding_parameters() * (1 if self.tie_word_embeddings else 2)
+        return embeddings + self.num_hidden_layers * self.layer_parameters() + self.hidden_size
+
+    def lora_parameters(self, rank: int, target: str = "all") -> int:
+        """A (r x in) and B (out x r) for each targeted linear of each block."""
+        shapes = self.linear_shapes()
+        return self.num_hidden_layers * sum(rank * sum(shapes[m]) for m in lora_modules(target))
+
+
+def lora_modules(target: str) -> tuple[str, ...]:
+    """The module names a lora_target means; an unknown name is an error that names it."""
+    if target.strip() == "all":
+        return LORA_MODULES
+    names = tuple(dict.fromkeys(n.strip() for n in target.split(",") if n.strip()))
+    unknown = [n for n in names if n not in LORA_MODULES]
+    if unknown or not names:
+        raise ValueError(
+            f"lora_target {target!r}: unknown module {unknown[0] if unknown else ''!r}; "
+            f"use 'all' or some of {', '.join(LORA_MODULES)}"
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one GPU needs at the peak of a training step, by what holds them."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int  # CUDA context + allocator slack
+    parameters: int
+    trainable_parameters: int
+    gpus: int = 1
+
+    @property
+    def per_gpu(self) -> int:
+        """What each GPU must have free: the sum of the breakdown."""
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.overhead
+
+    @property
+    def total(self) -> int:
+        """The whole job: per_gpu on each of its GPUs."""
+        return self.per_gpu * self.gpus
+
+    def to_dict(self) -> dict[str, float | int]:
+        """GiB rounded to 0.01 for an API, counts as integers."""
+        parts = ("weights", "gradients", "optimizer", "activations", "logits", "overhead", "per_gpu", "total")
+        out: dict[str, float | int] = {f"{p}_gib": round(getattr(self, p) / GIB, 2) for p in parts}
+        out.update(parameters=self.parameters, trainable_parameters=self.trainable_parameters, gpus=self.gpus)
+        return out
+
+
+def _activation_bytes_per_token_layer(
+    shape: ModelShape, finetuning_type: str, targets: tuple[str, ...], act: int, amp_fp32_weights: bool
+) -> float:
+    """What autograd saves in one block per token (HF Llama block, SDPA: no seq^2 scores).
+
+    Both RMSNorms save their fp32 input (4h). SDPA saves q, k, v (repeated to all
+    heads when a padding mask stops native GQA) and its output. The SiLU-gated MLP
+    saves gate, silu(gate) and up. A trainable linear saves its input; with LoRA only
+    the targeted modules do, as the copy peft/autocast make of it.
+    """
+    h, q, i = shape.hidden_size, shape.num_attention_heads * shape.head_dim, shape.intermediate_size
+    common = 2 * 4 * h + 4 * act * q + 3 * act * i
+    if finetuning_type == "lora":
+        shapes = shape.linear_shapes()
+        return (common + act * sum(shapes[m][0] for m in targets)) * LORA_ACTIVATION_FACTOR
+    # Full/freeze: each norm saves its bf16 output (shared with the next linears' input),
+    # plus o_proj's and down_proj's inputs; AMP with fp32 weights also keeps the bf16
+    # cast of each norm's fp32 output for the linears.
+    return common + 2 * act * h + act * q + act * i + (2 * act * h if amp_fp32_weights else 0)
+
+
+def estimate_memory(
+    shape: ModelShape,
+    *,
+    finetuning_type: str,
+    lora_rank: int,
+    lora_target: str,
+    micro_batch: int,
+    cutoff_len: int,
+    gradient_checkpointing: bool,
+    bf16: bool,
+    fp16: bool,
+    pure_bf16: bool,
+    quantization_bit: int | None = None,
+    zero_stage: int = 0,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    gpus: int = 1,
+    freeze_layers: int = FREEZE_TRAINABLE_LAYERS,
+    padding_free: bool = False,
+    fused_cross_entropy: bool = False,
+) -> MemoryEstimate:
+    """Peak bytes per GPU for one fine-tune; every sample is counted at cutoff_len tokens (an upper bound).
+
+    padding_free: the micro-batch is one flattened row without an attention mask.
+    fused_cross_entropy: only one chunk of logits (worker.spec.loss_chunks.chunk_tokens) is alive at once.
+    """
+    if finetuning_type not in ("lora", "full", "freeze"):
+        raise ValueError(f"finetuning_type {finetuning_type!r}: expected lora, full or freeze")
+    if quantization_bit not in (None, 4, 8):
+        raise ValueError(f"quantization_bit {quantization_bit!r}: expected 4, 8 or none")
+    if quantization_bit is not None and finetuning_type != "lora":
+        raise ValueError("quantization_bit needs finetuning_type lora (QLoRA)")
+    n = max(gpus, 1)
+    precision = "pure_bf16" if pure_bf16 else "amp" if (bf16 or fp16) else "fp32"
+    w_bytes, g_bytes, o_bytes = TRAINABLE_BYTES[precision]
+    act = 4 if precision == "fp32" else 2
+    total = shape.parameter_count()
+    layers = shape.num_hidden_layers
+    targets = lora_modules(lora_target) if finetuning_type == "lora" else LORA_MODULES
+
+    if finetuning_type == "full":
+        trainable, frozen_bytes = total, 0.0
+    elif finetuning_type == "freeze":
+        trainable = min(freeze_layers, layers) * shape.layer_parameters()
+        frozen_bytes = (total - trainable) * FROZEN_BYTES[precision]
+    else:
+        trainable = shape.lora_parameters(lora_rank, lora_target)
+        if quantization_bit is None:
+            frozen_bytes = total * FROZEN_BYTES[precision]
+        else:  # block linears quantized; embeddings, lm_head, norms, biases stay in the compute dtype
+            quantized = layers * shape.layer_linear_weights()
+            frozen_bytes = quantized * QUANT_BYTES[quantization_bit] + (total - quantized) * FROZEN_BYTES[precision]
+    # ZeRO-1 partitions optimizer states, ZeRO-2 also gradients, ZeRO-3 also weights.
+    weights = (trainable * w_bytes + frozen_bytes) / (n if zero_stage >= 3 else 1)
+    gradients = trainable * g_bytes / (n if zero_stage >= 2 else 1)
+    optimizer = trainable * o_bytes / (n if zero_stage >= 1 else 1)
+    if n > 1 and zero_stage == 0:
+        gradients *= 2  # DDP's flat buckets (gradient_as_bucket_view=False) are a second copy
+    if zero_stage >= 3:
+        live = ZERO3_LIVE_MODULES * max(shape.layer_parameters(), shape.embedding_parameters()) * act
+        weights = live + (0 if offload_params else weights)
+    if offload_optimizer:
+        optimizer = 0
+
+    tokens = micro_batch * cutoff_len
+    per_layer = _activation_bytes_per_token_layer(
+        shape, finetuning_type, targets, act, precision == "amp" and finetuning_type != "lora"
+    )
+    saving_layers = min(freeze_layers, layers) if finetuning_type == "freeze" else layers
+    # A padded batch (micro-batch > 1) has an explicit attention mask; SDPA turns it into
+    # an additive one (batch x 1 x seq x seq, compute dtype) for the memory-efficient
+    # kernel and saves that per layer. A single sequence runs is_causal with no mask,
+    # and so does a flattened batch (samples told apart by their position ids).
+    mask = micro_batch * cutoff_len**2 * act if micro_batch > 1 and not padding_free else 0
+    if gradient_checkpointing:  # each block keeps its input; one block is recomputed at a time
+        activations = tokens * (layers * act * shape.hidden_size + per_layer) + mask
+    else:
+        activations = saving_layers * (tokens * per_layer + mask)
+    activations += tokens * (4 + act) * shape.hidden_size  # final norm and lm_head input
+    # The chunked loss computes, backpropagates and frees one chunk at a time: its peak is one chunk's logits.
+    logit_tokens = min(tokens, chunk_tokens(shape.vocab_size)) if fused_cross_entropy else tokens
+    logits = logit_tokens * shape.vocab_size * LOGITS_BYTES
+
+    tensors = weights + gradients + optimizer + activations + logits
+    return MemoryEstimate(
+        weights=round(weights),
+        gradients=round(gradients),
+        optimizer=round(optimizer),
+        activations=round(activations),
+        logits=round(logits),
+        overhead=round(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * tensors),
+        parameters=total,
+        trainable_parameters=trainable,
+        gpus=n,
+    )
+
+
+def zero_from_deepspeed(config: dict[str, Any] | None) -> tuple[int, bool, bool]:
+    """(stage, offload_optimizer, offload_params) from a parsed DeepSpeed JSON; None is no ZeRO."""
+    zero = (config or {}).get("zero_optimization") or {}
+    offloaded = [str((zero.get(key) or {}).get("device", "none")).lower() in ("cpu", "nvme")
+                 for key in ("offload_optimizer", "offload_param")]  # fmt: skip
+    return int(zero.get("stage", 0)), offloaded[0], offloaded[1]
+
+
+def flattens(spec: JobSpec) -> bool:
+    """Whether the worker feeds this spec's micro-batches as one row without an attention mask.
+
+    neat_packing always does; padding_free does unless plain packing asks for rows of
+    cutoff_len that attend across samples (an all-ones mask, counted as a padded batch).
+    """
+    return spec.neat_packing or (spec.padding_free and not spec.packing)
+
+
+def fused_loss_applies(config: dict[str, Any], spec: JobSpec, zero_stage: int) -> bool:
+    """Whether the worker computes this job's loss without the whole logits (Liger's or ftq's chunked loss).
+
+    The worker's own decision (worker.spec.loss_chunks.loss_kernel): a model that changes its logits or adds a
+    loss, and ZeRO-3, keep the full logits. Liger and the chunked loss both hold about one chunk at a time.
+    """
+    return loss_kernel(spec, config, cuda=False, zero_stage=zero_stage, liger_installed=False) != FULL_LOGITS
+
+
+def estimate_for_spec(config: dict[str, Any], spec: JobSpec, deepspeed_config: dict[str, Any] | None) -> MemoryEstimate:
+    """The estimate for a job spec; the caller reads config.json and the DeepSpeed JSON."""
+    stage, offload_optimizer, offload_params = zero_from_deepspeed(deepspeed_config)
+    # OFT, like LoRA, trains small adapters beside a frozen (perhaps quantized) base: estimated as LoRA of its rank.
+    method = "lora" if spec.finetuning_type == "oft" else spec.finetuning_type
+    rank = (spec.oft_rank or spec.oft_block_size) if spec.finetuning_type == "oft" else spec.lora_rank
+    target = spec.oft_target if spec.finetuning_type == "oft" else spec.lora_target
+    return estimate_memory(
+        ModelShape.from_config(config),
+        finetuning_type=method,
+        lora_rank=rank,
+        lora_target=target,
+        micro_batch=spec.per_device_train_batch_size,
+        cutoff_len=spec.cutoff_len,
+        gradient_checkpointing=spec.gradient_checkpointing,
+        bf16=spec.bf16,
+        fp16=spec.fp16,
+        pure_bf16=spec.pure_bf16,
+        quantization_bit=spec.quantization_bit,
+        zero_stage=stage,
+        offload_optimizer=offload_optimizer,
+        offload_params=offload_params,
+        gpus=spec.gpus,
+        freeze_layers=abs(spec.freeze_trainable_layers) or FREEZE_TRAINABLE_LAYERS,
+        padding_free=flattens(spec),
+        fused_cross_entropy=fused_loss_applies(config, spec, stage),
+    )
+
+
+def load_model_config(model_dir: str | Path) -> dict[str, Any]:
+    """config.json of a local model directory (or the file itself)."""
+    path = Path(model_dir) / "config.json" if Path(model_dir).is_dir() else Path(model_dir)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return data

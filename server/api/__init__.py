@@ -1,0 +1,1 @@
+"""The HTTP surface: routes, their dependencies, the request guard, the OpenAPI document and docs pages."""

@@ -1,0 +1,157 @@
+"""Routes for jobs: parse, call one service function, return."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from scheduler.policy.states import JobState
+from server.api.deps import INT64_MAX, JobDep, JobIdPath, LazyMachineDep, MachineDep, SessionDep, SettingsDep
+from server.api.openapi import ANY, JOB_EXAMPLES, WRITE, error_responses, links_to_job
+from server.db.models import JobPublic, JobsPublic, MetricsPublic, RequeueRequest
+from server.services import jobs as service
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+ON_A_JOB = (*ANY, 404, 422)
+MetricKind = Literal["start", "metric", "eval", "checkpoint", "end"]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    responses={**error_responses(*ANY, *WRITE, 422), 201: {"description": "The job, queued.", "links": links_to_job()}},
+)
+def submit_job(
+    # Read as a plain object and checked whole by the service (server.services.submission), so that a bad key and a
+    # missing model directory come in one answer; the document still shows the spec's schema (server.api.openapi).
+    spec: Annotated[dict[str, Any], Body(openapi_examples=JOB_EXAMPLES)],
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    machine: MachineDep,
+) -> JobPublic:
+    job = service.submit(session, spec, settings, machine)
+    request.app.state.scheduler.wake()
+    return service.describe(session, job, machine)
+
+
+@router.get("", response_model=JobsPublic, responses=error_responses(*ANY, 422))
+async def list_jobs(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    machine: LazyMachineDep,
+    state: JobState | None = None,
+    offset: int = Query(default=0, ge=0, le=INT64_MAX),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> Response:
+    # Polled: the answer is kept while the database has not changed (server.services.read_cache);
+    # a read runs in a thread.
+    return await request.app.state.reads.answer(
+        ("jobs", state, offset, limit),
+        lambda: service.list_jobs(session, state, offset, limit, machine, service.Stall.of(settings)),
+        machine,
+    )
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={**error_responses(*ON_A_JOB), 200: {"description": "The job.", "links": links_to_job()}},
+)
+async def get_job(
+    job_id: JobIdPath, request: Request, session: SessionDep, settings: SettingsDep, machine: LazyMachineDep
+) -> Response:
+    return await request.app.state.reads.answer(
+        ("job", job_id), lambda: service.describe_job(session, job_id, machine, service.Stall.of(settings)), machine
+    )
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={
+        **error_responses(*ON_A_JOB, *WRITE, 409),
+        200: {"description": "The job, cancelling or cancelled.", "links": links_to_job()},
+    },
+)
+def cancel_job(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
+    job = service.cancel(session, job)
+    request.app.state.scheduler.wake()
+    return service.describe(session, job)
+
+
+@router.post(
+    "/{job_id}/requeue",
+    response_model=JobPublic,
+    responses={
+        **error_responses(*ON_A_JOB, *WRITE, 409),
+        200: {"description": "The job, queued again.", "links": links_to_job()},
+    },
+)
+def requeue_job(
+    job: JobDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    machine: MachineDep,
+    request: Request,
+    overrides: RequeueRequest | None = None,
+) -> JobPublic:
+    changes = overrides.model_dump(exclude_unset=True) if overrides else {}
+    job = service.requeue(session, job, changes, settings, machine)
+    request.app.state.scheduler.wake()
+    return service.describe(session, job, machine)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=error_responses(*ON_A_JOB))
+def get_metrics(
+    job: JobDep,
+    session: SessionDep,
+    since: int | None = Query(default=None, ge=-1, le=INT64_MAX, description="only records after this step"),
+    kind: Annotated[MetricKind | None, Query(description="only records of this kind")] = None,
+    limit: int = Query(default=10_000, ge=1, le=100_000),
+    superseded: bool = Query(default=False, description="also the records of steps a later attempt trained again"),
+) -> MetricsPublic:
+    assert job.id is not None
+    data = service.metrics(session, job.id, since, kind, limit, superseded)
+    return MetricsPublic(data=data, count=len(data))
+
+
+LOG_HEADERS = {
+    "X-Log-Offset": {"description": "With ?offset=: the offset to ask from next.", "schema": {"type": "integer"}},
+    "X-Log-Attempt": {"description": "With ?offset=: the attempt whose log this is.", "schema": {"type": "integer"}},
+}
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    responses={
+        **error_responses(*ON_A_JOB),
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "headers": LOG_HEADERS},
+    },
+)
+def get_logs(
+    job: JobDep,
+    session: SessionDep,
+    tail: int = Query(default=200, ge=1, le=100_000),
+    attempt: int | None = Query(default=None, ge=1, le=INT64_MAX, description="attempt number; the latest by default"),
+    offset: int | None = Query(
+        default=None,
+        ge=0,
+        le=INT64_MAX,
+        description="instead of the last `tail` lines: the bytes after this byte offset (at most 1 MiB), the "
+        "next offset in X-Log-Offset; an offset past the end starts again from 0 (`ftq logs -f` follows so)",
+    ),
+) -> Response:
+    if offset is None:
+        return PlainTextResponse(service.logs(session, job, tail, attempt))
+    chunk = service.log_after(session, job, offset, attempt)
+    headers = {"X-Log-Offset": str(chunk.offset)}
+    if chunk.attempt is not None:
+        headers["X-Log-Attempt"] = str(chunk.attempt)
+    return Response(chunk.data, media_type="text/plain; charset=utf-8", headers=headers)

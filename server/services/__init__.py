@@ -1,0 +1,1 @@
+"""What the API does, one function per request: submit, lifecycle, reads, admission, paths, compare."""

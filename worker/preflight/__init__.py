@@ -1,0 +1,2 @@
+"""The file checks the daemon runs at submit (no torch): confinement, dataset_info,
+data and model files, requirements."""
