@@ -42,9 +42,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/ftq demo
 
-test: $(STAMP) system-packages
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint system-packages
 	$(BIN)/python -m pytest
 
 # The GPU checks in one go (QLoRA 4-bit, sdpa against eager, tokens/s by batching mode, the demo jobs through a
@@ -54,9 +52,13 @@ gpu-check: $(STAMP)
 	$(BIN)/python -m bench.gpu_check
 	$(BIN)/python -m bench.gpu_check_ray
 
+# ruff; the import rules between the layers (.importlinter, docs/architecture.md); mypy --strict on the pure
+# packages (the scheduling policy, the spec, the templates: [tool.mypy] in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) ftq-data .pytest_cache .ruff_cache *.egg-info
