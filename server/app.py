@@ -23,6 +23,7 @@ from scheduler.gpus.cache import RecentProbe
 from scheduler.gpus.probe import GpuProbe, make_probe
 from scheduler.loop import Scheduler
 from server.api.docs import install_docs
+from server.api.errors import JsonErrors, install_handlers
 from server.api.guard import Guard, Policy
 from server.api.openapi import error_responses, install_openapi
 from server.api.routes import compare, dashboard, jobs, system
@@ -33,7 +34,6 @@ from server.live.event_hub import EventHub
 from server.live.watchers import Live
 from server.lock import DataDirLock
 from server.metrics.prometheus import make_registry
-from server.services.errors import JsonErrors, install_handlers
 from server.services.health import health_problems
 from server.services.machine import cluster_nodes
 from server.services.read_cache import make_read_cache
