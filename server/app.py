@@ -26,6 +26,7 @@ from server.api.docs import install_docs
 from server.api.errors import JsonErrors, install_handlers
 from server.api.guard import Guard, Policy
 from server.api.openapi import error_responses, install_openapi
+from server.api.read_cache import make_read_cache
 from server.api.routes import compare, dashboard, jobs, system
 from server.api.routes import events as events_routes
 from server.db.engine import make_engine, upgrade_database
@@ -36,7 +37,6 @@ from server.lock import DataDirLock
 from server.metrics.prometheus import make_registry
 from server.services.health import health_problems
 from server.services.machine import cluster_nodes
-from server.services.read_cache import make_read_cache
 from server.settings import Settings
 from worker.preflight.confine import worker_settings
 

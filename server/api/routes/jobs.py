@@ -49,7 +49,7 @@ async def list_jobs(
     offset: int = Query(default=0, ge=0, le=INT64_MAX),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> Response:
-    # Polled: the answer is kept while the database has not changed (server.services.read_cache);
+    # Polled: the answer is kept while the database has not changed (server.api.read_cache);
     # a read runs in a thread.
     return await request.app.state.reads.answer(
         ("jobs", state, offset, limit),
