@@ -7,11 +7,20 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from scheduler.policy.states import JobState
-from server.api.deps import INT64_MAX, JobDep, JobIdPath, LazyMachineDep, MachineDep, SessionDep, SettingsDep
+from server.api.deps import (
+    INT64_MAX,
+    JobDep,
+    JobIdPath,
+    LazyMachineDep,
+    LoopDep,
+    MachineDep,
+    SessionDep,
+    SettingsDep,
+)
 from server.api.openapi import ANY, JOB_EXAMPLES, WRITE, error_responses, links_to_job
 from server.db.models import JobPublic, JobsPublic, MetricsPublic, RequeueRequest
 from server.services import jobs as service
+from server.services.jobs import JobState  # the states GET /jobs?state= takes, as the service names them
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -29,13 +38,13 @@ def submit_job(
     # Read as a plain object and checked whole by the service (server.services.submission), so that a bad key and a
     # missing model directory come in one answer; the document still shows the spec's schema (server.api.openapi).
     spec: Annotated[dict[str, Any], Body(openapi_examples=JOB_EXAMPLES)],
-    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     machine: MachineDep,
+    loop: LoopDep,
 ) -> JobPublic:
     job = service.submit(session, spec, settings, machine)
-    request.app.state.scheduler.wake()
+    loop.wake()
     return service.describe(session, job, machine)
 
 
@@ -79,9 +88,9 @@ async def get_job(
         200: {"description": "The job, cancelling or cancelled.", "links": links_to_job()},
     },
 )
-def cancel_job(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
+def cancel_job(job: JobDep, session: SessionDep, loop: LoopDep) -> JobPublic:
     job = service.cancel(session, job)
-    request.app.state.scheduler.wake()
+    loop.wake()
     return service.describe(session, job)
 
 
@@ -98,12 +107,12 @@ def requeue_job(
     session: SessionDep,
     settings: SettingsDep,
     machine: MachineDep,
-    request: Request,
+    loop: LoopDep,
     overrides: RequeueRequest | None = None,
 ) -> JobPublic:
     changes = overrides.model_dump(exclude_unset=True) if overrides else {}
     job = service.requeue(session, job, changes, settings, machine)
-    request.app.state.scheduler.wake()
+    loop.wake()
     return service.describe(session, job, machine)
 
 
