@@ -32,6 +32,7 @@ from server.services.health import health_problems
 from server.services.jobs import leases_by_resource
 from server.services.loop import Loop
 from server.services.machine import recent_gpus_view
+from server.services.stall import StallRule
 
 log = logging.getLogger("ftq")
 
@@ -64,7 +65,7 @@ class FtqCollector:
             self.version, health_problems(loop.health, time.monotonic(), settings.tick_s)
         )
         now = utcnow()
-        stall = families.StallRule(settings.stall_factor, settings.stall_min_s)
+        stall = StallRule.of(settings)  # what GET /jobs' stalled_for_s uses, exported for the alert
         with Session(state.engine) as session:
             read_snapshot(session)  # every figure as of one moment
             yield families.jobs_by_state(state_counts(session))

@@ -21,6 +21,7 @@ from server.api.openapi import ANY, JOB_EXAMPLES, WRITE, error_responses, links_
 from server.db.models import JobPublic, JobsPublic, MetricsPublic, RequeueRequest
 from server.services import jobs as service
 from server.services.jobs import JobState  # the states GET /jobs?state= takes, as the service names them
+from server.services.stall import StallRule
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -62,7 +63,7 @@ async def list_jobs(
     # a read runs in a thread.
     return await request.app.state.reads.answer(
         ("jobs", state, offset, limit),
-        lambda: service.list_jobs(session, state, offset, limit, machine, service.Stall.of(settings)),
+        lambda: service.list_jobs(session, state, offset, limit, machine, StallRule.of(settings)),
         machine,
     )
 
@@ -76,7 +77,7 @@ async def get_job(
     job_id: JobIdPath, request: Request, session: SessionDep, settings: SettingsDep, machine: LazyMachineDep
 ) -> Response:
     return await request.app.state.reads.answer(
-        ("job", job_id), lambda: service.describe_job(session, job_id, machine, service.Stall.of(settings)), machine
+        ("job", job_id), lambda: service.describe_job(session, job_id, machine, StallRule.of(settings)), machine
     )
 
 
