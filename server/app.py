@@ -9,23 +9,25 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from sqlalchemy.engine import Engine
 
 from scheduler.executor import Executor
 from scheduler.gpus.cache import RecentProbe
 from scheduler.gpus.probe import GpuProbe, make_probe
 from scheduler.loop import Scheduler
 from server.api.docs import install_docs
+from server.api.errors import JsonErrors, install_handlers
 from server.api.guard import Guard, Policy
-from server.api.openapi import error_responses, install_openapi
-from server.api.routes import compare, dashboard, jobs, system
+from server.api.openapi import install_openapi
+from server.api.read_cache import make_read_cache
+from server.api.routes import compare, dashboard, health, jobs, system
 from server.api.routes import events as events_routes
 from server.db.engine import make_engine, upgrade_database
 from server.db.store import SqlStore
@@ -33,10 +35,6 @@ from server.live.event_hub import EventHub
 from server.live.watchers import Live
 from server.lock import DataDirLock
 from server.metrics.prometheus import make_registry
-from server.services.errors import JsonErrors, install_handlers
-from server.services.health import health_problems
-from server.services.machine import cluster_nodes
-from server.services.read_cache import make_read_cache
 from server.settings import Settings
 from worker.preflight.confine import worker_settings
 
@@ -66,63 +64,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        held = lock if lock is not None and lock.held else DataDirLock(settings.data_dir).acquire()
-        settings.runs_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings)
-        upgrade_database(engine)
-        # The API's threads, and a pooled database connection for each (server.db.engine.pool_size).
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-        # Before the scheduler: what its recovery changes is in the event streams too.
-        events = EventHub(engine)
-        events.start()
-        recovered_after = events.newest
-        # The scheduler's snapshots, shared with the API's wait reasons while they are at most a tick old.
-        workers = worker_settings(settings.input_dirs, settings.allow_remote_code, settings.writable_dirs)
-        cluster_probe, executor = make_cluster(settings, workers) if settings.ray_address else (None, None)
-        gpu_probe = RecentProbe(probe or cluster_probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
-        scheduler = Scheduler(
-            SqlStore(engine, committed=events.poke),
-            gpu_probe,
-            settings.runs_dir,
-            cpu_slots=settings.cpu_slots,
-            cancel_grace_s=settings.cancel_grace_s,
-            tick_s=settings.tick_s,
-            tail_interval_s=settings.tail_interval_s,
-            margin_bytes=settings.memory_margin_bytes,
-            worker_module=settings.worker_module,
-            fault=settings.daemon_fault,
-            # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
-            daemon_settings=workers,
-            executor=executor,  # None: workers on this machine
-        )
-        scheduler.start()
-        live = Live(engine, events, gpu_probe, scheduler.live_pids, settings)  # GPU snapshots and alerts
-        live.start(jobs_after=recovered_after)
-        app.state.engine, app.state.probe, app.state.scheduler = engine, gpu_probe, scheduler
-        app.state.events = events
-        app.state.reads, close_reads = make_read_cache(engine)
-        # What the start made (modules, the app, SQLAlchemy's and pydantic's machinery) is most of the heap and
-        # lives as long as the daemon: a full collection need not walk it each time. Without this, each one
-        # paused every request for tens of milliseconds, the API's slowest answers (bench.api_load's p99).
-        gc.freeze()
-        log.info(
-            "ftq serving: data in %s, GPUs: %s, CPU slots: %d",
-            settings.data_dir.resolve(),
-            gpu_probe.description,
-            settings.cpu_slots,
-        )
+        daemon = _start(app, settings, probe, lock)
         try:
             yield
         finally:
-            await live.close()
-            scheduler.stop()
-            scheduler.executor.close()
-            events.stop()
-            close_reads()
-            gpu_probe.close()
-            engine.dispose()
-            held.release()
+            await daemon.close()
 
     app = FastAPI(
         title="ftq",
@@ -135,33 +81,111 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics_registry = make_registry(app.state, app.version)  # GET /metrics reads at scrape time
+    _install_api(app, settings, extra_hosts)
+    return app
+
+
+@dataclass
+class _Daemon:
+    """What the lifespan started, stopped in an order where each part finishes before what it uses."""
+
+    held: DataDirLock
+    engine: Engine
+    events: EventHub
+    gpu_probe: RecentProbe
+    scheduler: Scheduler
+    live: Live
+    close_reads: Callable[[], None]
+
+    async def close(self) -> None:
+        await self.live.close()
+        self.scheduler.stop()
+        self.scheduler.executor.close()
+        self.events.stop()
+        self.close_reads()
+        self.gpu_probe.close()
+        self.engine.dispose()
+        self.held.release()
+
+
+def _start(app: FastAPI, settings: Settings, probe: GpuProbe | None, lock: DataDirLock | None) -> _Daemon:
+    """The database, then the scheduler (whose start recovers what a previous daemon left running) and the
+    watchers; the API serves only after this returns (STYLE.md 7)."""
+    held, engine = _open_storage(settings, lock)
+    # Before the scheduler: what its recovery changes is in the event streams too.
+    events = EventHub(engine)
+    events.start()
+    recovered_after = events.newest
+    gpu_probe, scheduler = _start_scheduler(settings, engine, events, probe)
+    live = Live(engine, events, gpu_probe, scheduler.live_pids, settings)  # GPU snapshots and alerts
+    live.start(jobs_after=recovered_after)
+    app.state.engine, app.state.probe, app.state.events = engine, gpu_probe, events
+    # The routes and the metrics reach the loop as a protocol (server.services.loop); the Scheduler itself stays
+    # at .scheduler for tests that stop it.
+    app.state.loop = app.state.scheduler = scheduler
+    app.state.reads, close_reads = make_read_cache(engine)
+    # What the start made (modules, the app, SQLAlchemy's and pydantic's machinery) is most of the heap and
+    # lives as long as the daemon: a full collection need not walk it each time. Without this, each one
+    # paused every request for tens of milliseconds, the API's slowest answers (bench.api_load's p99).
+    gc.freeze()
+    log.info(
+        "ftq serving: data in %s, GPUs: %s, CPU slots: %d",
+        settings.data_dir.resolve(),
+        gpu_probe.description,
+        settings.cpu_slots,
+    )
+    return _Daemon(held, engine, events, gpu_probe, scheduler, live, close_reads)
+
+
+def _open_storage(settings: Settings, lock: DataDirLock | None) -> tuple[DataDirLock, Engine]:
+    """The data dir, held by this daemon alone, and its database at the newest schema."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    held = lock if lock is not None and lock.held else DataDirLock(settings.data_dir).acquire()
+    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings)
+    upgrade_database(engine)
+    # The API's threads, and a pooled database connection for each (server.db.engine.pool_size).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+    return held, engine
+
+
+def _start_scheduler(
+    settings: Settings, engine: Engine, events: EventHub, probe: GpuProbe | None
+) -> tuple[RecentProbe, Scheduler]:
+    """The GPU probe (its snapshots shared with the API's wait reasons while at most a tick old) and the
+    scheduling loop, started: on this machine's workers, or on a Ray cluster's at FTQ_RAY_ADDRESS."""
+    workers = worker_settings(settings.input_dirs, settings.allow_remote_code, settings.writable_dirs)
+    cluster_probe, executor = make_cluster(settings, workers) if settings.ray_address else (None, None)
+    gpu_probe = RecentProbe(probe or cluster_probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
+    scheduler = Scheduler(
+        SqlStore(engine, committed=events.poke),
+        gpu_probe,
+        settings.runs_dir,
+        cpu_slots=settings.cpu_slots,
+        cancel_grace_s=settings.cancel_grace_s,
+        tick_s=settings.tick_s,
+        tail_interval_s=settings.tail_interval_s,
+        margin_bytes=settings.memory_margin_bytes,
+        worker_module=settings.worker_module,
+        fault=settings.daemon_fault,
+        # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
+        daemon_settings=workers,
+        executor=executor,  # None: workers on this machine
+    )
+    scheduler.start()
+    return gpu_probe, scheduler
+
+
+def _install_api(app: FastAPI, settings: Settings, extra_hosts: tuple[str, ...]) -> None:
+    """The error handlers, the routes, the docs, the dashboard, the OpenAPI document and the middleware."""
     install_handlers(app)
-    app.include_router(jobs.router)
-    app.include_router(system.router)
-    app.include_router(events_routes.router)
-    app.include_router(compare.router)
-
-    @app.get("/healthz", tags=["system"], responses=error_responses(413, 500, 503))
-    async def healthz(request: Request) -> JSONResponse:
-        """200 when the daemon can do its work; 503 with every reason when it cannot. Public, whatever the token."""
-        scheduler: Scheduler = request.app.state.scheduler
-        problems = health_problems(scheduler.health, time.monotonic(), settings.tick_s)
-        if problems:
-            return JSONResponse({"status": "unhealthy", "detail": "; ".join(problems), "problems": problems}, 503)
-        # On a Ray cluster, nodes ftq cannot use (no shared data dir, gone): the daemon works on the others.
-        warnings = [
-            f"Ray node {node.node[:8]} ({node.address}) is not used ({node.state}): {node.problem or 'no reason given'}"
-            for node in cluster_nodes(request.app.state.probe)
-            if node.state != "usable"
-        ]
-        return JSONResponse({"status": "ok", "warnings": warnings} if warnings else {"status": "ok"})
-
+    for routes in (jobs, system, events_routes, compare, health):
+        app.include_router(routes.router)
     install_docs(app)
     dashboard.install(app)
     install_openapi(app, settings)
     app.add_middleware(Guard, policy=Policy.from_settings(settings, extra_hosts))
     app.add_middleware(JsonErrors)  # outermost of ours: what the guard or a route raises still answers JSON
-    return app
 
 
 def _operation_id(route: APIRoute) -> str:

@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.spec.units import GIB
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FTQ_", extra="ignore")
@@ -37,7 +39,7 @@ class Settings(BaseSettings):
         "besides the daemon's own origin.",
     )
     max_body_bytes: int = Field(
-        default=1 << 20, ge=1024, le=1 << 30, description="A request body larger than this is refused with 413."
+        default=1 << 20, ge=1024, le=GIB, description="A request body larger than this is refused with 413."
     )
     input_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path.cwd()],
@@ -138,20 +140,12 @@ class Settings(BaseSettings):
     def _input_dirs_exist(cls, dirs: list[Path]) -> list[Path]:
         if not dirs:
             raise ValueError("FTQ_INPUT_DIRS is empty; name at least one directory jobs may read from")
-        resolved = []
-        for d in dirs:
-            if not d.is_dir():
-                raise ValueError(f"FTQ_INPUT_DIRS: {d} is not a directory")
-            resolved.append(d.resolve())
-        return resolved
+        return _directories("FTQ_INPUT_DIRS", dirs)
 
     @field_validator("output_dirs")
     @classmethod
     def _output_dirs_exist(cls, dirs: list[Path]) -> list[Path]:
-        for d in dirs:
-            if not d.is_dir():
-                raise ValueError(f"FTQ_OUTPUT_DIRS: {d} is not a directory")
-        return [d.resolve() for d in dirs]
+        return _directories("FTQ_OUTPUT_DIRS", dirs)
 
     @property
     def writable_dirs(self) -> list[Path]:
@@ -202,8 +196,16 @@ class Settings(BaseSettings):
 
     @property
     def memory_margin_bytes(self) -> int:
-        return int(self.memory_margin_gib * (1 << 30))
+        return int(self.memory_margin_gib * GIB)
 
     @property
     def runs_dir(self) -> Path:
         return self.data_dir.resolve() / "runs"
+
+
+def _directories(variable: str, dirs: list[Path]) -> list[Path]:
+    """The directories resolved; the first that is not one fails the setting, named."""
+    for d in dirs:
+        if not d.is_dir():
+            raise ValueError(f"{variable}: {d} is not a directory")
+    return [d.resolve() for d in dirs]

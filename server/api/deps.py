@@ -1,4 +1,4 @@
-"""Dependencies the routes share: the session, the settings, the job by id, the machine.
+"""Dependencies the routes share: the session, the settings, the job by id, the machine, the scheduling loop.
 
 The token is checked before any of these, in `server.api.guard` (FastAPI reads the body before dependencies run).
 The ones that do no I/O are `async def`: FastAPI runs a plain `def` dependency in a
@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from server.db.models import Job
 from server.services.jobs import leases_by_resource, no_such_job
+from server.services.loop import Loop
 from server.services.machine import LazyMachine, Machine
 from server.settings import Settings
 
@@ -35,6 +36,14 @@ async def get_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_loop(request: Request) -> Loop:
+    """The scheduling loop, as a protocol (server.services.loop): routes wake it and ask it, never import it."""
+    return request.app.state.loop
+
+
+LoopDep = Annotated[Loop, Depends(get_loop)]
 
 
 INT64_MAX = (1 << 63) - 1  # SQLite's INTEGER: ids, steps and offsets beyond it cannot be stored or compared
@@ -71,8 +80,8 @@ MachineDep = Annotated[Machine, Depends(get_machine)]
 async def get_lazy_machine(request: Request, session: SessionDep, settings: SettingsDep) -> LazyMachine:
     """The machine for wait reasons, read on first use only (a queued job asks), once a request.
 
-    The GPUs are the probe's last snapshot while it is at most a tick old (the scheduler takes
-    one each pass it places GPU jobs; scheduler.gpus.cache), and the machine is valid until
+    The GPUs are the probe's last snapshot while it is at most a tick old (the loop takes one
+    each pass it places GPU jobs; the probe is a RecentProbe), and the machine is valid until
     then; the leases are read in the request's own session, so they agree with its jobs.
     """
     probe = request.app.state.probe

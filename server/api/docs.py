@@ -24,16 +24,17 @@ ASSETS_URL = "/docs/assets"
 
 def install_docs(app: FastAPI) -> None:
     openapi_url = app.openapi_url or "/openapi.json"
+    title, favicon = f"{app.title} — API", f"{ASSETS_URL}/favicon.png"
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url=openapi_url,
-            title=f"{app.title} — API",
+            title=title,
             swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
+            swagger_favicon_url=favicon,
             oauth2_redirect_url="/docs/oauth2-redirect",
             # Swagger UI would otherwise send the document's URL to validator.swagger.io for a badge.
             swagger_ui_parameters={"validatorUrl": None},
@@ -47,8 +48,8 @@ def install_docs(app: FastAPI) -> None:
     def redoc() -> HTMLResponse:
         return get_redoc_html(
             openapi_url=openapi_url,
-            title=f"{app.title} — API",
+            title=title,
             redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{ASSETS_URL}/favicon.png",
+            redoc_favicon_url=favicon,
             with_google_fonts=False,
         )

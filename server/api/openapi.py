@@ -1,7 +1,7 @@
 """The API's OpenAPI document, made to say what the daemon really answers.
 
 Each operation lists the errors it can give, with their bodies (`Problem`,
-`InvalidRequest` in `server.services.errors`); the bearer scheme is declared (required
+`InvalidRequest` in `server.api.errors`); the bearer scheme is declared (required
 when the daemon has a token, optional when it has none); `POST /jobs` carries
 a working example and links to what can be done with the job it made, so a
 client (and the fuzz test's state machine) can follow them.
@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from server.services.errors import InvalidRequest, Problem
+from server.api.errors import InvalidRequest, Problem
 from server.settings import Settings
 
 ERRORS: dict[int, tuple[type, str]] = {

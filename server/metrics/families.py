@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from scheduler.policy.placement import GiB
 from scheduler.policy.states import JobState
 from server.db.models import GpuPublic
-from server.services.health import stall_limit_s
+from server.services.stall import DEFAULT_RULE, StallRule, stall_limit_s
 
 MiB = 2**20
 STATES = tuple(state.value for state in JobState)
@@ -50,14 +50,6 @@ class JobRow:
     last_record_at: datetime | None = None  # a live attempt's newest record, as the daemon read it
     record_interval_s: float | None = None  # that attempt's usual time between records
     queued_since: datetime | None = None  # when a queued job entered the queue this time
-
-
-@dataclass(frozen=True)
-class StallRule:
-    """FTQ_STALL_FACTOR and FTQ_STALL_MIN_S: what GET /jobs' stalled_for_s uses, exported for the alert."""
-
-    factor: float = 5.0
-    min_s: float = 60.0
 
 
 def jobs_by_state(counts: Mapping[str, int]) -> GaugeMetricFamily:
@@ -117,7 +109,7 @@ def wait_histograms(queue_waits: Observed, submit_to_start: Observed) -> list[Me
     ]
 
 
-def job_families(rows: Iterable[JobRow], now: datetime, stall: StallRule = StallRule()) -> list[Metric]:  # noqa: B008
+def job_families(rows: Iterable[JobRow], now: datetime, stall: StallRule = DEFAULT_RULE) -> list[Metric]:
     """The per-job series (labels id and name), for the jobs the caller chose: see RECENT_S."""
 
     def gauge(name: str, what: str, labels: Sequence[str] = JOB_LABELS) -> GaugeMetricFamily:

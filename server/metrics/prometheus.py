@@ -30,7 +30,9 @@ from server.metrics import families
 from server.metrics.waits import WaitTally
 from server.services.health import health_problems
 from server.services.jobs import leases_by_resource
+from server.services.loop import Loop
 from server.services.machine import recent_gpus_view
+from server.services.stall import StallRule
 
 log = logging.getLogger("ftq")
 
@@ -38,7 +40,7 @@ _TERMINAL = [state.value for state in TERMINAL]
 
 
 def make_registry(state: Any, version: str) -> CollectorRegistry:
-    """The app's registry: ftq's collector (reading `state`'s engine, probe and scheduler once the daemon has
+    """The app's registry: ftq's collector (reading `state`'s engine, probe and loop once the daemon has
     started) and the process' own figures (CPU, memory, open files, Python version)."""
     registry = CollectorRegistry()
     registry.register(FtqCollector(state, version))
@@ -58,12 +60,12 @@ class FtqCollector:
     def collect(self) -> Iterator[Metric]:
         state = self.state
         settings = state.settings
-        scheduler = state.scheduler
+        loop: Loop = state.loop
         yield from families.daemon_families(
-            self.version, health_problems(scheduler.health, time.monotonic(), settings.tick_s)
+            self.version, health_problems(loop.health, time.monotonic(), settings.tick_s)
         )
         now = utcnow()
-        stall = families.StallRule(settings.stall_factor, settings.stall_min_s)
+        stall = StallRule.of(settings)  # what GET /jobs' stalled_for_s uses, exported for the alert
         with Session(state.engine) as session:
             read_snapshot(session)  # every figure as of one moment
             yield families.jobs_by_state(state_counts(session))
@@ -75,7 +77,7 @@ class FtqCollector:
             settings.cpu_slots, sum(1 for resource in holders if resource.startswith("cpu-"))
         )
         try:
-            gpus = recent_gpus_view(state.probe, holders, settings.cpu_slots, set(scheduler.live_pids().values()))
+            gpus = recent_gpus_view(state.probe, holders, settings.cpu_slots, set(loop.live_pids().values()))
         except ProbeError as exc:  # /healthz says so (ftq_daemon_healthy 0); the rest of the scrape still counts
             log.warning("GET /metrics: no GPU readings: %s", exc)
             return

@@ -123,58 +123,95 @@ def suggestions(
     with checkpointing, then ZeRO-3 over more GPUs. Every variant goes through estimate_for_spec,
     so each is counted in the batching modes the job would run in.
     """
-    files = files if files is not None else read_spec_files(spec)
-    config = files.model_config or {}
+    fit = _Variants(spec, gpus, margin, files if files is not None else read_spec_files(spec))
+    checkpointing = {} if spec.gradient_checkpointing else {"gradient_checkpointing": True}
+    found = [
+        *fit.batching_switches(),
+        *fit.single_levers(checkpointing),
+        *fit.smaller_batches(checkpointing),
+        *fit.more_gpus(checkpointing),
+    ]
+    return [_said(changes, need, extra) for changes, need, extra in found[:most]]
 
-    def need_if(changes: dict[str, Any], ds_config: dict[str, Any] | None = None) -> int | None:
-        variant = spec.model_copy(update=changes)
-        offer = largest_offer(variant, gpus)
+
+Suggestion = tuple[dict[str, Any], int, str]  # the changes, the need per GPU with them, what else to do
+
+
+@dataclass(frozen=True)
+class _Variants:
+    """Variants of a spec that would fit this machine, each found by estimating it (suggestions' stages)."""
+
+    spec: JobSpec
+    gpus: list[GpuInfo]
+    margin: int
+    files: SpecFiles
+
+    def need_if(self, changes: dict[str, Any], ds_config: dict[str, Any] | None = None) -> int | None:
+        """The per-GPU need of the spec with `changes`, when it fits the best GPUs here; else None."""
+        variant = self.spec.model_copy(update=changes)
+        offer = largest_offer(variant, self.gpus)
         try:
-            need = estimate_for_spec(config, variant, ds_config or files.deepspeed_config).per_gpu
+            config = self.files.model_config or {}
+            need = estimate_for_spec(config, variant, ds_config or self.files.deepspeed_config).per_gpu
         except ValueError:
             return None
-        return need if offer is not None and need + margin <= offer else None
+        return need if offer is not None and need + self.margin <= offer else None
 
-    def smaller_batches(base: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
-        batch, accumulation = spec.per_device_train_batch_size, spec.gradient_accumulation_steps
+    def batching_switches(self) -> list[Suggestion]:
+        """The switches the spec turned off: each alone (the larger saving first), then both when neither alone is
+        enough; the first that fits."""
+        switched_off = [key for key in BATCHING_SWITCHES if not getattr(self.spec, key)]
+        for keys in [[key] for key in switched_off] + ([switched_off] if len(switched_off) > 1 else []):
+            changes = dict.fromkeys(keys, True)
+            need = self.need_if(changes)
+            if need is not None:
+                return [(changes, need, "")]
+        return []
+
+    def single_levers(self, checkpointing: dict[str, Any]) -> list[Suggestion]:
+        """Gradient checkpointing, LoRA: each that the spec does not use yet and that fits."""
+        lora = {"finetuning_type": "lora"} if self.spec.finetuning_type == "full" else {}
+        found = []
+        for changes in (checkpointing, lora):
+            need = self.need_if(changes) if changes else None
+            if need is not None:
+                found.append((changes, need, ""))
+        return found
+
+    def smaller_batches(self, checkpointing: dict[str, Any]) -> list[Suggestion]:
+        """The largest micro-batch that fits, alone and with checkpointing."""
+        found = []
+        for base in ({}, checkpointing) if checkpointing else ({},):
+            smaller = self._smaller_batch(base)
+            if smaller is not None:
+                found.append((*smaller, ""))
+        return found
+
+    def _smaller_batch(self, base: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+        batch, accumulation = self.spec.per_device_train_batch_size, self.spec.gradient_accumulation_steps
         while batch > 1:
-            batch, accumulation = batch // 2, accumulation * 2
+            batch, accumulation = batch // 2, accumulation * 2  # the effective batch stays
             changes = {**base, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
-            need = need_if(changes)
+            need = self.need_if(changes)
             if need is not None:
                 return changes, need
         return None
 
-    found: list[tuple[dict[str, Any], int, str]] = []
-    switched_off = [key for key in BATCHING_SWITCHES if not getattr(spec, key)]
-    # Each alone (the larger saving first), then both when neither alone is enough.
-    for keys in [[key] for key in switched_off] + ([switched_off] if len(switched_off) > 1 else []):
-        changes = dict.fromkeys(keys, True)
-        need = need_if(changes)
-        if need is not None:
-            found.append((changes, need, ""))
-            break
-    checkpointing = {} if spec.gradient_checkpointing else {"gradient_checkpointing": True}
-    for changes in (checkpointing, {"finetuning_type": "lora"} if spec.finetuning_type == "full" else {}):
-        need = need_if(changes) if changes else None
-        if need is not None:
-            found.append((changes, need, ""))
-    for base in ({}, checkpointing) if checkpointing else ({},):
-        smaller = smaller_batches(base)
-        if smaller is not None:
-            found.append((*smaller, ""))
-    healthy = sum(g.healthy for g in gpus)
-    for n in (2, 4, 8, 16):
-        if spec.gpus < n <= healthy and spec.gpu_ids is None:
-            need = need_if({"gpus": n, **checkpointing}, Z3)
-            if need is not None:
-                found.append(({"gpus": n, **checkpointing}, need, f" with deepspeed: {Z3_CONFIG} (ZeRO-3)"))
-                break
-    lines = []
-    for changes, need, extra in found[:most]:
-        said = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in changes.items())
-        lines.append(f"{said}{extra} (about {need / GiB:.1f} GiB per GPU)")
-    return lines
+    def more_gpus(self, checkpointing: dict[str, Any]) -> list[Suggestion]:
+        """The fewest GPUs (2, 4, 8, 16) there are that ZeRO-3 would make it fit on; a pinned job gets none."""
+        healthy = sum(g.healthy for g in self.gpus)
+        for n in (2, 4, 8, 16):
+            if self.spec.gpus < n <= healthy and self.spec.gpu_ids is None:
+                changes = {"gpus": n, **checkpointing}
+                need = self.need_if(changes, Z3)
+                if need is not None:
+                    return [(changes, need, f" with deepspeed: {Z3_CONFIG} (ZeRO-3)")]
+        return []
+
+
+def _said(changes: dict[str, Any], need: int, extra: str) -> str:
+    said = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in changes.items())
+    return f"{said}{extra} (about {need / GiB:.1f} GiB per GPU)"
 
 
 def remote_code_errors(trust_remote_code: bool, allow_remote_code: bool) -> list[dict[str, str]]:

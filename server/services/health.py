@@ -8,8 +8,6 @@ so a health check costs no query of its own.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from scheduler.contract import Health
 
 # The loop sleeps a tick between steps, and a step may wait a few seconds on processes it stops
@@ -43,26 +41,3 @@ def health_problems(health: Health, now: float, tick_s: float) -> list[str]:
     if health.probe_error is not None:
         problems.append(f"the GPU probe fails, so GPU jobs cannot be placed: {health.probe_error}")
     return problems
-
-
-# Before a worker has a rhythm (its first records: loading a big model takes minutes), wait this many times longer.
-NO_RHYTHM_FACTOR = 10
-
-
-def stalled_for_s(
-    now: datetime, last_record_at: datetime | None, interval_s: float | None, factor: float, min_s: float
-) -> float | None:
-    """Seconds since a running worker's last record, when that is several times its usual interval; else None.
-
-    A hint, never a verdict: the worker is not stopped (a long evaluation or checkpoint save looks the
-    same from here), but a person sees that it has gone quiet (SIGSTOP, a hung collective, a dead NFS).
-    """
-    if last_record_at is None:
-        return None
-    quiet = (now - last_record_at).total_seconds()
-    return round(quiet, 1) if quiet > stall_limit_s(interval_s, factor, min_s) else None
-
-
-def stall_limit_s(interval_s: float | None, factor: float, min_s: float) -> float:
-    """How long a running worker may go without a record before it counts as stalled (GET /metrics exports it)."""
-    return max(factor * interval_s, min_s) if interval_s is not None else NO_RHYTHM_FACTOR * min_s

@@ -33,10 +33,10 @@ from server.db.models import (
 from server.db.transitions import current_attempt, transition
 from server.services.admission import admission_errors, assess, remote_code_errors, requirement_errors
 from server.services.errors import Conflict, NotFound
-from server.services.health import stalled_for_s
 from server.services.machine import Machine, MachineSource, machine_of
 from server.services.notes import spec_notes
 from server.services.paths import check_spec_inputs
+from server.services.stall import DEFAULT_RULE, StallRule, stalled_for_s
 from server.services.submission import check_submission
 from server.settings import Settings
 from worker.spec.job import LOG_FILE, JobSpec
@@ -90,25 +90,13 @@ def estimate(spec: JobSpec, settings: Settings, machine: Machine) -> dict[str, A
     }
 
 
-@dataclass(frozen=True)
-class Stall:
-    """When a running job counts as stalled (FTQ_STALL_FACTOR, FTQ_STALL_MIN_S)."""
-
-    factor: float = 5.0
-    min_s: float = 60.0
-
-    @classmethod
-    def of(cls, settings: Settings) -> Stall:
-        return cls(settings.stall_factor, settings.stall_min_s)
-
-
 def list_jobs(
     session: Session,
     state: JobState | None,
     offset: int,
     limit: int,
     machine: MachineSource,
-    stall: Stall = Stall(),  # noqa: B008 - frozen, so one shared default is safe
+    stall: StallRule = DEFAULT_RULE,
 ) -> JobsPublic:
     """A page of jobs in one statement however long it is (each with its latest attempt and metric), and the count.
 
@@ -158,7 +146,7 @@ def _summary_fields(
     latest_metric: dict[str, Any] | None,
     machine: MachineSource,
     waits: dict[Any, str | None] | None = None,
-    stall: Stall = Stall(),  # noqa: B008 - frozen, so one shared default is safe
+    stall: StallRule = DEFAULT_RULE,
 ) -> dict[str, Any]:
     """A summary's fields from the job (a Job or a row), its latest attempt and its latest metric record."""
     live = attempt is not None and attempt.ended_at is None
@@ -194,7 +182,7 @@ def describe_job(
     session: Session,
     job_id: int,
     machine: MachineSource = None,
-    stall: Stall = Stall(),  # noqa: B008 - frozen, so one shared default is safe
+    stall: StallRule = DEFAULT_RULE,
 ) -> JobPublic:
     """GET /jobs/{id}: the whole job in three statements, all as of one moment (its row read as columns)."""
     read_snapshot(session)
@@ -208,7 +196,7 @@ def describe(
     session: Session,
     job: Any,
     machine: MachineSource = None,
-    stall: Stall = Stall(),  # noqa: B008 - frozen, so one shared default is safe
+    stall: StallRule = DEFAULT_RULE,
 ) -> JobPublic:
     """The whole job (a Job, or a row of its columns): its attempts and its latest records, two statements."""
     assert job.id is not None

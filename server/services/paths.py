@@ -6,10 +6,10 @@ dir; every path, after symlinks, must lie inside one of them, so no spec reads
 what the daemon was not given. Each file is read through worker.preflight.confine (regular
 files only, never blocking on a FIFO, JSON at most JSON_LIMIT), every file of the
 model directory is checked the way the worker checks it (worker.preflight.modelfiles), every
-dataset the way the worker resolves it (worker.preflight.dataset_info: what ftq refuses, and
-the first rows of each file for the mapped columns), and the whole check runs in
-a thread of its own that the request waits for at most CHECK_TIMEOUT_S: a stuck
-network filesystem holds that thread, not the request.
+dataset the way the worker resolves it (server.services.dataset_checks), and the
+whole check runs in a thread of its own that the request waits for at most
+CHECK_TIMEOUT_S (server.services.bounded_check): a stuck network filesystem holds
+that thread, not the request.
 
 The worker checks all of it again when it reads (the files may change after
 submit); this is so that a person hears of a bad path at once, with every other
@@ -20,38 +20,19 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from server.services.errors import InvalidSpec, Unavailable, field_error
-from worker.preflight.confine import (
-    BadFile,
-    check_dir,
-    files_of,
-    read_json,
-    real_path,
-    show,
-    within,
-)
+from server.services.bounded_check import CHECK_TIMEOUT_S, Reading, bounded
+from server.services.dataset_checks import check_datasets
+from server.services.errors import InvalidSpec, field_error
+from worker.preflight.confine import BadFile, check_dir, real_path, show, within
 from worker.preflight.confine import read_json_object as read_confined_object
-from worker.preflight.data_checks import interleave_probs_problems, output_location, tokenized_path_problem
-from worker.preflight.dataset_info import check_entry
+from worker.preflight.data_checks import output_location, tokenized_path_problem
 from worker.preflight.modelfiles import check_model_files
 from worker.spec.job import JobSpec
-
-# How long a request waits for the checks of its paths. Local disks answer in milliseconds; a model directory
-# of a few hundred shards on a network filesystem in well under a second. Ten seconds says "stuck".
-CHECK_TIMEOUT_S = 10.0
-# Checks that may run at once. A check stuck on a filesystem keeps its thread (a blocked read cannot be
-# interrupted); past this many, a request waits CHECK_TIMEOUT_S for a free one and is then told to come back,
-# so that a hung mount cannot make the daemon pile up threads without end.
-MAX_CHECKS = 16
-_checks = threading.BoundedSemaphore(MAX_CHECKS)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,17 +41,6 @@ class SpecFiles:
 
     model_config: dict[str, Any] | None = None
     deepspeed_config: dict[str, Any] | None = None
-
-
-@dataclass
-class _Reading:
-    """Which field's path the check is on, for the message when it takes too long."""
-
-    field: str = "model_name_or_path"
-    path: str = ""
-
-    def at(self, field: str, path: str | os.PathLike[str]) -> None:
-        self.field, self.path = field, os.fspath(path)
 
 
 @dataclass(frozen=True)
@@ -138,7 +108,7 @@ def check_paths(
     fields: PathFields, roots: list[Path], output_roots: list[Path], timeout_s: float = CHECK_TIMEOUT_S
 ) -> tuple[dict[str, Any], SpecFiles]:
     """Every path field checked: (the fields made absolute and real, the JSON read), or InvalidSpec."""
-    reading = _Reading()
+    reading = Reading()
     real_roots = [os.path.realpath(root) for root in roots]
     real_outputs = [os.path.realpath(root) for root in output_roots]
     return bounded(lambda: _check(fields, real_roots, real_outputs, reading), timeout_s, reading)
@@ -149,53 +119,13 @@ def resolve_spec_paths(spec: JobSpec, roots: list[Path]) -> JobSpec:
     return check_spec_inputs(spec, roots)[0]
 
 
-def bounded(check: Callable[[], T], timeout_s: float, reading: _Reading) -> T:
-    """`check()` in a thread of its own, waited for at most `timeout_s`; InvalidSpec names the path it was on.
-
-    A plain daemon thread rather than an executor: an executor's threads are joined when the interpreter
-    exits, and one stuck in a read on a hung mount would keep the daemon from ever exiting.
-    """
-    slots = _checks  # the one acquired is the one released, whatever happens to the name meanwhile
-    if not slots.acquire(timeout=timeout_s):
-        raise Unavailable(
-            f"{MAX_CHECKS} earlier checks of spec paths are still waiting on the filesystem (a stuck network "
-            "mount?); the job was not queued; try again later"
-        )
-    done = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = check()
-        except BaseException as exc:  # handed to the request's thread, which raises it
-            outcome["error"] = exc
-        finally:
-            slots.release()
-            done.set()
-
-    threading.Thread(target=run, name="ftq-check-paths", daemon=True).start()
-    if not done.wait(timeout_s):
-        raise InvalidSpec.from_errors(
-            [
-                field_error(
-                    reading.field,
-                    f"reading {show(reading.path)} took longer than {timeout_s:g} s (a stuck network "
-                    "filesystem?); the job was not queued",
-                )
-            ]
-        )
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 def _absolute(raw: str, roots: list[str]) -> str:
     path = os.path.expanduser(raw)  # os.path's: an unknown ~user stays as it is instead of raising
     return path if os.path.isabs(path) else os.path.join(roots[0], path)
 
 
 def _check(
-    fields: PathFields, roots: list[str], output_roots: list[str], reading: _Reading
+    fields: PathFields, roots: list[str], output_roots: list[str], reading: Reading
 ) -> tuple[dict[str, Any], SpecFiles]:
     errors: list[dict[str, Any]] = []
     update: dict[str, Any] = {}
@@ -218,7 +148,8 @@ def _check(
         data_dir = _resolve_dir("dataset_dir", fields.dataset_dir, roots, errors, reading)
     if data_dir is not None:
         update["dataset_dir"] = str(data_dir)
-        _check_datasets(fields, data_dir, roots, errors, reading)
+        names = {"dataset": fields.dataset_names, "eval_dataset": fields.eval_dataset_names}
+        check_datasets(names, fields.interleave_probs, data_dir, roots, errors, reading)
     if fields.adapter_paths:
         adapters = [_check_adapter(path, roots, errors, reading) for path in fields.adapter_paths]
         if all(adapters):
@@ -249,7 +180,7 @@ REMOTE = "REMOTE:"  # LLaMA-Factory's prefix for a dataset_dir on the ModelScope
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def _resolve_model_dir(raw: str, roots: list[str], errors: list[dict[str, Any]], reading: _Reading) -> Path | None:
+def _resolve_model_dir(raw: str, roots: list[str], errors: list[dict[str, Any]], reading: Reading) -> Path | None:
     """The model directory; a hub id that names no local directory gets how to make a local copy."""
     if HUB_ID.match(raw) and not os.path.lexists(_absolute(raw, roots)):
         errors.append(field_error("model_name_or_path", hub_refusal(raw, roots)))
@@ -267,7 +198,7 @@ def hub_refusal(model_id: str, roots: list[str]) -> str:
     )
 
 
-def _check_adapter(raw: str, roots: list[str], errors: list[dict[str, Any]], reading: _Reading) -> Path | None:
+def _check_adapter(raw: str, roots: list[str], errors: list[dict[str, Any]], reading: Reading) -> Path | None:
     """An adapter directory: inside the input dirs, with peft's adapter_config.json."""
     if HUB_ID.match(raw) and not os.path.lexists(_absolute(raw, roots)):
         errors.append(field_error("adapter_name_or_path", hub_refusal(raw, roots)))
@@ -290,7 +221,7 @@ MODEL_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetens
 
 
 def _check_output(
-    key: str, raw: str, output_roots: list[str], errors: list[dict[str, Any]], reading: _Reading, overwrite: bool
+    key: str, raw: str, output_roots: list[str], errors: list[dict[str, Any]], reading: Reading, overwrite: bool
 ) -> str | None:
     """A directory ftq will write: inside FTQ_OUTPUT_DIRS (relative to the first), and, for output_dir, not
     holding a model already unless overwrite_output_dir (LLaMA-Factory's rule)."""
@@ -329,9 +260,7 @@ def _check_output(
     return real
 
 
-def _resolve_dir(
-    field: str, raw: str, roots: list[str], errors: list[dict[str, Any]], reading: _Reading
-) -> Path | None:
+def _resolve_dir(field: str, raw: str, roots: list[str], errors: list[dict[str, Any]], reading: Reading) -> Path | None:
     path = _absolute(raw, roots)
     reading.at(field, path)
     try:
@@ -342,7 +271,7 @@ def _resolve_dir(
 
 
 def _check_model(
-    model_dir: Path, roots: list[str], errors: list[dict[str, Any]], reading: _Reading
+    model_dir: Path, roots: list[str], errors: list[dict[str, Any]], reading: Reading
 ) -> dict[str, Any] | None:
     """The model's config.json (read for the estimate), and every file of the directory as the worker wants it."""
     config_path = model_dir / "config.json"
@@ -366,7 +295,7 @@ def _check_model(
 
 
 def _check_deepspeed(
-    raw: str, roots: list[str], errors: list[dict[str, Any]], reading: _Reading
+    raw: str, roots: list[str], errors: list[dict[str, Any]], reading: Reading
 ) -> tuple[str | None, dict[str, Any] | None]:
     path = _absolute(raw, roots)
     reading.at("deepspeed", path)
@@ -395,79 +324,3 @@ def read_spec_files(spec: JobSpec) -> SpecFiles:
     config = read_json_object(Path(spec.model_name_or_path) / "config.json")
     deepspeed = read_json_object(Path(spec.deepspeed)) if spec.deepspeed else None
     return SpecFiles(config, deepspeed)
-
-
-def _check_datasets(
-    fields: PathFields, data_dir: Path, roots: list[str], errors: list[dict[str, Any]], reading: _Reading
-) -> None:
-    if not fields.dataset_names and not fields.eval_dataset_names:
-        return
-    info_path = data_dir / "dataset_info.json"
-    reading.at("dataset_dir", info_path)
-    if not os.path.lexists(info_path):
-        errors.append(
-            field_error(
-                "dataset_dir",
-                f"{info_path} does not exist; a dataset_dir needs a dataset_info.json (LLaMA-Factory's format)",
-            )
-        )
-        return
-    try:
-        info = read_json(info_path, roots)
-    except BadFile as exc:
-        errors.append(field_error("dataset_dir", str(exc)))
-        return
-    if not isinstance(info, dict):
-        errors.append(field_error("dataset_dir", f"{info_path} must hold a JSON object of dataset entries"))
-        return
-    names = {"dataset": fields.dataset_names, "eval_dataset": fields.eval_dataset_names}
-    for field, field_names in names.items():
-        for name in field_names:
-            _check_dataset(field, name, info, info_path, data_dir, roots, errors, reading)
-    counts = {field: len(field_names) for field, field_names in names.items()}
-    for problem in interleave_probs_problems(fields.interleave_probs, counts):
-        errors.append(field_error("interleave_probs", problem))
-
-
-def _check_dataset(
-    field: str,
-    name: str,
-    info: dict[str, Any],
-    info_path: Path,
-    data_dir: Path,
-    roots: list[str],
-    errors: list[dict[str, Any]],
-    reading: _Reading,
-) -> None:
-    entry = info.get(name)
-    if not isinstance(entry, dict):
-        known = ", ".join(sorted(info)) or "none"
-        errors.append(field_error(field, f"{name!r} is not in {info_path} (it has: {known})"))
-        return
-    file_name = entry.get("file_name")
-    if not isinstance(file_name, str):
-        errors.append(
-            field_error(
-                field,
-                f"{name!r} has no local file_name in {info_path}; hub datasets "
-                "cannot be fetched here, download it and name the file",
-            )
-        )
-        return
-    file_path = data_dir / file_name
-    reading.at(field, file_path)
-    try:
-        escapes = not within(os.path.realpath(file_path), [str(data_dir)])
-    except (OSError, ValueError):
-        escapes = False  # a name that cannot be resolved: files_of says why
-    if escapes:
-        errors.append(field_error(field, f"{name!r}: {show(file_name)} escapes {data_dir}"))
-        return
-    try:
-        files_of(file_path, roots)
-    except BadFile as exc:
-        errors.append(field_error(field, f"{name!r}: {exc}"))
-        return
-    # What the worker refuses too (worker.preflight.dataset_info): preference, prompt-only and multimodal data, unknown
-    # formatting and file types, and files whose first rows lack the mapped columns.
-    errors += [field_error(field, problem) for problem in check_entry(name, entry, info_path, roots)[1]]

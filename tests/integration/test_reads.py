@@ -22,13 +22,13 @@ from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.exits import Outcome
 from scheduler.policy.placement import GiB, Placement
 from scheduler.policy.states import JobState
+from server.api.read_cache import DatabaseVersion
 from server.app import create_app
 from server.db.engine import make_engine, pool_size, read_snapshot
 from server.db.models import Job, JobSummary
 from server.db.store import SqlStore
 from server.services import jobs
 from server.services.machine import LazyMachine, Machine
-from server.services.read_cache import DatabaseVersion
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec
 

@@ -14,10 +14,11 @@ import pytest
 import sqlalchemy.exc
 from fastapi.testclient import TestClient
 
+from server.api.errors import storage_problem
 from server.api.openapi import EXAMPLE_JOB
 from server.app import create_app
 from server.db.models import REQUEUE_FIELDS, RequeueRequest
-from server.services.errors import describe_error, storage_problem
+from server.services.errors import describe_error
 from server.settings import Settings
 from worker.spec.job import JobSpec
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from scheduler.contract import Health
-from server.services.health import health_problems, stalled_for_s
+from server.services.health import health_problems
+from server.services.stall import stalled_for_s
 
 
 def test_a_healthy_daemon_has_no_problems():

@@ -10,9 +10,12 @@ import time
 
 import pytest
 
-from server.services import paths
-from server.services.errors import InvalidSpec, Unavailable, encodable
-from server.services.paths import _Reading, bounded, check_spec_inputs, resolve_spec_paths
+from server.api.errors import encodable
+from server.services import bounded_check as paths
+from server.services.bounded_check import Reading as _Reading
+from server.services.bounded_check import bounded
+from server.services.errors import InvalidSpec, Unavailable
+from server.services.paths import check_spec_inputs, resolve_spec_paths
 from tests.helpers import REPO, wait_for
 from worker.spec.job import JobSpec
 

@@ -8,8 +8,8 @@ import threading
 
 from pydantic import BaseModel
 
+from server.api.read_cache import ReadCache
 from server.services.machine import LazyMachine, Machine
-from server.services.read_cache import ReadCache
 
 
 class Page(BaseModel):

@@ -7,11 +7,21 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from scheduler.policy.states import JobState
-from server.api.deps import INT64_MAX, JobDep, JobIdPath, LazyMachineDep, MachineDep, SessionDep, SettingsDep
+from server.api.deps import (
+    INT64_MAX,
+    JobDep,
+    JobIdPath,
+    LazyMachineDep,
+    LoopDep,
+    MachineDep,
+    SessionDep,
+    SettingsDep,
+)
 from server.api.openapi import ANY, JOB_EXAMPLES, WRITE, error_responses, links_to_job
 from server.db.models import JobPublic, JobsPublic, MetricsPublic, RequeueRequest
 from server.services import jobs as service
+from server.services.jobs import JobState  # the states GET /jobs?state= takes, as the service names them
+from server.services.stall import StallRule
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -29,13 +39,13 @@ def submit_job(
     # Read as a plain object and checked whole by the service (server.services.submission), so that a bad key and a
     # missing model directory come in one answer; the document still shows the spec's schema (server.api.openapi).
     spec: Annotated[dict[str, Any], Body(openapi_examples=JOB_EXAMPLES)],
-    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     machine: MachineDep,
+    loop: LoopDep,
 ) -> JobPublic:
     job = service.submit(session, spec, settings, machine)
-    request.app.state.scheduler.wake()
+    loop.wake()
     return service.describe(session, job, machine)
 
 
@@ -49,11 +59,11 @@ async def list_jobs(
     offset: int = Query(default=0, ge=0, le=INT64_MAX),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> Response:
-    # Polled: the answer is kept while the database has not changed (server.services.read_cache);
+    # Polled: the answer is kept while the database has not changed (server.api.read_cache);
     # a read runs in a thread.
     return await request.app.state.reads.answer(
         ("jobs", state, offset, limit),
-        lambda: service.list_jobs(session, state, offset, limit, machine, service.Stall.of(settings)),
+        lambda: service.list_jobs(session, state, offset, limit, machine, StallRule.of(settings)),
         machine,
     )
 
@@ -67,7 +77,7 @@ async def get_job(
     job_id: JobIdPath, request: Request, session: SessionDep, settings: SettingsDep, machine: LazyMachineDep
 ) -> Response:
     return await request.app.state.reads.answer(
-        ("job", job_id), lambda: service.describe_job(session, job_id, machine, service.Stall.of(settings)), machine
+        ("job", job_id), lambda: service.describe_job(session, job_id, machine, StallRule.of(settings)), machine
     )
 
 
@@ -79,9 +89,9 @@ async def get_job(
         200: {"description": "The job, cancelling or cancelled.", "links": links_to_job()},
     },
 )
-def cancel_job(job: JobDep, session: SessionDep, request: Request) -> JobPublic:
+def cancel_job(job: JobDep, session: SessionDep, loop: LoopDep) -> JobPublic:
     job = service.cancel(session, job)
-    request.app.state.scheduler.wake()
+    loop.wake()
     return service.describe(session, job)
 
 
@@ -98,12 +108,12 @@ def requeue_job(
     session: SessionDep,
     settings: SettingsDep,
     machine: MachineDep,
-    request: Request,
+    loop: LoopDep,
     overrides: RequeueRequest | None = None,
 ) -> JobPublic:
     changes = overrides.model_dump(exclude_unset=True) if overrides else {}
     job = service.requeue(session, job, changes, settings, machine)
-    request.app.state.scheduler.wake()
+    loop.wake()
     return service.describe(session, job, machine)
 
 

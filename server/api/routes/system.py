@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api.deps import MachineDep, SessionDep, SettingsDep
+from server.api.deps import LoopDep, MachineDep, SessionDep, SettingsDep
 from server.api.openapi import ANY, JOB_EXAMPLES, error_responses
 from server.db.models import GpusPublic, JobCreate
 from server.services import jobs as service
@@ -17,10 +17,12 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/gpus", response_model=GpusPublic, responses=error_responses(*ANY))
-def get_gpus(request: Request, session: SessionDep, settings: SettingsDep, machine: MachineDep) -> GpusPublic:
+def get_gpus(
+    request: Request, session: SessionDep, settings: SettingsDep, machine: MachineDep, loop: LoopDep
+) -> GpusPublic:
     """Each GPU: memory, utilization, processes (foreign ones marked), links, and the job holding it."""
     probe = request.app.state.probe
-    worker_pids = set(request.app.state.scheduler.live_pids().values())
+    worker_pids = set(loop.live_pids().values())
     return GpusPublic(
         probe=probe.description,
         gpus=gpus_view(machine, worker_pids),
