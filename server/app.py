@@ -36,6 +36,7 @@ from server.metrics.prometheus import make_registry
 from server.services.errors import JsonErrors, install_handlers
 from server.services.health import health_problems
 from server.services.machine import cluster_nodes
+from server.services.paths import read_spec_files
 from server.services.read_cache import make_read_cache
 from server.settings import Settings
 from worker.preflight.confine import worker_settings
@@ -95,6 +96,7 @@ def create_app(
             # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
             daemon_settings=workers,
             executor=executor,  # None: workers on this machine
+            spec_files=read_spec_files,  # what the loop's decisions read of a stored spec (config.json)
         )
         scheduler.start()
         live = Live(engine, events, gpu_probe, scheduler.live_pids, settings)  # GPU snapshots and alerts
