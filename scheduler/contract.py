@@ -2,7 +2,10 @@
 
 The loop holds processes, not truth: it reads and writes through a `Store` (the
 server implements it on SQLite), which hands it the attempts to start or to
-recover; `Health` is what /healthz reads of the loop's last steps.
+recover. The store carries decisions out, it does not make them: the loop reads
+what a decision needs (`start_facts`, `end_facts`, the spec's files), decides
+(scheduler.policy) and hands the store the outcome to write (scheduler.attempts).
+`Health` is what /healthz reads of the loop's last steps.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scheduler.executor import WorkerRef
-from scheduler.policy.exits import Outcome
+from scheduler.policy.attempt_spec import AttemptSpec, StartFacts
+from scheduler.policy.endings import EndFacts, Ending
 from scheduler.policy.placement import Placement, QueuedJob
+from scheduler.policy.sizing import SpecJson
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,9 @@ class StartedAttempt:
     job_id: int
     run_dir: Path
     spec: dict[str, Any]
+    number: int = 0  # the attempt's number within its job
+    # The JSON its spec's estimate needed, when its start read it: kept for its end (scheduler.attempts).
+    files: SpecJson | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,10 @@ class Store(Protocol):
     def queued_jobs(self) -> tuple[list[QueuedJob], list[tuple[int, str]]]: ...
     def reject_job(self, job_id: int, reason: str) -> None: ...
     def leased_resources(self) -> set[str]: ...
-    def begin_attempt(self, placement: Placement, runs_dir: Path) -> StartedAttempt | None: ...
+    def start_facts(self, job_id: int) -> StartFacts | None: ...
+    def write_start(
+        self, placement: Placement, runs_dir: Path, facts: StartFacts, runs: AttemptSpec
+    ) -> StartedAttempt | None: ...
     def attempt_spawned(
         self, attempt_id: int, pid: int, pid_start_time: int | None, workers: list[WorkerRef] | None = None
     ) -> None: ...
@@ -57,7 +68,8 @@ class Store(Protocol):
     def cancelling_attempts(self) -> list[int]: ...
     def live_attempts(self) -> list[LiveAttempt]: ...
     def attempt_adopted(self, attempt_id: int) -> None: ...
-    def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None: ...
+    def end_facts(self, attempt_id: int) -> EndFacts | None: ...
+    def write_end(self, attempt_id: int, ending: Ending, exit_code: int | None, log_tail: str) -> bool: ...
     def fail_attempt(self, attempt_id: int, reason: str) -> None: ...
     def heartbeat(self, pid: int) -> None: ...
     def is_unavailable(self, exc: BaseException) -> bool: ...

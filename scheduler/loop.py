@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scheduler.attempts import Attempts, no_files
 from scheduler.contract import Health, LiveAttempt, StartedAttempt, Store
 from scheduler.executor import Executor, LocalExecutor, WorkerRef
 from scheduler.gpus.probe import GpuInfo, GpuProbe
@@ -25,6 +26,7 @@ from scheduler.local.node_supervisor import Progress
 from scheduler.local.supervisor import WorkerProcess, spawn_worker
 from scheduler.policy.exits import Outcome, classify
 from scheduler.policy.placement import Placement, plan
+from scheduler.policy.sizing import SpecJsonOf
 from scheduler.policy.states import JobState
 
 log = logging.getLogger("ftq.scheduler")
@@ -64,11 +66,14 @@ class Scheduler:
         fault: str | None = None,
         executor: Executor | None = None,
         daemon_settings: Mapping[str, str] | None = None,
+        spec_files: SpecJsonOf = no_files,
     ) -> None:
         self.store, self.probe, self.runs_dir = store, probe, runs_dir
         self.cpu_slots, self.cancel_grace_s = cpu_slots, cancel_grace_s
         self.tick_s, self.tail_interval_s = tick_s, tail_interval_s
         self.margin_bytes, self.worker_module = margin_bytes, worker_module
+        # Decided here, written by the store; a spec's JSON read by the server (server.services.paths.read_spec_files).
+        self.attempts = Attempts(store, spec_files)
         # Where the workers run: this machine by default, a Ray cluster's nodes when the daemon is given one.
         self.executor: Executor = executor or LocalExecutor(worker_module, daemon_settings, self.wake, spawn)
         self._fault = fault.removeprefix("sigkill@") if fault else None
@@ -159,6 +164,7 @@ class Scheduler:
         """Stop every process of an attempt the daemon cannot handle, and end it with the reason."""
         if self._tracked.pop(attempt_id, None) is not None:
             self.executor.settle(attempt_id)
+        self.attempts.forget(attempt_id)
         try:
             self.store.fail_attempt(attempt_id, reason)
         except Exception:
@@ -170,7 +176,7 @@ class Scheduler:
 
     def _finish(self, attempt_id: int, outcome: Outcome, exit_code: int | None = None, tail: str = "") -> None:
         self._unfinished[attempt_id] = outcome
-        self.store.finish_attempt(attempt_id, outcome, exit_code, tail)
+        self.attempts.finish(attempt_id, outcome, exit_code, tail)
         del self._unfinished[attempt_id]
 
     def _heartbeat(self) -> None:
@@ -235,7 +241,7 @@ class Scheduler:
             self.executor.stop_unstarted(live.attempt_id, live.run_dir, live.nodes)
             log.info("attempt %s: its worker never started; the job is queued again", live.attempt_id)
             outcome = classify(None, {"status": "not_started"}, cancel_requested=live.cancelling)
-            self.store.finish_attempt(live.attempt_id, outcome, None, "")
+            self.attempts.finish(live.attempt_id, outcome, None, "")
             return
         # Taken on either way: one still running is tailed from the stored offset and reaped like our own;
         # one that ended while no daemon watched is settled by the first poll, from its last records.
@@ -343,7 +349,7 @@ class Scheduler:
                 log.warning("the GPU probe failed; GPU jobs wait: %s", exc)
         result = plan(queue, gpus, self.store.leased_resources(), self.cpu_slots, self.margin_bytes, topology)
         for placement in result.placements:
-            started = self.store.begin_attempt(placement, self.runs_dir)
+            started = self.attempts.begin(placement, self.runs_dir)
             if started is None:  # cancelled meanwhile, or the lease was taken
                 continue
             self._fault_point("after-begin")
@@ -373,13 +379,8 @@ class Scheduler:
         self._fault_point("after-pid")
         self.executor.release(started.attempt_id)
         self._fault_point("after-go")
-        log.info(
-            "job %s attempt %s started: pid %s on %s",
-            started.job_id,
-            started.attempt_id,
-            workers[0].pid,
-            ",".join(placement.resources),
-        )
+        where = ",".join(placement.resources)
+        log.info("job %s attempt %s started: pid %s on %s", started.job_id, started.attempt_id, workers[0].pid, where)
 
     def live_pids(self) -> dict[int, int]:
         """attempt id -> worker pid, for the processes this daemon supervises."""

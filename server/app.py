@@ -35,6 +35,7 @@ from server.live.event_hub import EventHub
 from server.live.watchers import Live
 from server.lock import DataDirLock
 from server.metrics.prometheus import make_registry
+from server.services.paths import read_spec_files
 from server.settings import Settings
 from worker.preflight.confine import worker_settings
 
@@ -171,6 +172,7 @@ def _start_scheduler(
         # Workers check every file they open against the input dirs, and refuse remote code unless allowed.
         daemon_settings=workers,
         executor=executor,  # None: workers on this machine
+        spec_files=read_spec_files,  # what the loop's decisions read of a stored spec (config.json)
     )
     scheduler.start()
     return gpu_probe, scheduler

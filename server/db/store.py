@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +23,15 @@ from sqlmodel import Session, col, select
 
 from scheduler.contract import LiveAttempt, StartedAttempt
 from scheduler.executor import WorkerRef
-from scheduler.policy.exits import Outcome
-from scheduler.policy.placement import GiB, Placement, QueuedJob
-from scheduler.policy.records import as_step, finite_number, record_time, storable
-from scheduler.policy.retry import memory_settings, next_after_oom, ran_spec, retry_spec
-from scheduler.policy.states import ACTIVE, JobState, route
-from server.db.event_log import add_events, record_event
-from server.db.models import Attempt, Daemon, Job, Lease, MetricRecord, as_utc, utcnow
+from scheduler.policy.attempt_spec import AttemptSpec, StartFacts
+from scheduler.policy.endings import EndFacts, Ending
+from scheduler.policy.placement import Placement, QueuedJob
+from scheduler.policy.states import JobState
+from server.db.attempt_records import add_records
+from server.db.models import Attempt, Daemon, Job, Lease, utcnow
 from server.db.transitions import transition
-from server.services.admission import estimate
-from server.services.attempt_spec import attempt_spec
-from worker.spec.job import JobSpec
 
 log = logging.getLogger("ftq.store")
-
-# How many times a transaction whose compare-and-set lost a race (the state changed between our read and our
-# write) is tried again from a fresh read before giving up.
-CAS_TRIES = 10
 
 
 class SqlStore:
@@ -78,16 +71,33 @@ class SqlStore:
         with Session(self.engine) as session:
             return set(session.exec(select(Lease.resource)).all())
 
-    def begin_attempt(self, placement: Placement, runs_dir: Path) -> StartedAttempt | None:
-        """queued -> starting, a new attempt and its leases, all or nothing.
+    def start_facts(self, job_id: int) -> StartFacts | None:
+        """What the choice of the job's next attempt spec reads (scheduler.policy.attempt_spec); None: no such job."""
+        with Session(self.engine) as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return None
+            earlier = session.exec(
+                select(Attempt.settings, Attempt.peak_memory_gib)
+                .where(Attempt.job_id == job_id, col(Attempt.peak_memory_gib).is_not(None))
+                .order_by(col(Attempt.number).desc())
+            ).all()
+            return StartFacts(job.spec, list(job.tried), [(settings, peak) for settings, peak in earlier])
 
-        The attempt runs the job's spec with the micro-batch auto_micro_batch picks for the room its
-        GPUs offer (server.services.attempt_spec); its settings say what it runs and why.
+    def write_start(
+        self, placement: Placement, runs_dir: Path, facts: StartFacts, runs: AttemptSpec
+    ) -> StartedAttempt | None:
+        """queued -> starting, a new attempt running `runs` and its leases, all or nothing.
+
+        None when the job is no longer queued with the spec and tried settings `runs` was chosen
+        from (cancelled or requeued meanwhile), when it has a live attempt, or a lease is taken.
         """
         with Session(self.engine) as session:
             job = session.get(Job, placement.job_id)
-            if job is None or not transition(
-                session, placement.job_id, JobState.STARTING, JobState.QUEUED, reason=None
+            if (
+                job is None
+                or (job.spec, job.tried) != (facts.spec, facts.tried)
+                or not transition(session, placement.job_id, JobState.STARTING, JobState.QUEUED, reason=None)
             ):
                 session.rollback()
                 return None
@@ -102,14 +112,6 @@ class SqlStore:
                 session.exec(select(func.max(Attempt.number)).where(Attempt.job_id == placement.job_id)).one() or 0
             ) + 1
             run_dir = runs_dir / f"job-{placement.job_id}" / f"attempt-{number}"
-            earlier = session.exec(
-                select(Attempt.settings, Attempt.peak_memory_gib)
-                .where(Attempt.job_id == placement.job_id, col(Attempt.peak_memory_gib).is_not(None))
-                .order_by(col(Attempt.number).desc())
-            ).all()
-            runs = attempt_spec(job.spec, placement.room_bytes, [tuple(row) for row in earlier], job.tried)
-            if runs.note is not None:
-                log.info("job %s attempt %s: auto_micro_batch %s", placement.job_id, number, runs.note)
             attempt = Attempt(
                 job_id=placement.job_id,
                 number=number,
@@ -132,7 +134,7 @@ class SqlStore:
             except IntegrityError:  # a lease already held: the database refuses a double booking
                 session.rollback()
                 return None
-            return StartedAttempt(attempt.id, placement.job_id, run_dir, runs.spec)
+            return StartedAttempt(attempt.id, placement.job_id, run_dir, runs.spec, number=number)
 
     def attempt_spawned(
         self, attempt_id: int, pid: int, pid_start_time: int | None, workers: list[WorkerRef] | None = None
@@ -171,69 +173,8 @@ class SqlStore:
         self.committed()
 
     def _add_records(self, session: Session, attempt_id: int, records: list[dict[str, Any]], offset: int) -> None:
-        """One attempt's records and the offset they reach, in the caller's transaction.
-
-        Each record passes through `storable` first: one the database or a JSON response could not hold
-        is kept raw with the reason, and the attempt's step counters only ever take numbers in range.
-        """
-        kept = [storable(record) for record in records]
-        found = session.execute(
-            select(
-                Attempt.job_id, Attempt.state, Attempt.last_record_at, Attempt.record_interval_s,
-                Attempt.peak_memory_gib, Attempt.number,
-            ).where(col(Attempt.id) == attempt_id)
-        ).first()  # fmt: skip
-        if found is None:
-            return
-        job_id, state, last_at, interval, peak, number = found
-        last_at = as_utc(last_at)
-        changes: dict[str, Any] = {"metrics_offset": offset}
-        rows, events = [], []
-        for item in kept:
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "attempt_id": attempt_id,
-                    "kind": item.kind,
-                    "step": item.step,
-                    "data": item.data,
-                }
-            )
-            if not item.valid:
-                log.warning("attempt %s: a record kept raw: %s", attempt_id, item.data.get("reason"))
-                continue
-            record = item.data
-            event = record_event(job_id, number, record)
-            if event is not None:
-                events.append(event)
-            when = record_time(record) or utcnow()
-            if last_at is not None and when >= last_at:
-                gap = (when - last_at).total_seconds()
-                interval = gap if interval is None else (1 - RHYTHM_WEIGHT) * interval + RHYTHM_WEIGHT * gap
-            last_at = max(when, last_at) if last_at is not None else when
-            if record.get("current_steps") is not None:
-                changes["last_step"] = item.step
-            if record.get("total_steps") is not None:
-                changes["total_steps"] = as_step(record["total_steps"])
-            reached = finite_number(record.get("peak_vram_reserved", record.get("vram_reserved")))
-            if reached is not None:
-                peak = changes["peak_memory_gib"] = max(reached, peak or 0)
-            if item.kind == "start":
-                resumed = as_step(record.get("resumed_from_step"))
-                if resumed is not None:
-                    changes["resumed_from_step"] = resumed
-                    _supersede(session, job_id, attempt_id, resumed)
-                if state == JobState.STARTING.value:
-                    # The record's event first, then the state it causes: in the log as it happened.
-                    add_events(session, events)
-                    events = []
-                    if transition(session, job_id, JobState.RUNNING, JobState.STARTING):
-                        state = changes["state"] = JobState.RUNNING.value
-        if rows:  # one statement for the batch: the ORM's unit of work per record cost the loop most of its time
-            session.execute(MetricRecord.__table__.insert(), rows)  # type: ignore[attr-defined]
-        add_events(session, events)  # what the event streams send of them (server.db.event_log)
-        changes.update(last_record_at=last_at, record_interval_s=interval)
-        session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**changes))
+        """One attempt's records in the caller's transaction (server.db.attempt_records); a test breaks one here."""
+        add_records(session, attempt_id, records, offset)
 
     def cancelling_attempts(self) -> list[int]:
         with Session(self.engine) as session:
@@ -265,103 +206,41 @@ class SqlStore:
             ).all()
         return [_live(*row) for row in rows if row[0] is not None]
 
-    def finish_attempt(self, attempt_id: int, outcome: Outcome, exit_code: int | None, log_tail: str) -> None:
-        """End the attempt, move the job to its outcome and release its leases: one transaction.
+    def end_facts(self, attempt_id: int) -> EndFacts | None:
+        """What the ending of a live attempt reads (scheduler.policy.endings); None when it ended or is gone."""
+        with Session(self.engine) as session:
+            attempt = session.get(Attempt, attempt_id)
+            job = session.get(Job, attempt.job_id) if attempt is not None else None
+            if attempt is None or job is None or attempt.ended_at is not None:
+                return None
+            assert job.id is not None
+            return EndFacts(
+                job_id=job.id,
+                state=JobState(job.state),
+                spec=job.spec,
+                tried=list(job.tried),
+                oom_retries=job.oom_retries,
+                node_retries=job.node_retries,
+                need_bytes=job.need_bytes,
+                settings=attempt.settings,
+                peak_memory_gib=attempt.peak_memory_gib,
+                newest=_is_newest(session, job.id, attempt.number),
+            )
 
-        Every change of the job's state is a compare-and-set on the state read in this transaction; when
-        the API moved the job meanwhile (a cancel), the transaction is rolled back and decided again from
-        a fresh read. An out-of-memory ending is retried here, in the same transaction, when the job's
-        `oom_retry` budget allows: the job goes back to the queue with smaller settings and a memory
-        requirement of at least the peak this attempt reached. An attempt that never trained goes back
-        to the queue as it was.
+    def write_end(self, attempt_id: int, ending: Ending, exit_code: int | None, log_tail: str) -> bool:
+        """End the attempt, move the job as decided and release its leases: one transaction.
+
+        Every change of the job's state is a compare-and-set on the state the decision read; False
+        (rolled back) when one lost (the API moved the job meanwhile, a cancel) or the attempt has
+        ended already: the caller decides again from a fresh read.
         """
-        for _ in range(CAS_TRIES):
-            with Session(self.engine) as session:
-                attempt = session.get(Attempt, attempt_id)
-                job = session.get(Job, attempt.job_id) if attempt is not None else None
-                if attempt is None or job is None or attempt.ended_at is not None:
-                    return
-                if self._finish(session, job, attempt, outcome, exit_code, log_tail):
-                    session.commit()
-                    return
-                session.rollback()
-        raise RuntimeError(f"attempt {attempt_id}: its job kept changing state while the attempt was being ended")
-
-    def _finish(
-        self, session: Session, job: Job, attempt: Attempt, outcome: Outcome, exit_code: int | None, log_tail: str
-    ) -> bool:
-        """The statements of finish_attempt; False when a compare-and-set lost (the caller rolls back)."""
-        assert job.id is not None and attempt.id is not None
         now = utcnow()
-        state = JobState(job.state)
-        target, reason = outcome.state, outcome.reason
-        if state == JobState.CANCELLING:
-            target = JobState.CANCELLED  # a cancel asked for wins over how the process happened to end
-        retry, ran_out, ran = None, {}, job.spec
-        if target == JobState.OOM:
-            ran = ran_spec(job.spec, attempt.settings)  # the micro-batch auto_micro_batch chose, not the one asked
-            retry = next_after_oom(ran, job.tried, job.oom_retries, int(job.spec.get("oom_retry", 3)))
-            reason = f"{outcome.reason}; {retry.reason}"
-            # Kept even when giving up, so that a later retry never comes back to these settings.
-            ran_out = {"tried": [*job.tried, memory_settings(ran)]}
-        node_retry = outcome.node_lost and target == JobState.FAILED
-        if node_retry:
-            budget = int(job.spec.get("node_retry", 3))
-            node_retry = job.node_retries < budget
-            reason = (
-                f"{outcome.reason}; queued again to resume from its last checkpoint on other GPUs "
-                f"(node retry {job.node_retries + 1} of {budget})"
-                if node_retry
-                else f"{outcome.reason}; not queued again: its node_retry budget ({budget}) is spent"
-            )
-        steps = route(state, target) if state in ACTIVE and _is_newest(session, job.id, attempt.number) else None
-        if steps is None:
-            # Not this attempt's to decide (the job is not live, or a newer attempt exists): the attempt
-            # still ends and its GPUs are freed, and the job's state stays what the database says.
-            log.warning("attempt %s ended (%s) while job %s is %s", attempt.id, target.value, job.id, job.state)
-        else:
-            frm = state
-            for to in steps:
-                values = dict(ended_at=now, reason=reason, **ran_out) if to == target else {}
-                if not transition(session, job.id, to, frm, **values):
-                    return False
-                frm = to
-        ended = session.execute(
-            update(Attempt)
-            .where(col(Attempt.id) == attempt.id, col(Attempt.ended_at).is_(None))
-            .values(
-                state=target.value,
-                ended_at=now,
-                exit_code=exit_code,
-                reason=outcome.reason,
-                log_tail=log_tail or None,
-            )
-        )
-        if ended.rowcount != 1:  # type: ignore[attr-defined]
+        with Session(self.engine) as session:
+            if _write_end(session, attempt_id, ending, exit_code, log_tail, now):
+                session.commit()
+                return True
+            session.rollback()
             return False
-        session.execute(delete(Lease).where(col(Lease.attempt_id) == attempt.id))
-        if steps is None:
-            return True
-        if retry is not None and retry.overrides is not None:
-            spec = retry_spec(ran, retry.overrides)
-            peak = int((attempt.peak_memory_gib or 0) * GiB)
-            return transition(
-                session,
-                job.id,
-                JobState.QUEUED,
-                JobState.OOM,
-                spec=spec,
-                need_bytes=max(estimate_need(spec), peak, job.need_bytes or 0) or None,
-                oom_retries=job.oom_retries + 1,
-                ended_at=None,
-            )
-        if node_retry:
-            return transition(
-                session, job.id, JobState.QUEUED, JobState.FAILED, ended_at=None, node_retries=job.node_retries + 1
-            )
-        if outcome.requeue and target == JobState.FAILED:
-            return transition(session, job.id, JobState.QUEUED, JobState.FAILED, ended_at=None)
-        return True
 
     def fail_attempt(self, attempt_id: int, reason: str) -> None:
         """End an attempt the daemon cannot handle (a row it cannot read, records it cannot store), saying why.
@@ -395,34 +274,34 @@ class SqlStore:
                 session.add(Daemon(id=1, pid=pid, started_at=now, beat_at=now))
             session.commit()
 
-    # ---- reads for the API ----
 
-    def bound_resources(self, session: Session) -> dict[str, int]:
-        """resource -> job id, for every lease held."""
-        return {lease.resource: lease.job_id for lease in session.exec(select(Lease)).all()}
-
-
-def _supersede(session: Session, job_id: int, attempt_id: int, resumed_from_step: int) -> None:
-    """Hide earlier attempts' records past the step this attempt resumed from: those steps are trained again."""
-    session.execute(
-        update(MetricRecord)
-        .where(
-            col(MetricRecord.job_id) == job_id,
-            col(MetricRecord.attempt_id) != attempt_id,
-            col(MetricRecord.step) > resumed_from_step,
-            col(MetricRecord.kind).in_(["metric", "eval", "checkpoint"]),
+def _write_end(
+    session: Session, attempt_id: int, ending: Ending, exit_code: int | None, log_tail: str, now: datetime
+) -> bool:
+    """The statements of write_end, in order: the job's moves, the attempt's end, its leases, a requeue."""
+    job_id, frm = ending.job_id, ending.frm
+    for to in ending.steps or ():
+        values = dict(ended_at=now, **ending.job_values) if to == ending.attempt_state else {}
+        if not transition(session, job_id, to, frm, **values):
+            return False
+        frm = to
+    ended = session.execute(
+        update(Attempt)
+        .where(col(Attempt.id) == attempt_id, col(Attempt.ended_at).is_(None))
+        .values(
+            state=ending.attempt_state.value,
+            ended_at=now,
+            exit_code=exit_code,
+            reason=ending.attempt_reason,
+            log_tail=log_tail or None,
         )
-        .values(superseded=True)
     )
-
-
-def estimate_need(spec: dict[str, Any]) -> int:
-    """The per-GPU estimate of a stored spec (0 when it cannot be made)."""
-    try:
-        found = estimate(JobSpec.model_validate(spec))
-    except ValueError:
-        return 0
-    return found.per_gpu if found is not None and int(spec.get("gpus", 1)) > 0 else 0
+    if ended.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.execute(delete(Lease).where(col(Lease.attempt_id) == attempt_id))
+    if ending.steps is None or ending.requeue is None:
+        return True
+    return transition(session, job_id, JobState.QUEUED, ending.attempt_state, ended_at=None, **ending.requeue)
 
 
 def _is_newest(session: Session, job_id: int, number: int) -> bool:
@@ -477,7 +356,3 @@ def _live(
         return LiveAttempt(
             int(attempt_id), int(job_id), Path("."), None, None, 0, False, problem=f"its row cannot be read: {exc}"
         )
-
-
-ACTIVE_VALUES = [s.value for s in ACTIVE]
-RHYTHM_WEIGHT = 0.3  # how much the newest gap between records moves the attempt's usual interval

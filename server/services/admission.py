@@ -16,6 +16,7 @@ from typing import Any
 from scheduler.gpus.probe import GpuInfo
 from scheduler.policy.estimate import MemoryEstimate, estimate_for_spec
 from scheduler.policy.placement import GiB, Placement, QueuedJob, gang_shape, place
+from scheduler.policy.sizing import estimate_with, need_of_stored
 from server.services.errors import field_error
 from server.services.paths import SpecFiles, read_spec_files
 from worker.preflight.confine import remote_code_refusal
@@ -43,13 +44,12 @@ def estimate(spec: JobSpec, files: SpecFiles | None = None) -> MemoryEstimate | 
 
     `files`: the JSON read when the spec was checked; without it (a stored spec) the files are read again.
     """
-    files = files if files is not None else read_spec_files(spec)
-    if files.model_config is None:
-        return None
-    try:
-        return estimate_for_spec(files.model_config, spec, files.deepspeed_config)
-    except ValueError:
-        return None
+    return estimate_with(files if files is not None else read_spec_files(spec), spec)
+
+
+def estimate_need(spec: dict[str, Any]) -> int:
+    """The per-GPU estimate of a stored spec, its files read again (0 when it cannot be made)."""
+    return need_of_stored(spec, read_spec_files)
 
 
 def largest_offer(spec: JobSpec, gpus: list[GpuInfo]) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session
 
+from scheduler.attempts import begin_attempt
 from scheduler.policy.placement import Placement
 from scheduler.policy.states import JobState
 from server.db.models import Job, MetricRecord
@@ -22,7 +23,7 @@ def test_the_final_loss_is_the_last_record_no_later_attempt_superseded(store: Sq
         session.commit()
         job_id = job.id
     assert job_id is not None
-    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", None), tmp_path / "runs")
+    started = begin_attempt(store, Placement(job_id, ("GPU-0",), "0", None), tmp_path / "runs")
     assert started is not None
     with Session(store.engine) as session:
         for step, loss, superseded in ((5, 2.0, False), (10, 1.0, True)):

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col
 
+from scheduler.attempts import begin_attempt, finish_attempt
 from scheduler.gpus.cache import RecentProbe
 from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.exits import Outcome
@@ -46,7 +47,7 @@ def add_job(store: SqlStore, name: str, **values) -> int:  # type: ignore[no-unt
 
 
 def run(store: SqlStore, job_id: int, gpu: str, records: list[dict]) -> int:  # type: ignore[type-arg]
-    started = store.begin_attempt(Placement(job_id, (gpu,), "0"), Path("/nonexistent/runs"))
+    started = begin_attempt(store, Placement(job_id, (gpu,), "0"), Path("/nonexistent/runs"))
     assert started is not None
     store.add_records(started.attempt_id, [{"kind": "start", "current_steps": 0}, *records], 100)
     return started.attempt_id
@@ -70,7 +71,7 @@ def test_the_page_says_of_each_job_what_the_per_job_path_says(store: SqlStore):
     attempt = run(
         store, evaluated, gpu1, [{"kind": "metric", "current_steps": 2, "loss": 2}, {"kind": "eval", "eval_loss": 1.5}]
     )
-    store.finish_attempt(attempt, Outcome(JobState.FAILED, "training failed: boom"), 1, "boom")
+    finish_attempt(store, attempt, Outcome(JobState.FAILED, "training failed: boom"), 1, "boom")
     add_job(store, "queued")  # waits: GPU 0 is held
     add_job(store, "queued too")  # the same shape: the same reason, however the page finds it
     add_job(store, "pinned", gpu_ids=[1])  # GPU 1 is the second attempt's, below

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
+from scheduler.attempts import begin_attempt, finish_attempt
 from scheduler.gpus.fake import FakeProbe
 from scheduler.loop import Scheduler
 from scheduler.policy.exits import Outcome
@@ -65,7 +66,7 @@ def scheduler(store: SqlStore, tmp_path: Path, module: str, **kwargs: Any) -> Sc
 
 def test_a_cancel_that_read_queued_cannot_cancel_a_job_that_started_meanwhile(store: SqlStore, tmp_path: Path):
     job_id = submit(store)
-    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0"), tmp_path / "runs")  # the scheduler wins
+    started = begin_attempt(store, Placement(job_id, ("GPU-0",), "0"), tmp_path / "runs")  # the scheduler wins
     assert started is not None
     with Session(store.engine) as session:
         assert transition(session, job_id, JobState.CANCELLING, JobState.STARTING)  # a second cancel
@@ -88,9 +89,9 @@ def test_a_transition_outside_the_table_is_a_bug_not_a_silent_no(store: SqlStore
 
 def test_an_end_learnt_before_the_start_record_still_ends_the_job(store: SqlStore, tmp_path: Path):
     job_id = submit(store)
-    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0"), tmp_path / "runs")
+    started = begin_attempt(store, Placement(job_id, ("GPU-0",), "0"), tmp_path / "runs")
     assert started is not None
-    store.finish_attempt(started.attempt_id, Outcome(JobState.SUCCEEDED, "succeeded"), 0, "")
+    finish_attempt(store, started.attempt_id, Outcome(JobState.SUCCEEDED, "succeeded"), 0, "")
     job = job_row(store, job_id)
     assert job.state == "succeeded", "before, the job stayed starting for good with its attempt ended"
     (attempt,) = attempts(store, job_id)
@@ -99,7 +100,7 @@ def test_an_end_learnt_before_the_start_record_still_ends_the_job(store: SqlStor
 
 def test_records_no_column_can_hold_are_kept_raw_and_the_job_still_reads(store: SqlStore, tmp_path: Path):
     job_id = submit(store)
-    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0"), tmp_path / "runs")
+    started = begin_attempt(store, Placement(job_id, ("GPU-0",), "0"), tmp_path / "runs")
     assert started is not None
     records = [
         {"kind": "start", "current_steps": 0, "total_steps": 9223372036854775808},
@@ -122,7 +123,7 @@ def test_records_no_column_can_hold_are_kept_raw_and_the_job_still_reads(store: 
 
 def test_recovery_fails_the_job_whose_row_is_broken_and_starts_anyway(store: SqlStore, tmp_path: Path, standin):
     broken, queued_bad, fine = submit(store, name="broken"), submit(store, name="bad-ids"), submit(store, name="fine")
-    started = store.begin_attempt(Placement(broken, ("GPU-0",), "0"), tmp_path / "runs")
+    started = begin_attempt(store, Placement(broken, ("GPU-0",), "0"), tmp_path / "runs")
     assert started is not None
     db = sqlite3.connect(tmp_path / "ftq.db")
     db.execute("UPDATE attempts SET pid = 1, pid_start_time = 'yesterday' WHERE id = ?", (started.attempt_id,))

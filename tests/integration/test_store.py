@@ -13,14 +13,17 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from scheduler.attempts import begin_attempt, finish_attempt
 from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.exits import Outcome
 from scheduler.policy.placement import GiB, Placement
 from scheduler.policy.states import JobState
 from server.db.models import Attempt, Job
-from server.db.store import SqlStore, estimate_need
+from server.db.store import SqlStore
 from server.services import jobs
+from server.services.admission import estimate_need
 from server.services.machine import Machine
+from server.services.paths import read_spec_files
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec
 from worker.spec.job import EXIT_OOM, JobSpec
@@ -46,14 +49,16 @@ def run_out_of_memory(
     store: SqlStore, job_id: int, tmp_path: Path, peak_gib: float, room_bytes: int | None = None
 ) -> None:
     """One attempt of the job that reached `peak_gib` and ended with CUDA out of memory."""
-    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", room_bytes), tmp_path / "runs")
+    started = begin_attempt(store, Placement(job_id, ("GPU-0",), "0", room_bytes), tmp_path / "runs", read_spec_files)
     assert started is not None
     with Session(store.engine) as session:
         values = {"state": JobState.RUNNING.value, "peak_memory_gib": peak_gib}
         session.execute(update(Attempt).where(col(Attempt.id) == started.attempt_id).values(**values))
         session.execute(update(Job).where(col(Job.id) == job_id).values(state=JobState.RUNNING.value))
         session.commit()
-    store.finish_attempt(started.attempt_id, Outcome(JobState.OOM, "CUDA out of memory at step 4"), EXIT_OOM, "")
+    finish_attempt(
+        store, started.attempt_id, Outcome(JobState.OOM, "CUDA out of memory at step 4"), EXIT_OOM, "", read_spec_files
+    )
 
 
 def job_of(store: SqlStore, job_id: int) -> Job:
@@ -142,7 +147,7 @@ def batch(settings: dict) -> tuple[int, int]:
 def test_a_roomy_gpu_runs_the_largest_micro_batch_with_the_same_samples_per_step(store, tmp_path):
     job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8)
 
-    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", 80 * GiB), tmp_path / "runs")
+    started = begin_attempt(store, Placement(job_id, ("GPU-0",), "0", 80 * GiB), tmp_path / "runs", read_spec_files)
 
     assert started is not None and batch(started.spec) == (16, 1)  # what the worker is handed
     (attempt,) = attempts_of(store, job_id)
@@ -164,7 +169,9 @@ def test_a_roomy_gpu_runs_the_largest_micro_batch_with_the_same_samples_per_step
 def test_where_auto_micro_batch_has_no_say_the_attempt_runs_what_was_asked(store, tmp_path, fields, room, note):
     job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8, **fields)
     resource = ("cpu-0", "") if fields.get("gpus") == 0 else ("GPU-0", "0")
-    started = store.begin_attempt(Placement(job_id, (resource[0],), resource[1], room), tmp_path / "runs")
+    started = begin_attempt(
+        store, Placement(job_id, (resource[0],), resource[1], room), tmp_path / "runs", read_spec_files
+    )
     assert started is not None and started.spec == job_of(store, job_id).spec
     (attempt,) = attempts_of(store, job_id)
     assert attempt.settings is not None and batch(attempt.settings) == (2, 8)
@@ -194,21 +201,25 @@ def test_an_oom_of_an_auto_chosen_micro_batch_steps_down_from_it_and_turns_the_c
 
 def test_a_measured_peak_above_the_estimate_keeps_the_next_choice_smaller(store, tmp_path):
     job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8)
-    unmeasured = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", GiB), tmp_path / "runs")
+    unmeasured = begin_attempt(store, Placement(job_id, ("GPU-0",), "0", GiB), tmp_path / "runs", read_spec_files)
     assert unmeasured is not None and batch(unmeasured.spec) == (16, 1)
     # That attempt peaked far above the estimate at 16 and was then cancelled.
     with Session(store.engine) as session:
         session.execute(update(Attempt).where(col(Attempt.id) == unmeasured.attempt_id).values(peak_memory_gib=1.5))
         session.execute(update(Job).where(col(Job.id) == job_id).values(state=JobState.CANCELLING.value))
         session.commit()
-    store.finish_attempt(unmeasured.attempt_id, Outcome(JobState.CANCELLED, "cancelled on request"), None, "")
+    finish_attempt(
+        store, unmeasured.attempt_id, Outcome(JobState.CANCELLED, "cancelled on request"), None, "", read_spec_files
+    )
     with Session(store.engine) as session:
         session.execute(update(Job).where(col(Job.id) == job_id).values(state=JobState.QUEUED.value))
         session.commit()
 
     # The tiny model's estimate is ~0.59 GiB at 16 and ~0.55 GiB at 8 (mostly the CUDA context): x2.54 by the
     # peak, 16 needs 1.5 GiB and 8 needs 1.39 GiB.
-    started = store.begin_attempt(Placement(job_id, ("GPU-0",), "0", int(1.45 * GiB)), tmp_path / "runs")
+    started = begin_attempt(
+        store, Placement(job_id, ("GPU-0",), "0", int(1.45 * GiB)), tmp_path / "runs", read_spec_files
+    )
 
     assert started is not None and batch(started.spec) == (8, 2)
     note = attempts_of(store, job_id)[1].settings["auto_micro_batch"]  # type: ignore[index]

@@ -11,12 +11,14 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from scheduler.attempts import begin_attempt, finish_attempt
 from scheduler.executor import WorkerRef
 from scheduler.policy.exits import Outcome
 from scheduler.policy.placement import NodeShare, Placement
 from scheduler.policy.states import JobState
 from server.db.models import Attempt, Job
 from server.db.store import SqlStore
+from server.services.paths import read_spec_files
 from tests.integration.test_store import job_of, submit
 
 NODE_A, NODE_B = "a" * 56, "b" * 56
@@ -25,13 +27,18 @@ NODE_A, NODE_B = "a" * 56, "b" * 56
 def lose_node(store: SqlStore, job_id: int, tmp_path: Path) -> int:
     """One attempt of the job on node A's GPU 0 that ended because node A left the cluster."""
     placement = Placement(job_id, (f"{NODE_A}/GPU-0",), "0", node=NODE_A)
-    started = store.begin_attempt(placement, tmp_path / "runs")
+    started = begin_attempt(store, placement, tmp_path / "runs", read_spec_files)
     assert started is not None
     with Session(store.engine) as session:
         session.execute(update(Job).where(col(Job.id) == job_id).values(state=JobState.RUNNING.value))
         session.commit()
-    store.finish_attempt(
-        started.attempt_id, Outcome(JobState.FAILED, "node lost: node aaaaaaaa", node_lost=True), None, ""
+    finish_attempt(
+        store,
+        started.attempt_id,
+        Outcome(JobState.FAILED, "node lost: node aaaaaaaa", node_lost=True),
+        None,
+        "",
+        read_spec_files,
     )
     return started.attempt_id
 
@@ -64,7 +71,7 @@ def test_a_job_across_nodes_keeps_every_worker_and_recovery_reads_them_back(stor
     placement = Placement(
         job_id, (f"{NODE_A}/GPU-0", f"{NODE_B}/GPU-0"), f"{NODE_A}:0;{NODE_B}:0", node=NODE_A, shares=shares
     )
-    started = store.begin_attempt(placement, tmp_path / "runs")
+    started = begin_attempt(store, placement, tmp_path / "runs", read_spec_files)
     assert started is not None
     workers = [WorkerRef(NODE_A, 101, 5), WorkerRef(NODE_B, 101, 7)]  # one pid on two machines: two processes
     store.attempt_spawned(started.attempt_id, 101, 5, workers)

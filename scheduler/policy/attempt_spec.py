@@ -1,9 +1,11 @@
 """The spec an attempt runs: the job's, with the micro-batch auto_micro_batch chooses for the GPUs it was given.
 
-The store calls it as it begins an attempt (server.db.store.begin_attempt); the choice
-itself is scheduler.policy.micro_batch's, over the estimate (scheduler.policy.estimate) of the spec
-at each candidate micro-batch. It reads the model's config.json (and DeepSpeed JSON)
-again, as the store's other estimates do: a stored spec carries no files.
+Pure: the loop decides it before it hands the store the attempt to write
+(scheduler.attempts); the choice itself is scheduler.policy.micro_batch's, over the
+estimate (scheduler.policy.estimate) of the spec at each candidate micro-batch. A stored
+spec carries no files: the model's config.json (and DeepSpeed JSON) come from
+`files_of`, which the loop reads only when the choice is asked for, and keeps for the
+attempt's end.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from scheduler.policy.estimate import estimate_for_spec
 from scheduler.policy.micro_batch import choose_micro_batch
 from scheduler.policy.placement import GiB
 from scheduler.policy.retry import memory_settings
-from server.services.paths import read_spec_files
+from scheduler.policy.sizing import SpecJsonOf
 from worker.spec.job import JobSpec
 
 # The settings key of an attempt holding what auto_micro_batch decided and why.
@@ -38,6 +40,7 @@ class AttemptSpec:
 def attempt_spec(
     spec: dict[str, Any],
     room_bytes: int | None,
+    files_of: SpecJsonOf,
     earlier: Sequence[tuple[dict[str, Any] | None, float | None]] = (),
     tried: Sequence[dict[str, Any]] = (),
 ) -> AttemptSpec:
@@ -47,7 +50,8 @@ def attempt_spec(
     micro-batch or group_by_length sampling (its order depends on the batch size) is
     asked for. `earlier`: (settings, peak GiB) of the job's earlier attempts, newest
     first, whose peak corrects the estimate; `tried`: the job's settings that ran out of
-    memory, never chosen again.
+    memory, never chosen again. `files_of`: the JSON the estimate needs, asked for only
+    when the choice is made.
     """
     try:
         parsed = JobSpec.model_validate(spec)
@@ -61,7 +65,7 @@ def attempt_spec(
         return AttemptSpec(spec, "kept: group_by_length orders the samples by micro-batch")
     if room_bytes is None:
         return AttemptSpec(spec)
-    files = read_spec_files(parsed)
+    files = files_of(parsed)
     if files.model_config is None:
         return AttemptSpec(spec, "kept: no memory estimate for this model (its config.json cannot be read)")
     sizing = memory_settings(parsed.model_dump())
@@ -110,3 +114,18 @@ def ran_out(sizing: dict[str, Any], tried: Sequence[dict[str, Any]]) -> set[int]
         for t in tried
         if t.get("per_device_train_batch_size") and same_length_and_checkpointing(sizing, t)
     }
+
+
+@dataclass(frozen=True)
+class StartFacts:
+    """What the choice of an attempt's spec reads of its job, in one read before the attempt is written.
+
+    The store writes the attempt only while the job still holds this spec and these tried settings
+    (server.db.store.write_start): a requeue meanwhile makes the choice again, from a fresh read.
+    """
+
+    spec: dict[str, Any]
+    tried: list[dict[str, Any]]
+    earlier: list[
+        tuple[dict[str, Any] | None, float | None]
+    ]  # (settings, peak GiB) of its earlier attempts, newest first
