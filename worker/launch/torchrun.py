@@ -64,6 +64,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
+from worker.launch.node_report import NodeReport, node_report_path, write_node_report
 from worker.launch.nodes import (
     MASTER_ADDR_ENV,
     MASTER_PORT_ENV,
@@ -80,17 +81,11 @@ from worker.launch.nodes import (
     ranks_per_node,
     wait_for_node_reports,
 )
-from worker.launch.ranks import (
-    RANKS_DIR,
-    RANKS_DIR_ENV,
-    NodeReport,
-    decide_gang_end,
-    gang_rank_reports,
-    is_rank,
-    node_report_path,
-    write_node_report,
-)
-from worker.spec.job import EXIT_CANCELLED, EXIT_FAILED, METRICS_FILE, SPEC_FILE, JobSpec
+from worker.launch.rank_report import RANKS_DIR_ENV, is_rank
+from worker.launch.ranks import decide_gang_end, gang_rank_reports
+from worker.spec.exits import EXIT_CANCELLED, EXIT_FAILED
+from worker.spec.job import JobSpec
+from worker.spec.layout import METRICS_FILE, RANKS_DIR, SPEC_FILE, rank_report_file
 from worker.spec.records import append_record, hms
 
 TAIL_LINES = 400  # torchrun output kept in memory to read its failure table
@@ -292,7 +287,7 @@ def launch(
         return end({"status": "failed", "error": error}, EXIT_FAILED)
     node_rank, nnodes = (0, 1) if node is None else (node.node_rank, node.nnodes)
     first_rank = node_rank * nproc  # torchrun numbers the ranks node by node
-    for stale in [ranks_dir / f"rank-{first_rank + i}.json" for i in range(nproc)] + [
+    for stale in [ranks_dir / rank_report_file(first_rank + i) for i in range(nproc)] + [
         node_report_path(ranks_dir, node_rank)
     ]:  # this run dir was run before: only this launch's reports count (each node clears its own)
         stale.unlink(missing_ok=True)
@@ -321,7 +316,7 @@ def launch(
         reports = gang_rank_reports(
             nodes,
             nproc,
-            {rank: _read_report(ranks_dir / f"rank-{rank}.json") for rank in range(nnodes * nproc)},
+            {rank: _read_report(ranks_dir / rank_report_file(rank)) for rank in range(nnodes * nproc)},
             {rank: _tail(path) for rank, path in logs.items()},
         )
         return end(*decide_gang_end(reports, nodes, cancelled))

@@ -28,13 +28,8 @@ from transformers.utils import logging as hf_logging
 
 from worker.data.batching import batching_name
 from worker.data.pipeline import DataError, build_datasets
-from worker.launch.ranks import (
-    exception_chain,
-    exception_is_oom,
-    rank_report_path,
-    tried_to_allocate_bytes,
-    write_rank_report,
-)
+from worker.launch.oom import exception_chain, exception_is_oom, tried_to_allocate_bytes
+from worker.launch.rank_report import rank_report_path, write_rank_report
 from worker.model.chunked_loss import ChunkedLoss
 from worker.model.load import load_model, load_tokenizer, model_attention
 from worker.preflight.confine import BadFile, Roots, input_dirs_from_env, output_dirs_from_env, read_json_object

@@ -18,22 +18,13 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_v
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from worker.spec.batching import BatchingFields
-from worker.spec.key_fates import ALIASES, PARTLY_WITHOUT_EFFECT, REFUSED, SECRETS, WITHOUT_EFFECT, is_default, nearest
 
-# The run-dir layout and the exit codes live in worker.spec.layout (no pydantic there: the start gate and the
-# benchmarks' stand-in workers need them before, or without, the slow imports); the spec re-exports them.
-from worker.spec.layout import (
-    CHECKPOINT_DIR,
-    EXIT_BAD_INPUT,
-    EXIT_CANCELLED,
-    EXIT_FAILED,
-    EXIT_NOT_STARTED,
-    EXIT_OOM,
-    LOG_FILE,
-    METRICS_FILE,
-    OUTPUT_DIR,
-    SPEC_FILE,
-)
+# The exit codes (worker.spec.exits) and the run-dir layout (worker.spec.layout) live apart (no pydantic there: the
+# start gate and the benchmarks' stand-in workers need them before, or without, the slow imports); the spec
+# re-exports them.
+from worker.spec.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_NOT_STARTED, EXIT_OOM
+from worker.spec.key_fates import ALIASES, PARTLY_WITHOUT_EFFECT, REFUSED, SECRETS, WITHOUT_EFFECT, is_default, nearest
+from worker.spec.layout import CHECKPOINT_DIR, LOG_FILE, METRICS_FILE, OUTPUT_DIR, SPEC_FILE
 from worker.spec.method_keys import MethodFields
 from worker.spec.methods import method_problems
 from worker.spec.outputs import OutputFields, split_report_to
