@@ -8,12 +8,12 @@ job's notes say why, as they did before ftq ran any.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field
 
 TENSORBOARD = "tensorboard"
-NOTHING = "none"  # transformers' and LLaMA-Factory's word for no integration
+NOTHING: Final = "none"  # transformers' and LLaMA-Factory's word for no integration
 
 
 class OutputFields(BaseModel):
