@@ -25,15 +25,16 @@ if __name__ == "__main__":
 
     if len(sys.argv) == 2 and Path(sys.argv[1]).is_dir() and not pass_gate(Path(sys.argv[1])):
         from worker.launch.torchrun import stand_aside
+        from worker.spec.exits import EXIT_NOT_STARTED
         from worker.spec.gate import NOT_STARTED
-        from worker.spec.job import EXIT_NOT_STARTED
 
         # a node rank > 0 of a job across nodes leaves the one record to node rank 0, and tells it why
         aside = stand_aside(Path(sys.argv[1]), os.environ, NOT_STARTED, EXIT_NOT_STARTED)
         sys.exit(aside if aside is not None else refuse_to_start(Path(sys.argv[1])))
-    from worker.launch.ranks import RANKS_DIR_ENV, is_rank
-    from worker.launch.torchrun import SPEC_INVALID_ASIDE, die_with_parent, launch, launch_plan, read_spec, stand_aside
-    from worker.spec.job import EXIT_BAD_INPUT
+    from worker.launch.processes import die_with_parent
+    from worker.launch.rank_report import RANKS_DIR_ENV, is_rank
+    from worker.launch.torchrun import SPEC_INVALID_ASIDE, launch, launch_plan, read_spec, stand_aside
+    from worker.spec.exits import EXIT_BAD_INPUT
 
     if is_rank(os.environ):
         if RANKS_DIR_ENV in os.environ:

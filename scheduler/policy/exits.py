@@ -1,26 +1,16 @@
 """How an attempt ended, in words a person can act on (STYLE.md 5).
 
 Pure: from the exit code and the worker's `end` record to a job state and a
-reason, never "failed: -9".
+reason, never "failed: -9" (the exit code in words: worker.spec.exits.describe_exit).
 """
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from typing import Any
 
 from scheduler.policy.states import JobState
-from worker.spec.job import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_STARTED, EXIT_OOM
-
-_SIGNAL_HINTS = {
-    signal.SIGKILL: "likely the host ran out of memory (the kernel's OOM killer) or someone ran kill -9",
-    signal.SIGSEGV: "a segmentation fault in native code (a CUDA or library bug)",
-    signal.SIGABRT: "aborted by native code (see the log's last lines)",
-    signal.SIGBUS: "a bus error (often /dev/shm too small for data loader workers)",
-    signal.SIGTERM: "terminated by someone other than ftq",
-    signal.SIGINT: "interrupted",
-}
+from worker.spec.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_STARTED, EXIT_OOM, describe_exit
 
 
 @dataclass(frozen=True)
@@ -37,22 +27,6 @@ NOT_STARTED = (
     "the daemon stopped before it had recorded this worker, so the worker never started training; "
     "the job was queued again"
 )
-
-
-def describe_exit(code: int | None) -> str:
-    """'exited with code 1', 'killed by signal 9 (SIGKILL) — likely ...'."""
-    if code is None:
-        return "ended with an unknown exit status"
-    signum = -code if code < 0 else code - 128 if code > 128 and code - 128 < 65 else None
-    if signum is not None:
-        try:
-            sig = signal.Signals(signum)
-        except ValueError:
-            return f"exited with code {code}"
-        how = "killed by" if code < 0 else f"exited with code {code}, i.e. 128 +"
-        hint = _SIGNAL_HINTS.get(sig)
-        return f"{how} signal {signum} ({sig.name})" + (f" — {hint}" if hint else "")
-    return f"exited with code {code}"
 
 
 def classify(exit_code: int | None, end: dict[str, Any] | None, cancel_requested: bool) -> Outcome:

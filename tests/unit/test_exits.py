@@ -1,5 +1,6 @@
-from scheduler.policy.exits import classify, describe_exit
+from scheduler.policy.exits import classify
 from scheduler.policy.states import JobState
+from worker.spec.exits import describe_exit
 from worker.spec.job import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OOM
 
 

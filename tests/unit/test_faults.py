@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-from worker.launch.ranks import exception_is_oom, is_oom, tried_to_allocate_bytes
+from worker.launch.oom import exception_is_oom, is_oom, tried_to_allocate_bytes
 from worker.run.faults import FAULT_ENV, Fault, FaultInjector, FaultSpecError, injected_oom, parse_faults
 from worker.spec.job import SPEC_FILE
 

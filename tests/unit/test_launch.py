@@ -10,23 +10,14 @@ from typing import Any
 
 import pytest
 
-from worker.launch.ranks import (
-    RANKS_DIR,
-    RANKS_DIR_ENV,
-    RankReport,
-    decide_end,
-    describe_exit,
-    exception_is_oom,
-    is_oom,
-    is_rank,
-    parse_torchrun_failures,
-    rank_report_path,
-    ranks_killed_by_torchrun,
-    tried_to_allocate_bytes,
-    write_rank_report,
-)
+from worker.launch.node_report import parse_torchrun_failures, ranks_killed_by_torchrun
+from worker.launch.oom import exception_is_oom, is_oom, tried_to_allocate_bytes
+from worker.launch.rank_report import RANKS_DIR_ENV, is_rank, rank_report_path, write_rank_report
+from worker.launch.ranks import RankReport, decide_end
 from worker.launch.torchrun import launch, launch_plan, read_spec, torchrun_argv
+from worker.spec.exits import describe_rank_exit as describe_exit
 from worker.spec.job import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, SPEC_FILE, JobSpec
+from worker.spec.layout import RANKS_DIR
 
 
 def spec(**overrides: Any) -> JobSpec:
@@ -330,7 +321,7 @@ def test_every_rank_succeeded_but_torchrun_stumbled_after() -> None:
     assert decide_end([said(0, "succeeded", 0), RankReport(1, None, -9)], torchrun_rc=1, cancelled=False)[1] == 1
 
 
-# ---- out of memory, said by any layer (the one test for it: worker.launch.ranks.is_oom) ----
+# ---- out of memory, said by any layer (the one test for it: worker.launch.oom.is_oom) ----
 
 
 @pytest.mark.parametrize(

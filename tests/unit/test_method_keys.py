@@ -85,7 +85,7 @@ def test_apollo_becomes_transformers_optim_with_its_args() -> None:
 
 
 def test_galore_reaches_training_arguments(tmp_path: Path) -> None:
-    from worker.run.recipe import training_arguments
+    from worker.run.arguments import training_arguments
 
     job = JobSpec(model_name_or_path=str(TINY), dataset="d", finetuning_type="full", use_galore=True, gpus=0,
                   gradient_checkpointing=True, use_reentrant_gc=False, disable_shuffling=True,

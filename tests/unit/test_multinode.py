@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from scheduler.local.supervisor import worker_env, write_whole
+from worker.launch.node_report import NodeReport, node_report_path, read_node_report, write_node_report
 from worker.launch.nodes import (
     NodePlan,
     NodePlanError,
@@ -21,20 +22,11 @@ from worker.launch.nodes import (
     ranks_per_node,
     wait_for_node_reports,
 )
-from worker.launch.ranks import (
-    RANKS_DIR,
-    NodeReport,
-    RankReport,
-    decide_end,
-    decide_gang_end,
-    gang_rank_reports,
-    node_report_path,
-    read_node_report,
-    write_node_report,
-)
+from worker.launch.ranks import RankReport, decide_end, decide_gang_end, gang_rank_reports
 from worker.launch.torchrun import SPEC_INVALID_ASIDE, launch, launch_plan, stand_aside, torchrun_argv
 from worker.spec.gate import GATE_ENV
 from worker.spec.job import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, JobSpec
+from worker.spec.layout import RANKS_DIR
 
 NODE_1_OF_2 = {"FTQ_NNODES": "2", "FTQ_NODE_RANK": "1", "FTQ_MASTER_ADDR": "10.0.0.5", "FTQ_MASTER_PORT": "29400"}
 

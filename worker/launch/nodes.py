@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.launch.ranks import NodeReport, node_report_path, read_node_report
-from worker.spec.job import EXIT_CANCELLED, EXIT_FAILED
+from worker.launch.node_report import NodeReport, node_report_path, read_node_report
+from worker.spec.exits import EXIT_CANCELLED, EXIT_FAILED
+from worker.spec.layout import node_log_dir_name
 
 # How long the launcher of node rank 0, its own torchrun ended, waits for the other nodes' reports: their torchruns
 # end about together (they share the ranks' collectives), but a shared filesystem may show a new file late. After a
@@ -106,7 +107,7 @@ def claimed_node_rank(env: Mapping[str, str]) -> int:
 
 def node_log_dir(ranks_dir: Path, node: NodePlan | None) -> Path:
     """Where this node's torchrun keeps its ranks' logs: a folder per node, so that two nodes never share one."""
-    return ranks_dir if node is None else ranks_dir / f"node{node.node_rank}"
+    return ranks_dir if node is None else ranks_dir / node_log_dir_name(node.node_rank)
 
 
 def node_exit_code(report: NodeReport) -> int:

@@ -7,18 +7,9 @@ train in its own process. It starts
     python -m torch.distributed.run --standalone --nproc-per-node N -m worker RUN_DIR
 
 and waits. Every rank runs the ordinary recipe (worker.run.recipe); rank 0 writes the
-`start` record and the progress records. The `end` record is written here, once,
-from what each rank reported at its end (RUN_DIR/ranks/rank-N.json), what
-torchrun said of the ranks that died without reporting, and whether a cancel
-came in. Only here are all three known: a rank that torchrun stops because
-another rank failed gets the same SIGTERM as a cancel, and rank 0 alone cannot
-tell that rank 1 ran out of memory.
-
-The processes: launcher (the daemon's process group) -> torchrun (a group of its
-own, so that a cancel reaches it once, from here; two SIGTERMs would cut its
-shutdown of the ranks short) -> ranks (torchrun gives each a session of its own).
-Each one dies with its parent (PR_SET_PDEATHSIG), so the daemon's SIGKILL of the
-launcher's group still takes every rank with it.
+`start` record and the progress records. The `end` record is written by the
+launcher, once, from what every rank reported (worker.launch.ending); torchrun runs
+in a process group of its own that dies with the launcher (worker.launch.processes).
 
 With `--standalone` torchrun binds its rendezvous store to port 0, so the kernel
 picks a free port and two jobs started at the same moment cannot collide; the
@@ -49,49 +40,35 @@ local rank 0 never share a log.
 
 from __future__ import annotations
 
-import ctypes
-import functools
+import dataclasses
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
 
 from pydantic import ValidationError
 
+from worker.launch.ending import Ending, say
+from worker.launch.node_report import NodeReport, node_report_path, write_node_report
 from worker.launch.nodes import (
     MASTER_ADDR_ENV,
     MASTER_PORT_ENV,
     NODE_ENV,
-    NODE_REPORT_WAIT_CANCELLED_S,
-    NODE_REPORT_WAIT_S,
     NodePlan,
     NodePlanError,
     claimed_node_rank,
-    gang_rank_logs,
-    node_exit_code,
     node_log_dir,
     node_plan,
     ranks_per_node,
-    wait_for_node_reports,
 )
-from worker.launch.ranks import (
-    RANKS_DIR,
-    RANKS_DIR_ENV,
-    NodeReport,
-    decide_gang_end,
-    gang_rank_reports,
-    is_rank,
-    node_report_path,
-    write_node_report,
-)
-from worker.spec.job import EXIT_CANCELLED, EXIT_FAILED, METRICS_FILE, SPEC_FILE, JobSpec
-from worker.spec.records import append_record, hms
+from worker.launch.processes import Forwarder, copy_lines, start_torchrun
+from worker.launch.rank_report import RANKS_DIR_ENV, is_rank
+from worker.spec.exits import EXIT_FAILED
+from worker.spec.job import JobSpec
+from worker.spec.layout import METRICS_FILE, RANKS_DIR, SPEC_FILE, rank_report_file
 
 TAIL_LINES = 400  # torchrun output kept in memory to read its failure table
 # How long torchrun lets the ranks stop on its SIGTERM before it kills them. A rank blocked in a collective or in
@@ -101,9 +78,6 @@ TAIL_LINES = 400  # torchrun output kept in memory to read its failure table
 # adapter fits well within this; the optimizer state of a large full fine-tune may not, and a save cut short here
 # leaves a checkpoint without its trainer_state.json, which the next attempt passes over for the one before.
 RANK_SHUTDOWN_S = 5
-LOG_TAIL_BYTES = 16 << 10
-
-_PR_SET_PDEATHSIG = 1
 
 
 # ---- deciding --------------------------------------------------------------------------------------------------
@@ -138,9 +112,10 @@ def stand_aside(run_dir: Path, env: Mapping[str, str], why: str, code: int) -> i
         return None
     ranks_dir = run_dir / RANKS_DIR
     ranks_dir.mkdir(exist_ok=True)
-    rendezvous = f"{env.get(MASTER_ADDR_ENV, '')}:{env.get(MASTER_PORT_ENV, '')}"
-    write_node_report(node_report_path(ranks_dir, node_rank), NodeReport(node_rank, error=why, rendezvous=rendezvous))
-    _say(f"node {node_rank}: {why}; exit {code}")
+    write_node_report(
+        node_report_path(ranks_dir, node_rank), NodeReport(node_rank, error=why, rendezvous=_rendezvous(env))
+    )
+    say(f"node {node_rank}: {why}; exit {code}")
     return code
 
 
@@ -183,63 +158,7 @@ def torchrun_argv(
     ]  # fmt: skip
 
 
-# ---- processes that die together --------------------------------------------------------------------------------
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> bool:
-    """Have Linux send `sig` to this process when its parent dies (PR_SET_PDEATHSIG); False where it cannot."""
-    libc = _libc()
-    return libc is not None and libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-
-
-@functools.cache
-def _libc() -> Any:
-    """libc with prctl, loaded once (and before a fork, so that the child only calls it); None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl  # noqa: B018 - fails here rather than in a forked child
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
 # ---- the launcher ------------------------------------------------------------------------------------------------
-
-
-class _Forwarder:
-    """SIGTERM / SIGINT handler: pass a cancel on to torchrun once; a second one insists with SIGKILL."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.sent = 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.received > 0
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.received += 1
-        self._forward()
-
-    def attach(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-        self._forward()  # a signal that came while torchrun was being started
-
-    def _forward(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        while self.sent < min(self.received, 2):
-            # torchrun passes SIGTERM on to every rank and waits for them; SIGKILL ends it at once,
-            # and the ranks with it (they die with their parent).
-            sig = signal.SIGTERM if self.sent == 0 else signal.SIGKILL
-            try:
-                os.kill(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            self.sent += 1
 
 
 def launch(
@@ -256,31 +175,14 @@ def launch(
     env = os.environ if env is None else env
     started = time.monotonic()
     run_dir = run_dir.resolve()
-    forwarder = _Forwarder()
+    forwarder = Forwarder()
     signal.signal(signal.SIGTERM, forwarder)
     signal.signal(signal.SIGINT, forwarder)
     if cancel_requested():  # a SIGTERM before the forwarder was in place
         forwarder.received += 1
-
     ranks_dir = run_dir / RANKS_DIR
     ranks_dir.mkdir(exist_ok=True)
-    metrics = run_dir / METRICS_FILE
-    rendezvous = f"{env.get(MASTER_ADDR_ENV, '')}:{env.get(MASTER_PORT_ENV, '')}"
-
-    def end(fields: dict[str, Any], code: int) -> int:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the end record must not be cut in half
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        fields = {"status": fields["status"], **_last_progress(metrics), **fields}
-        record = append_record(metrics, "end", **fields, elapsed_time=hms(time.monotonic() - started))
-        _say(f"end: {record['status']}" + (f" ({record['error']})" if "error" in record else "") + f"; exit {code}")
-        return code
-
-    def leave(report: NodeReport, code: int) -> int:  # a node rank > 0: node rank 0 writes the end record
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        write_node_report(node_report_path(ranks_dir, report.node_rank), report)
-        _say(f"node {report.node_rank} done" + (f" ({report.error})" if report.error else "") + f"; exit {code}")
-        return code
+    ending = Ending(run_dir / METRICS_FILE, ranks_dir, _rendezvous(env), started, forwarder)
 
     try:
         node = node_plan(env)
@@ -288,133 +190,49 @@ def launch(
     except NodePlanError as exc:
         error = f"cannot launch across nodes: {exc}"
         if claimed_node_rank(env) > 0:
-            return leave(NodeReport(claimed_node_rank(env), error=error, rendezvous=rendezvous), EXIT_FAILED)
-        return end({"status": "failed", "error": error}, EXIT_FAILED)
-    node_rank, nnodes = (0, 1) if node is None else (node.node_rank, node.nnodes)
-    first_rank = node_rank * nproc  # torchrun numbers the ranks node by node
-    for stale in [ranks_dir / f"rank-{first_rank + i}.json" for i in range(nproc)] + [
-        node_report_path(ranks_dir, node_rank)
-    ]:  # this run dir was run before: only this launch's reports count (each node clears its own)
-        stale.unlink(missing_ok=True)
-
-    def ended(rc: int | None, tail: str = "", error: str | None = None) -> int:
-        cancelled = forwarder.requested
-        own = (
-            NodeReport(node_rank, error=error, cancelled=cancelled, rendezvous=rendezvous)
-            if rc is None
-            else NodeReport.from_torchrun(node_rank, rc, tail, cancelled, rendezvous)
-        )
-        if node_rank > 0:
-            return leave(own, node_exit_code(own))
-        if rc is None and nnodes == 1:  # torchrun never ran
-            if cancelled:
-                return end({"status": "cancelled", "error": "cancelled (SIGTERM)"}, EXIT_CANCELLED)
-            return end({"status": "failed", "error": error}, EXIT_FAILED)
-        nodes = [own]
-        if nnodes > 1:
-            wait = NODE_REPORT_WAIT_CANCELLED_S if cancelled else NODE_REPORT_WAIT_S
-            # a second signal: the daemon is about to SIGKILL the launcher, the end record comes first
-            nodes += wait_for_node_reports(ranks_dir, nnodes, rendezvous, wait, lambda: forwarder.received > 1)
-            if missing := [str(n.node_rank) for n in nodes if not n.reported]:
-                _say(f"no report from node(s) {', '.join(missing)} within {wait:g} s")
-        logs = gang_rank_logs(ranks_dir, node, nproc)
-        reports = gang_rank_reports(
-            nodes,
-            nproc,
-            {rank: _read_report(ranks_dir / f"rank-{rank}.json") for rank in range(nnodes * nproc)},
-            {rank: _tail(path) for rank, path in logs.items()},
-        )
-        return end(*decide_gang_end(reports, nodes, cancelled))
-
+            own = NodeReport(claimed_node_rank(env), error=error, rendezvous=ending.rendezvous)
+            return ending.leave(own, EXIT_FAILED)
+        return ending.end({"status": "failed", "error": error}, EXIT_FAILED)
+    ending = dataclasses.replace(ending, node=node, nproc=nproc)
+    _clear_stale_reports(ranks_dir, ending.node_rank, nproc)
     if forwarder.requested:
-        return ended(None)
+        return ending.ended(None)
 
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible and len(visible.split(",")) != nproc:
-        _say(f"warning: {nproc} ranks but CUDA_VISIBLE_DEVICES={visible}; each rank takes the GPU of its local rank")
+        say(f"warning: {nproc} ranks but CUDA_VISIBLE_DEVICES={visible}; each rank takes the GPU of its local rank")
     log_dir = node_log_dir(ranks_dir, node)
-    argv = torchrun_argv(run_dir, nproc, log_dir, node=node)
-    torchrun_env = {
+    where = "" if node is None else f" (node {node.node_rank} of {node.nnodes}, rendezvous at {node.rendezvous})"
+    say(f"starting {nproc} ranks under torchrun{where}; their logs are kept in {log_dir}")
+    try:
+        proc = start_torchrun(torchrun_argv(run_dir, nproc, log_dir, node=node), torchrun_env(env, ranks_dir))
+    except OSError as exc:
+        return ending.ended(None, error=f"could not start torchrun: {exc}")
+    forwarder.attach(proc)
+    assert proc.stdout is not None
+    tail = copy_lines(proc.stdout, TAIL_LINES)
+    return ending.ended(proc.wait(), tail)
+
+
+def torchrun_env(env: Mapping[str, str], ranks_dir: Path) -> dict[str, str]:
+    """The launcher's environment, and where the ranks report."""
+    return {
         **env,
         RANKS_DIR_ENV: str(ranks_dir),
         "PYTHONUNBUFFERED": "1",
         # teed lines name the global rank ([rank3]:), not the local one, which every node has
         "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[${role_name}${rank}]:",
     }
-    where = "" if node is None else f" (node {node_rank} of {nnodes}, rendezvous at {node.rendezvous})"
-    _say(f"starting {nproc} ranks under torchrun{where}; their logs are kept in {log_dir}")
-    launcher_pid = os.getpid()
-    _libc()  # load it here, not in the forked child
-
-    def own_group_dying_with_us() -> None:  # runs in the child between fork and exec
-        os.setpgid(0, 0)
-        die_with_parent(signal.SIGKILL)
-        if os.getppid() != launcher_pid:  # the launcher died before the line above took effect
-            os._exit(1)
-
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=torchrun_env,
-            preexec_fn=own_group_dying_with_us,  # safe here: the launcher has started no threads
-            close_fds=True,
-        )
-    except OSError as exc:
-        return ended(None, error=f"could not start torchrun: {exc}")
-    forwarder.attach(proc)
-    assert proc.stdout is not None
-    tail = _copy_lines(proc.stdout, TAIL_LINES)
-    return ended(proc.wait(), tail)
 
 
-def _copy_lines(stream: IO[bytes], keep: int) -> str:
-    """Copy torchrun's output to ours (RUN_DIR/worker.log under the daemon); return its last `keep` lines."""
-    tail: deque[bytes] = deque(maxlen=keep)
-    out = sys.stdout.buffer
-    for line in iter(stream.readline, b""):
-        tail.append(line)
-        try:
-            out.write(line)
-            out.flush()
-        except (OSError, ValueError):  # nobody reads our output any more; torchrun's must still be drained
-            pass
-    return b"".join(tail).decode("utf-8", "replace")
+def _clear_stale_reports(ranks_dir: Path, node_rank: int, nproc: int) -> None:
+    """This run dir was run before: only this launch's reports count (each node clears its own)."""
+    first_rank = node_rank * nproc  # torchrun numbers the ranks node by node
+    for stale in [ranks_dir / rank_report_file(first_rank + i) for i in range(nproc)]:
+        stale.unlink(missing_ok=True)
+    node_report_path(ranks_dir, node_rank).unlink(missing_ok=True)
 
 
-def _read_report(path: Path) -> dict[str, Any] | None:
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
-
-
-def _tail(path: Path | None) -> str:
-    """The file's last LOG_TAIL_BYTES, decoded; empty when there is no such file."""
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - LOG_TAIL_BYTES))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _last_progress(metrics: Path) -> dict[str, Any]:
-    """Steps from the last record that has them: what a run whose rank 0 never reported got to."""
-    for line in reversed(_tail(metrics).splitlines()):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "current_steps" in record:
-            return {key: record[key] for key in ("current_steps", "total_steps") if key in record}
-    return {"current_steps": 0}
-
-
-def _say(message: str) -> None:
-    print(f"ftq launcher: {message}", flush=True)
+def _rendezvous(env: Mapping[str, str]) -> str:
+    """MASTER_ADDR:MASTER_PORT as the executor gave them, which names this launch in the node reports."""
+    return f"{env.get(MASTER_ADDR_ENV, '')}:{env.get(MASTER_PORT_ENV, '')}"

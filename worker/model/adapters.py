@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from worker.launch.ranks import exception_is_oom
+from worker.launch.oom import exception_is_oom
 from worker.preflight.confine import BadFile, Roots, check_dir, show
 from worker.preflight.modelfiles import check_model_files
 from worker.spec.job import JobSpec

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from worker.data.batching import is_flat
-from worker.launch.ranks import exception_is_oom
+from worker.launch.oom import exception_is_oom
 from worker.model.adapters import setup_method
 from worker.model.kernels import configure_moe, upcast_layernorm, upcast_lmhead_output
 from worker.model.packed_attention import NAME as PACKED_ATTENTION

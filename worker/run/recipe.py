@@ -1,11 +1,12 @@
 """The fine-tuning recipe a worker runs: validate, set up, train, save, report.
 
-Read it top to bottom like torchtune's LoRA recipe: everything that can be
-checked before loading a model is checked first and reported at once; the run
-always ends with one `end` record in metrics.jsonl and an exit code from
-worker.spec.job, so the daemon never has to parse the log. An attempt resumes from
-the job's newest usable checkpoint (worker.run.checkpoints), and a graceful cancel
-leaves one behind (worker.run.sink), so requeueing loses nothing.
+Read it top to bottom like torchtune's LoRA recipe: `run` calls one function per
+stage. Everything that can be checked before loading a model is checked first and
+reported at once; the run always ends with one `end` record in metrics.jsonl and an
+exit code from worker.spec.exits (worker.run.attempt), so the daemon never has to
+parse the log. An attempt resumes from the job's newest usable checkpoint
+(worker.run.checkpoints), and a graceful cancel leaves one behind (worker.run.sink),
+so requeueing loses nothing.
 """
 
 from __future__ import annotations
@@ -15,29 +16,23 @@ import importlib.util
 import logging
 import math
 import os
-import resource
 import signal
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
 from worker.data.batching import batching_name
-from worker.data.pipeline import DataError, build_datasets
-from worker.launch.ranks import (
-    exception_chain,
-    exception_is_oom,
-    rank_report_path,
-    tried_to_allocate_bytes,
-    write_rank_report,
-)
+from worker.data.pipeline import build_datasets
 from worker.model.chunked_loss import ChunkedLoss
 from worker.model.load import load_model, load_tokenizer, model_attention
-from worker.preflight.confine import BadFile, Roots, input_dirs_from_env, output_dirs_from_env, read_json_object
+from worker.preflight.confine import BadFile, Roots, output_dirs_from_env, read_json_object
+from worker.run.arguments import training_arguments
+from worker.run.attempt import Attempt
 from worker.run.cancel import CancelFlag, Cancelled, stop_check
 from worker.run.checkpoints import (
     Checkpoint,
@@ -55,24 +50,14 @@ from worker.run.loraplus import LoraPlus
 from worker.run.pissa import save_converted, save_initial
 from worker.run.plots import plot_after_training
 from worker.run.publish import publish
-from worker.run.reporting import RunDirTensorBoard, tensorboard_dir
+from worker.run.reporting import RunDirTensorBoard
 from worker.run.resume import CheckpointLoadError, ResumingTrainer, ShapeCallback
-from worker.run.sink import GIB, MetricsCallback, MetricsSink, NullSink, hms, utc_timestamp
-from worker.run.trainer_args import merge_arguments, method_arguments
+from worker.run.sink import MetricsCallback
 from worker.run.validate import read_and_validate, read_deepspeed, trained_on_adapter
-from worker.spec.job import (
-    CHECKPOINT_DIR,
-    EXIT_BAD_INPUT,
-    EXIT_CANCELLED,
-    EXIT_FAILED,
-    EXIT_OOM,
-    METRICS_FILE,
-    OUTPUT_DIR,
-    JobSpec,
-)
+from worker.spec.exits import EXIT_BAD_INPUT, EXIT_FAILED
+from worker.spec.job import CHECKPOINT_DIR, OUTPUT_DIR, JobSpec
 from worker.spec.loss_chunks import CHUNKED, FULL_LOGITS, loss_kernel
-from worker.spec.methods import MethodError, describe_method, expected_adapter
-from worker.spec.records import make_record
+from worker.spec.methods import describe_method, expected_adapter
 
 log = logging.getLogger("worker")
 
@@ -95,182 +80,186 @@ def main(argv: list[str], cancelled_early: bool = False) -> int:
 
 
 def run(run_dir: Path, cancel: CancelFlag) -> int:
-    started = time.monotonic()
-    # Under torchrun (worker.launch.torchrun) every rank runs this recipe; rank 0 alone writes metrics.jsonl.
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    report_path = rank_report_path(os.environ)
-    roots = input_dirs_from_env(os.environ)  # every file the job reads must lie inside these (None: run by hand)
-    sink = MetricsSink(run_dir / METRICS_FILE) if rank == 0 else NullSink()
-    cuda = torch.cuda.is_available()
-    trainer: ResumingTrainer | None = None
-    events = tensorboard_dir(run_dir)
-
-    def end(status: str, code: int, **fields: Any) -> int:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the end record must not be cut in half
-        state = trainer.state if trainer is not None else None
-        record = make_record(
-            "end",
-            dict(
-                status=status,
-                current_steps=state.global_step if state else 0,
-                total_steps=state.max_steps if state and state.max_steps else None,
-                elapsed_time=hms(time.monotonic() - started),
-                peak_vram_reserved=round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
-                peak_vram_allocated=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
-                peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 2),
-                **token_counts(trainer),
-                # whatever the run's end: what it logged for TensorBoard so far is there (report_to: tensorboard)
-                tensorboard_dir=str(events.resolve()) if events.is_dir() else None,
-                **fields,
-            ),
-        )
-        if report_path is not None:
-            # The launcher writes the run's one end record from every rank's report: a rank that torchrun
-            # stopped because another failed cannot tell that from a cancel, and rank 0 alone cannot say
-            # that rank 1 ran out of memory.
-            write_rank_report(report_path, {**record, "rank": rank, "exit_code": code})
-        else:
-            sink.write_record(record)
-        sink.close()
-        return code
-
-    def start_record(resume: Checkpoint | None, plan: ResumePlan, **extra: Any) -> None:
-        sink.write_record(  # written as it is: cuda_visible_devices is meaningful as null (rank 0 only)
-            {
-                "kind": "start",
-                "timestamp": utc_timestamp(),
-                "current_steps": resume.step if resume else 0,
-                "pid": os.getpid(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "device": describe_device(cuda),
-                "world_size": world_size,
-                # Only when earlier progress exists: the daemon hides earlier attempts' records past this step.
-                # 0 means this attempt starts over although checkpoints were there.
-                **({"resumed_from_step": resume.step if resume else 0} if plan.found_any else {}),
-                **extra,
-            }
-        )
-
+    attempt = Attempt.here(run_dir)
     try:
         if cancel.requested:
             raise Cancelled()
         # 1. validate everything that can be checked without loading a model, and pick the checkpoint to
         # resume from (cheaply: the start record says which before the model loads)
-        spec, problems = read_and_validate(run_dir, cuda=cuda)
+        spec, problems = read_and_validate(run_dir, cuda=attempt.cuda)
         if spec is None or problems:
             for problem in problems:
                 log.error("bad input: %s", problem)
-            return end("failed", EXIT_BAD_INPUT, error="; ".join(problems))
-        lora_rank, adapter = expected_adapter(spec, trained_on_adapter(spec, roots))
-        method = describe_method(spec)
-        expected = Expected(spec.finetuning_type, lora_rank, spec.deepspeed is not None, world_size, adapter, method)
-        plan = plan_resume(run_dir / CHECKPOINT_DIR, expected, set_aside=rank == 0)
-        resume = plan.checkpoint
-        _log_plan(plan)
-        batching = how_it_batches(spec, cuda, roots)
-        start_record(resume, plan, **batching)
-
-        # 2. set up: seed, arguments (under torchrun they join the process group, and DeepSpeed ZeRO-3 must
-        # know of its config before the model is loaded, to load it partitioned), tokenizer, data
-        set_seed(spec.seed)
-        args = training_arguments(spec, run_dir, cuda, roots, batching["loss_kernel"])
-        tokenizer = load_tokenizer(spec, roots)
-        train_set, eval_set, collator = build_datasets(spec, tokenizer, roots, output_dirs_from_env(os.environ))
-        shape = TrainingShape(
-            spec.per_device_train_batch_size, spec.gradient_accumulation_steps, world_size, len(train_set),
-            spec.cutoff_len, spec.gradient_checkpointing, spec.deepspeed is not None, method,
-        )  # fmt: skip
-        faults = faults_from_env(os.environ)
-
-        # 3. the model and the Trainer, then train from the checkpoint. One that passed the cheap checks but
-        # fails to load is set aside, and the attempt falls back to the one before it, or to a fresh start,
-        # with a second start record that corrects resumed_from_step (nothing has trained yet).
-        while True:
-            set_seed(spec.seed)  # a fallback starts from the same random state as a first try
-            if resume is not None:
-                why, same = compare_shapes(read_shape(resume.path), shape, resume.step)
-                (log.info if same else log.warning)("resuming from %s: %s", resume.path.name, why)
-            callback = MetricsCallback(sink, run_dir, should_stop=stop_check(cancel, args), cuda=cuda)
-            callbacks: list[Any] = [ShapeCallback(shape), callback]  # the checkpoint record comes once all is written
-            if faults:
-                callbacks.append(FaultInjector(faults, rank))
-            if spec.report_to == "tensorboard":
-                callbacks.append(RunDirTensorBoard(run_dir))
-            trainer = ResumingTrainer(
-                model=load_model(spec, cuda, roots),
-                args=args,
-                train_dataset=train_set,
-                eval_dataset=eval_set,
-                data_collator=collator,
-                processing_class=tokenizer,
-                callbacks=callbacks,
-                loraplus=LoraPlus.of(spec),
-            )
-            if batching["loss_kernel"] == CHUNKED:
-                trainer.chunked = chunked_loss(trainer.model, train_set[0]["input_ids"])
-                batching["loss_kernel"] = CHUNKED if trainer.chunked is not None else FULL_LOGITS
-            if spec.pissa_init and spec.pissa_convert and trainer.is_world_process_zero():
-                pissa_initial = save_initial(trainer.model, run_dir)
-            cancel.training = True
-            try:
-                result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
-                break
-            except CheckpointLoadError as exc:
-                cancel.training = False
-                if cancel.requested:
-                    raise Cancelled() from exc
-                assert resume is not None
-                resume = _fall_back(exc, resume, expected, rank)
-                start_record(resume, plan, resume_error=str(exc)[:2000])
-                trainer = None
-                gc.collect()
-                if cuda:
-                    torch.cuda.empty_cache()
-        cancel.training = False
-        if cancel.requested:  # stopped at a step boundary, with a checkpoint saved there
-            raise Cancelled()
-
+            return attempt.end("failed", EXIT_BAD_INPUT, error="; ".join(problems))
+        job = plan(attempt, spec)
+        # 2. set up: seed, arguments, tokenizer, data
+        setup = set_up(attempt, job)
+        # 3. the model and the Trainer, then train from the checkpoint
+        trained = train(attempt, job, setup, cancel)
         # 4. a run that diverged is a failure, never a NaN adapter reported as succeeded
-        diverged = divergence(result, trainer.model)
+        diverged = divergence(trained.result, trained.trainer.model)
         if diverged is not None:
             log.error("training diverged: %s", diverged)
-            return end("failed", EXIT_FAILED, error=f"training diverged: {diverged}")
-
+            return attempt.end("failed", EXIT_FAILED, error=f"training diverged: {diverged}")
         # 5. a last evaluation when asked for (LLaMA-Factory's do_eval), recorded like the others; the loss
         # plots, as LLaMA-Factory's, show the history up to the end of training
-        history = list(trainer.state.log_history)
-        if spec.do_eval and eval_set is not None:
-            trainer.evaluate()
-
-        # 6. save the adapter (LoRA, OFT) or the whole model, with the tokenizer beside it. Every rank calls
-        # save_model (ZeRO-3 gathers the weights from all of them); the main process writes, then places the
-        # result in output_dir too when the spec names one (worker.run.publish).
-        output = run_dir / OUTPUT_DIR
-        plots: list[str] = []
-        plot_error: str | None = None
-        trainer.save_model(str(output))
-        where = str(output.resolve())
-        if trainer.is_world_process_zero():
-            if spec.pissa_init and spec.pissa_convert:
-                save_converted(trainer.model, pissa_initial, output)
-            tokenizer.save_pretrained(str(output))
-            log.info("saved %s to %s", "adapter" if spec.finetuning_type in ("lora", "oft") else "model", output)
-            if spec.plot_loss:  # beside the result, as LLaMA-Factory puts them, so output_dir gets them too
-                plots, plot_error = plot_after_training(history, output, spec.name)
-            if spec.output_dir:
-                try:
-                    where = publish(output, spec.output_dir, output_dirs_from_env(os.environ))
-                except BadFile as exc:
-                    why = f"training succeeded and the result is in {where}, but {exc}"
-                    return end("failed", EXIT_FAILED, error=why, output=OUTPUT_DIR)
-        return end(
-            "succeeded", 0, output=OUTPUT_DIR, result=where, final_loss=_final_loss(result, callback),
-            loss_kernel=batching["loss_kernel"], plots=[str(Path(where) / name) for name in plots] or None,
-            plot_error=plot_error,
-        )  # fmt: skip
+        history = list(trained.trainer.state.log_history)
+        if spec.do_eval and setup.eval_set is not None:
+            trained.trainer.evaluate()
+        # 6. save, and report
+        return save(attempt, job, setup, trained, history)
     except BaseException as exc:  # every way out must leave an end record
-        return _classify(exc, cancel, end)
+        return attempt.ended_by(exc, cancel)
+
+
+@dataclass
+class Job:
+    """The validated spec, what a checkpoint must match to resume from, and the batching the start record says."""
+
+    spec: JobSpec
+    expected: Expected
+    plan: ResumePlan
+    batching: dict[str, Any]
+
+
+def plan(attempt: Attempt, spec: JobSpec) -> Job:
+    """Pick the checkpoint to resume from, decide the batching, and write the start record."""
+    lora_rank, adapter = expected_adapter(spec, trained_on_adapter(spec, attempt.roots))
+    method = describe_method(spec)
+    expected = Expected(
+        spec.finetuning_type, lora_rank, spec.deepspeed is not None, attempt.world_size, adapter, method
+    )
+    resume_plan = plan_resume(attempt.run_dir / CHECKPOINT_DIR, expected, set_aside=attempt.rank == 0)
+    _log_plan(resume_plan)
+    batching = how_it_batches(spec, attempt.cuda, attempt.roots)
+    attempt.start_record(resume_plan.checkpoint, resume_plan, **batching)
+    return Job(spec, expected, resume_plan, batching)
+
+
+@dataclass
+class Setup:
+    """What training needs besides the model."""
+
+    args: TrainingArguments
+    tokenizer: PreTrainedTokenizerBase
+    train_set: Any
+    eval_set: Any
+    collator: Any
+    shape: TrainingShape
+
+
+def set_up(attempt: Attempt, job: Job) -> Setup:
+    """Seed, arguments (under torchrun they join the process group, and DeepSpeed ZeRO-3 must know of its config
+    before the model is loaded, to load it partitioned), tokenizer, data."""
+    spec = job.spec
+    set_seed(spec.seed)
+    args = training_arguments(spec, attempt.run_dir, attempt.cuda, attempt.roots, job.batching["loss_kernel"])
+    tokenizer = load_tokenizer(spec, attempt.roots)
+    train_set, eval_set, collator = build_datasets(spec, tokenizer, attempt.roots, output_dirs_from_env(os.environ))
+    shape = TrainingShape(
+        spec.per_device_train_batch_size, spec.gradient_accumulation_steps, attempt.world_size, len(train_set),
+        spec.cutoff_len, spec.gradient_checkpointing, spec.deepspeed is not None, job.expected.method,
+    )  # fmt: skip
+    return Setup(args, tokenizer, train_set, eval_set, collator, shape)
+
+
+@dataclass
+class Trained:
+    trainer: ResumingTrainer
+    result: Any  # transformers' TrainOutput
+    callback: MetricsCallback
+    pissa_initial: Any  # the PiSSA adapter before training, when pissa_convert saves the converted one
+
+
+def train(attempt: Attempt, job: Job, setup: Setup, cancel: CancelFlag) -> Trained:
+    """Load the model into a Trainer and train from the checkpoint.
+
+    A checkpoint that passed the cheap checks but fails to load is set aside, and the attempt falls back to
+    the one before it, or to a fresh start, with a second start record that corrects resumed_from_step
+    (nothing has trained yet).
+    """
+    spec, resume, faults = job.spec, job.plan.checkpoint, faults_from_env(os.environ)
+    pissa_initial = None
+    while True:
+        set_seed(spec.seed)  # a fallback starts from the same random state as a first try
+        if resume is not None:
+            why, same = compare_shapes(read_shape(resume.path), setup.shape, resume.step)
+            (log.info if same else log.warning)("resuming from %s: %s", resume.path.name, why)
+        callback = MetricsCallback(
+            attempt.sink, attempt.run_dir, should_stop=stop_check(cancel, setup.args), cuda=attempt.cuda
+        )
+        callbacks: list[Any] = [ShapeCallback(setup.shape), callback]  # the checkpoint record comes once all is written
+        if faults:
+            callbacks.append(FaultInjector(faults, attempt.rank))
+        if spec.report_to == "tensorboard":
+            callbacks.append(RunDirTensorBoard(attempt.run_dir))
+        trainer = attempt.trainer = ResumingTrainer(
+            model=load_model(spec, attempt.cuda, attempt.roots),
+            args=setup.args,
+            train_dataset=setup.train_set,
+            eval_dataset=setup.eval_set,
+            data_collator=setup.collator,
+            processing_class=setup.tokenizer,
+            callbacks=callbacks,
+            loraplus=LoraPlus.of(spec),
+        )
+        if job.batching["loss_kernel"] == CHUNKED:
+            trainer.chunked = chunked_loss(trainer.model, setup.train_set[0]["input_ids"])
+            job.batching["loss_kernel"] = CHUNKED if trainer.chunked is not None else FULL_LOGITS
+        if spec.pissa_init and spec.pissa_convert and trainer.is_world_process_zero():
+            pissa_initial = save_initial(trainer.model, attempt.run_dir)
+        cancel.training = True
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+            break
+        except CheckpointLoadError as exc:
+            cancel.training = False
+            if cancel.requested:
+                raise Cancelled() from exc
+            assert resume is not None
+            resume = _fall_back(exc, resume, job.expected, attempt.rank)
+            attempt.start_record(resume, job.plan, resume_error=str(exc)[:2000])
+            attempt.trainer = None
+            del trainer
+            gc.collect()
+            if attempt.cuda:
+                torch.cuda.empty_cache()
+    cancel.training = False
+    if cancel.requested:  # stopped at a step boundary, with a checkpoint saved there
+        raise Cancelled()
+    return Trained(trainer, result, callback, pissa_initial)
+
+
+def save(attempt: Attempt, job: Job, setup: Setup, trained: Trained, history: list[dict[str, Any]]) -> int:
+    """Save the adapter (LoRA, OFT) or the whole model, with the tokenizer beside it; end the run.
+
+    Every rank calls save_model (ZeRO-3 gathers the weights from all of them); the main process writes, then
+    places the result in output_dir too when the spec names one (worker.run.publish).
+    """
+    spec, trainer = job.spec, trained.trainer
+    output = attempt.run_dir / OUTPUT_DIR
+    plots: list[str] = []
+    plot_error: str | None = None
+    trainer.save_model(str(output))
+    where = str(output.resolve())
+    if trainer.is_world_process_zero():
+        if spec.pissa_init and spec.pissa_convert:
+            save_converted(trainer.model, trained.pissa_initial, output)
+        setup.tokenizer.save_pretrained(str(output))
+        log.info("saved %s to %s", "adapter" if spec.finetuning_type in ("lora", "oft") else "model", output)
+        if spec.plot_loss:  # beside the result, as LLaMA-Factory puts them, so output_dir gets them too
+            plots, plot_error = plot_after_training(history, output, spec.name)
+        if spec.output_dir:
+            try:
+                where = publish(output, spec.output_dir, output_dirs_from_env(os.environ))
+            except BadFile as exc:
+                why = f"training succeeded and the result is in {where}, but {exc}"
+                return attempt.end("failed", EXIT_FAILED, error=why, output=OUTPUT_DIR)
+    return attempt.end(
+        "succeeded", 0, output=OUTPUT_DIR, result=where, final_loss=_final_loss(trained.result, trained.callback),
+        loss_kernel=job.batching["loss_kernel"], plots=[str(Path(where) / name) for name in plots] or None,
+        plot_error=plot_error,
+    )  # fmt: skip
 
 
 def _log_plan(plan: ResumePlan) -> None:
@@ -298,34 +287,6 @@ def _fall_back(exc: CheckpointLoadError, failed: Checkpoint, expected: Expected,
     if plan.checkpoint is None:
         log.warning("no older usable checkpoint: starting over from step 0")
     return plan.checkpoint
-
-
-def _classify(exc: BaseException, cancel: CancelFlag, end: Any) -> int:
-    """Map an exception to the end record and exit code the supervisor expects."""
-    if isinstance(exc, Cancelled) or cancel.requested:
-        # A DataLoader worker killed by the same SIGTERM surfaces as its own error: still a cancel.
-        log.info("cancelled by SIGTERM")
-        return end("cancelled", EXIT_CANCELLED, error="cancelled (SIGTERM)")
-    if isinstance(exc, (DataError, BadFile, MethodError)):
-        # A file the job names is wrong (not UTF-8, truncated, outside the input dirs), or the method asks for
-        # what the model does not have (a module freeze cannot find): the message names it.
-        log.error("bad input: %s", exc)
-        return end("failed", EXIT_BAD_INPUT, error=str(exc).strip()[:2000])
-    error = f"{type(exc).__name__}: {str(exc).strip()}"[:2000]
-    log.error("training failed", exc_info=exc)
-    if exception_is_oom(exc):
-        # In a step, an evaluation or a checkpoint save alike; the daemon may retry with a smaller micro-batch.
-        return end("oom", EXIT_OOM, error=error, tried_to_allocate_bytes=_tried_to_allocate(exc))
-    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: record, then let it go on
-        end("failed", EXIT_FAILED, error=error or type(exc).__name__)
-        raise exc
-    return end("failed", EXIT_FAILED, error=error)
-
-
-def _tried_to_allocate(exc: BaseException) -> int | None:
-    """The failed allocation, from the exception or the one it was raised from."""
-    said = (tried_to_allocate_bytes(str(e)) for e in exception_chain(exc))
-    return next((wanted for wanted in said if wanted is not None), None)
 
 
 def how_it_batches(spec: JobSpec, cuda: bool, roots: Roots) -> dict[str, Any]:
@@ -358,84 +319,6 @@ def chunked_loss(model: Any, example: list[int]) -> ChunkedLoss | None:
         return chunked
     log.warning("fused_cross_entropy: this model's logits are not its output layer's alone; using the full logits")
     return None
-
-
-def token_counts(trainer: Any) -> dict[str, Any]:
-    """The real (non-padding) and computed tokens of the attempt, and the share of padding."""
-    if trainer is None or not trainer.tokens_computed:
-        return {}
-    real, computed = int(trainer.state.num_input_tokens_seen or 0), trainer.tokens_computed
-    return {"real_tokens": real, "computed_tokens": computed, "pad_share": round(1 - real / computed, 4)}
-
-
-def training_arguments(
-    spec: JobSpec, run_dir: Path, cuda: bool, roots: Roots = None, loss_kernel: str = FULL_LOGITS
-) -> TrainingArguments:
-    if not cuda and (spec.bf16 or spec.fp16):
-        log.info("no CUDA device: mixed precision (bf16/fp16) is skipped, training in float32")
-    if spec.pure_bf16 and spec.deepspeed is None:
-        # LLaMA-Factory's pure_bf16: the weights are loaded in bf16 (worker.model.load) and trained as they are,
-        # so gradients and AdamW states are bf16 too; AMP would add nothing but casts.
-        bf16 = False
-        if spec.finetuning_type == "full":
-            log.info("pure_bf16: weights, gradients and optimizer states in bfloat16, no fp32 master copy")
-        else:  # peft makes its adapters float32 by itself; LLaMA-Factory leaves them so
-            log.info("pure_bf16: base model in bfloat16 without autocast; peft keeps the LoRA adapters in float32")
-    elif spec.pure_bf16:
-        # DeepSpeed's own precision mode must match the bf16 weights; it keeps its optimizer partitions in fp32.
-        bf16 = cuda
-        log.info("pure_bf16 with DeepSpeed: model loaded in bfloat16, DeepSpeed's bf16 mode on")
-    else:
-        bf16 = cuda and spec.bf16
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # transformers 5 renamed gradient_checkpointing; use whichever this version has without a warning.
-    fields = TrainingArguments.__dataclass_fields__
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    ftq = dict(
-        output_dir=str(run_dir / CHECKPOINT_DIR),
-        per_device_train_batch_size=spec.per_device_train_batch_size,
-        per_device_eval_batch_size=spec.per_device_eval_batch_size,
-        gradient_accumulation_steps=spec.gradient_accumulation_steps,
-        learning_rate=spec.learning_rate,
-        weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm,
-        num_train_epochs=spec.num_train_epochs,
-        max_steps=spec.max_steps,
-        lr_scheduler_type=spec.lr_scheduler_type,
-        # transformers 5 has no warmup_ratio: warmup_steps below 1 is read as a ratio.
-        warmup_steps=spec.warmup_ratio if spec.warmup_ratio > 0 else spec.warmup_steps,
-        bf16=bf16,
-        fp16=cuda and spec.fp16,
-        **{checkpointing: spec.gradient_checkpointing},
-        logging_steps=spec.logging_steps,
-        save_strategy="steps",
-        save_steps=spec.save_steps,
-        save_total_limit=spec.save_total_limit,
-        eval_strategy=spec.eval_strategy,
-        eval_steps=spec.eval_steps,
-        seed=spec.seed,
-        dataloader_num_workers=spec.dataloader_num_workers,
-        ddp_timeout=spec.ddp_timeout,
-        # Every trainable parameter takes part in each step (LoRA or full); as LLaMA-Factory sets for LoRA,
-        # this spares DDP a walk of the autograd graph per step and its warning.
-        ddp_find_unused_parameters=False if distributed else None,
-        # The config as a dict read through the confined open, so that transformers never opens the path itself.
-        deepspeed=read_deepspeed(Path(spec.deepspeed), roots) if spec.deepspeed else None,
-        report_to="none",
-        use_cpu=not cuda,
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,  # the log is a file; progress is in metrics.jsonl
-        remove_unused_columns=False,
-    )
-    # The spec's passed-through and method keys (worker.run.trainer_args says where they meet ftq's own).
-    return TrainingArguments(**merge_arguments(ftq, method_arguments(spec, cuda, set(fields), loss_kernel)))
-
-
-def describe_device(cuda: bool) -> str:
-    if not cuda:
-        return "cpu"
-    index = torch.cuda.current_device()
-    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
 
 
 def divergence(result: Any, model: torch.nn.Module) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from worker.launch.ranks import exception_is_oom
+from worker.launch.oom import exception_is_oom
 from worker.run.cancel import Cancelled
 from worker.run.checkpoints import UNUSABLE_MARK, TrainingShape, write_shape
 from worker.run.loraplus import LoraPlus

@@ -1,6 +1,6 @@
 """How a job's samples become batches: padding-free rows, the micro-batch ftq picks, the loss kernel, packing.
 
-A mixin of worker.spec.job.JobSpec. The first three are on by default because they
+A mixin of worker.spec.job_fields.JobFields. The first three are on by default because they
 compute exactly what the padded default computes (the same samples per
 optimizer step, the loss normalized over the tokens of the whole accumulated
 batch; tests/integration/test_exactness.py proves it); `packing` and

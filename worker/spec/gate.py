@@ -19,11 +19,11 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-from worker.spec.layout import EXIT_NOT_STARTED, METRICS_FILE
+from worker.spec.exits import EXIT_NOT_STARTED
+from worker.spec.layout import METRICS_FILE, PID_FILE, pid_file
 from worker.spec.records import append_record
 
 GATE_ENV = "FTQ_START_GATE"
-PID_FILE = "worker.pid"
 GO = b"go"
 NOT_STARTED = "the daemon that started this worker stopped before it told it to go; nothing was trained"
 
@@ -49,8 +49,8 @@ def refuse_to_start(run_dir: Path) -> int:
 
 def pid_file_name(env: Mapping[str, str] = os.environ) -> str:
     """worker.pid, or worker.node{R}.pid for node rank R > 0 of a job across nodes (their run dir is shared)."""
-    rank = env.get("FTQ_NODE_RANK", "0")
-    return PID_FILE if rank in ("", "0") else f"worker.node{rank}.pid"
+    rank = env.get("FTQ_NODE_RANK", "").strip()  # read as worker.launch.nodes.claimed_node_rank reads it
+    return pid_file(int(rank) if rank.isdigit() else 0)
 
 
 def write_pid_file(run_dir: Path, name: str = PID_FILE) -> None:

@@ -306,7 +306,7 @@ def is_default(key: str, value: Any) -> bool:
     default = fate[0]
     if isinstance(default, bool) or isinstance(value, bool):  # `0` is not `false`, nor `1` `true`
         return value is default
-    return value == default
+    return bool(value == default)
 
 
 def without_effect_reason(key: str) -> str | None:

@@ -1,6 +1,6 @@
-"""The run dir's layout and the worker's exit codes: what the daemon and a worker both rely on.
+"""The run dir's layout: the names of the files and folders the daemon and a worker both rely on.
 
-Plain constants, no imports: the start gate (worker.spec.gate) and stand-in workers read them
+Plain names, no imports: the start gate (worker.spec.gate) and stand-in workers read them
 in the first milliseconds of a process, before (or without) pydantic and torch.
 """
 
@@ -8,14 +8,33 @@ in the first milliseconds of a process, before (or without) pydantic and torch.
 SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "worker.log"
+PID_FILE = "worker.pid"
 OUTPUT_DIR = "output"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, with report_to: tensorboard
+RANKS_DIR = "ranks"  # a multi-GPU run's rank and node reports, and torchrun's per-rank logs
 
-# Exit codes the worker uses, so the supervisor can tell why it ended without
-# parsing its log. 0 is success; anything else not listed is an unexpected crash.
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_OOM = 3
-EXIT_NOT_STARTED = 4  # the daemon died before it told the worker to go: nothing was trained
-EXIT_CANCELLED = 143  # 128 + SIGTERM, what a shell reports for a process ended by it
+
+def log_file(node_rank: int) -> str:
+    """worker.log, or worker.node{R}.log for node rank R > 0 of a job across nodes (their run dir is shared)."""
+    return LOG_FILE if node_rank == 0 else f"worker.node{node_rank}.log"
+
+
+def pid_file(node_rank: int) -> str:
+    """worker.pid, or worker.node{R}.pid for node rank R > 0 of a job across nodes (their run dir is shared)."""
+    return PID_FILE if node_rank == 0 else f"worker.node{node_rank}.pid"
+
+
+def rank_report_file(rank: int) -> str:
+    """RANKS_DIR/rank-N.json: what global rank N reported at its end, for the launcher."""
+    return f"rank-{rank}.json"
+
+
+def node_report_file(node_rank: int) -> str:
+    """RANKS_DIR/node-R.json: what the torchrun of node rank R > 0 said, for the launcher of node rank 0."""
+    return f"node-{node_rank}.json"
+
+
+def node_log_dir_name(node_rank: int) -> str:
+    """RANKS_DIR/node<R>/: where the torchrun of node rank R of a job across nodes keeps its ranks' logs."""
+    return f"node{node_rank}"

@@ -33,7 +33,8 @@ def chunk_tokens(vocab_size: int) -> int:
 
 def loss_blockers(config: dict[str, Any], moe_aux_loss_coef: float | None = None) -> list[str]:
     """The config.json keys (top level or text_config) that keep this model on transformers' own loss."""
-    parts = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
+    text_config = config.get("text_config")
+    parts: list[dict[str, Any]] = [config, text_config if isinstance(text_config, dict) else {}]
     found = [key for key in LOGIT_CHANGERS for part in parts if part.get(key) not in (None, False, 1, 1.0)]
     if moe_aux_loss_coef:
         found += [key for key in AUX_LOSS_NAMES for part in parts if key in part]

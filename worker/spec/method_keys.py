@@ -1,7 +1,7 @@
 """The fine-tuning method's keys, as LLaMA-Factory names them: freeze, LoRA and its variants, OFT,
 QLoRA, attention and kernels, and the optimizers transformers or a maintained package provides.
 
-A mixin of worker.spec.job.JobSpec, kept apart so that each file holds one group of keys.
+A mixin of worker.spec.job_fields.JobFields, kept apart so that each file holds one group of keys.
 """
 
 from __future__ import annotations

@@ -8,10 +8,9 @@ method a checkpoint was trained with (`describe_method`) with this job's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from worker.spec.job import JobSpec
+from worker.spec.job_fields import JobFields
 
 # LLaMA-Factory's flash_attn choices -> transformers' attn_implementation (None: transformers' own default).
 ATTENTION: dict[str, str | None] = {
@@ -62,14 +61,14 @@ def attn_implementation(flash_attn: str) -> str | None:
     return ATTENTION[flash_attn]
 
 
-def pissa_init(spec: JobSpec) -> str | None:
+def pissa_init(spec: JobFields) -> str | None:
     """peft's init_lora_weights for PiSSA: exact SVD with pissa_iter -1, fast SVD with n iterations otherwise."""
     if not spec.pissa_init:
         return None
     return "pissa" if spec.pissa_iter == -1 else f"pissa_niter_{spec.pissa_iter}"
 
 
-def effective_optim(spec: JobSpec) -> str | None:
+def effective_optim(spec: JobFields) -> str | None:
     """The optimizer name transformers runs: spec.optim, or the GaLore / APOLLO one use_galore / use_apollo pick."""
     if spec.use_galore:
         return _low_rank_name("galore_", GALORE_FOR, spec.optim, spec.galore_layerwise, "use_galore")
@@ -90,7 +89,16 @@ def _low_rank_name(prefix: str, table: dict[str | None, str], optim: str | None,
     return base + ("_layerwise" if layerwise else "")
 
 
-def low_rank_optimizer(spec: JobSpec) -> dict[str, Any]:
+# optim_args transformers reads for GaLore / APOLLO, in its order, each from the spec's <galore|apollo>_<arg> key
+# (LLaMA-Factory's name, where it differs: _SPEC_NAME).
+_LOW_RANK_ARGS = {
+    "galore": ("rank", "update_proj_gap", "scale", "proj_type"),
+    "apollo": ("rank", "proj", "scale_type", "update_proj_gap", "scale", "proj_type"),
+}
+_SPEC_NAME = {"update_proj_gap": "update_interval"}
+
+
+def low_rank_optimizer(spec: JobFields) -> dict[str, Any]:
     """optim, optim_target_modules and optim_args for use_galore / use_apollo, as transformers' integration takes them.
 
     transformers reads rank, update_proj_gap, scale and proj_type (APOLLO: also
@@ -99,34 +107,31 @@ def low_rank_optimizer(spec: JobSpec) -> dict[str, Any]:
     """
     if not (spec.use_galore or spec.use_apollo):
         return {}
-    if spec.use_galore:
-        target = spec.galore_target
-        options = dict(
-            rank=spec.galore_rank,
-            update_proj_gap=spec.galore_update_interval,
-            scale=spec.galore_scale,
-            proj_type=spec.galore_proj_type,
-        )
-    else:
-        target = spec.apollo_target
-        options = dict(
-            rank=spec.apollo_rank,
-            proj=spec.apollo_proj,
-            scale_type=spec.apollo_scale_type,
-            update_proj_gap=spec.apollo_update_interval,
-            scale=spec.apollo_scale,
-            proj_type=spec.apollo_proj_type,
-        )
+    key = "galore" if spec.use_galore else "apollo"
+    target: str = getattr(spec, f"{key}_target")
+    options = {arg: getattr(spec, f"{key}_{_SPEC_NAME.get(arg, arg)}") for arg in _LOW_RANK_ARGS[key]}
     return {
         "optim": effective_optim(spec),
         "optim_target_modules": ALL_LINEAR_BUT_OUTPUT if target.strip() == "all" else split_names(target),
-        "optim_args": ",".join(f"{key}={value}" for key, value in options.items()),
+        "optim_args": ",".join(f"{arg}={value}" for arg, value in options.items()),
     }
 
 
-def method_problems(spec: JobSpec) -> list[str]:
+def method_problems(spec: JobFields) -> list[str]:
     """Combinations of method keys that LLaMA-Factory (its hparams/parser.py and finetuning_args.py, in its
-    words), peft or transformers refuse, found before anything loads."""
+    words), peft or transformers refuse, found before anything loads: every group's, in this order."""
+    return [
+        *_adapter_problems(spec),
+        *_quantization_problems(spec),
+        *_low_rank_conflicts(spec),
+        *_trainable_problems(spec),
+        *_low_rank_settings(spec),
+        *_optimizer_problems(spec),
+    ]
+
+
+def _adapter_problems(spec: JobFields) -> list[str]:
+    """LoRA's own keys on another method, and adapters where none can go."""
     problems: list[str] = []
     if spec.finetuning_type != "lora":
         lora_only = {
@@ -144,32 +149,51 @@ def method_problems(spec: JobSpec) -> list[str]:
         problems.append("pissa_convert converts a PiSSA adapter; set pissa_init: true too, or remove it")
     if spec.adapter_paths and spec.finetuning_type != "lora":
         problems.append("adapter_name_or_path: an adapter is only valid for finetuning_type: lora")
-    if spec.quantization_bit is not None:
+    return problems
+
+
+def _quantization_problems(spec: JobFields) -> list[str]:
+    """What quantizing on the fly (QLoRA) cannot go with."""
+    problems: list[str] = []
+    if spec.quantization_bit is None:
         if spec.quantization_method != "bnb":
             problems.append(
-                f"quantization_method: {spec.quantization_method} is not run by ftq; ftq quantizes on the fly "
-                "with bitsandbytes (bnb). A GPTQ / AWQ / AQLM model is trained from its own pre-quantized "
-                "checkpoint: remove quantization_bit and point model_name_or_path at it"
+                f"quantization_method: {spec.quantization_method} without quantization_bit does nothing; "
+                "remove it (a pre-quantized checkpoint brings its own quantization_config)"
             )
-        if spec.finetuning_type not in ("lora", "oft"):
-            problems.append("quantization_bit: quantization works with finetuning_type lora or oft only")
-        if spec.pissa_init:
-            problems.append("pissa_init cannot initialize PiSSA on a quantized model (LLaMA-Factory's rule)")
-        if spec.adapter_paths and spec.create_new_adapter:
-            problems.append("create_new_adapter cannot create a new adapter upon a quantized model")
-        if len(spec.adapter_paths) > 1:
-            problems.append("adapter_name_or_path: a quantized model takes a single adapter; merge them first")
-    elif spec.quantization_method != "bnb":
+        return problems
+    if spec.quantization_method != "bnb":
         problems.append(
-            f"quantization_method: {spec.quantization_method} without quantization_bit does nothing; "
-            "remove it (a pre-quantized checkpoint brings its own quantization_config)"
+            f"quantization_method: {spec.quantization_method} is not run by ftq; ftq quantizes on the fly "
+            "with bitsandbytes (bnb). A GPTQ / AWQ / AQLM model is trained from its own pre-quantized "
+            "checkpoint: remove quantization_bit and point model_name_or_path at it"
         )
+    if spec.finetuning_type not in ("lora", "oft"):
+        problems.append("quantization_bit: quantization works with finetuning_type lora or oft only")
+    if spec.pissa_init:
+        problems.append("pissa_init cannot initialize PiSSA on a quantized model (LLaMA-Factory's rule)")
+    if spec.adapter_paths and spec.create_new_adapter:
+        problems.append("create_new_adapter cannot create a new adapter upon a quantized model")
+    if len(spec.adapter_paths) > 1:
+        problems.append("adapter_name_or_path: a quantized model takes a single adapter; merge them first")
+    return problems
+
+
+def _low_rank_conflicts(spec: JobFields) -> list[str]:
+    """GaLore / APOLLO with what they cannot train beside."""
+    problems: list[str] = []
     if spec.finetuning_type == "lora" and (spec.use_galore or spec.use_apollo):
         problems.append("use_galore / use_apollo cannot train LoRA; use finetuning_type full or freeze")
     if spec.use_galore and spec.use_apollo:
         problems.append("use_galore and use_apollo are both true; choose one")
     if (spec.use_galore or spec.use_apollo) and spec.deepspeed is not None:
         problems.append("use_galore / use_apollo are incompatible with DeepSpeed (as in LLaMA-Factory)")
+    return problems
+
+
+def _trainable_problems(spec: JobFields) -> list[str]:
+    """Settings under which peft cannot build the method, or nothing would train."""
+    problems: list[str] = []
     if spec.finetuning_type == "oft" and (spec.oft_rank == 0) == (spec.oft_block_size == 0):
         state = "both 0" if spec.oft_rank == 0 else f"both set ({spec.oft_rank} and {spec.oft_block_size})"
         problems.append(
@@ -184,6 +208,12 @@ def method_problems(spec: JobSpec) -> list[str]:
         )
     if spec.finetuning_type == "freeze" and spec.freeze_trainable_layers == 0 and not spec.freeze_extra_modules:
         problems.append("freeze_trainable_layers is 0 and freeze_extra_modules is unset: nothing would train")
+    return problems
+
+
+def _low_rank_settings(spec: JobFields) -> list[str]:
+    """GaLore's / APOLLO's own settings: its optim, the keys it sets itself, layerwise stepping."""
+    problems: list[str] = []
     if spec.use_galore or spec.use_apollo:
         key = "galore" if spec.use_galore else "apollo"
         try:
@@ -207,6 +237,12 @@ def method_problems(spec: JobSpec) -> list[str]:
         problems.append(
             "apollo_scale_front: transformers' APOLLO integration does not pass it to the optimizer; remove the key"
         )
+    return problems
+
+
+def _optimizer_problems(spec: JobFields) -> list[str]:
+    """Sampling and optimizer keys that contradict one another."""
+    problems: list[str] = []
     if spec.disable_shuffling and spec.train_sampling_strategy not in (None, "sequential"):
         problems.append(
             f"disable_shuffling asks for sequential sampling but train_sampling_strategy is "
@@ -217,14 +253,14 @@ def method_problems(spec: JobSpec) -> list[str]:
     return problems
 
 
-def describe_method(spec: JobSpec) -> str:
+def describe_method(spec: JobFields) -> str:
     """What decides the trainable parameters and their optimizer state, as one comparable line.
 
     ftq_checkpoint.json records it, so that a checkpoint trained another way (a
     freeze checkpoint for a full job, other layers, another adapter) is passed over
     with a reason rather than failing halfway through its load.
     """
-    parts = [spec.finetuning_type]
+    parts: list[str] = [spec.finetuning_type]
     if spec.finetuning_type == "lora":
         parts += [f"r={spec.lora_rank}", f"target={spec.lora_target}"]
         parts += [name for name in ("use_dora", "use_rslora") if getattr(spec, name)]
@@ -245,14 +281,14 @@ def describe_method(spec: JobSpec) -> str:
     return " ".join(parts)
 
 
-def _optim_or_none(spec: JobSpec) -> str | None:
+def _optim_or_none(spec: JobFields) -> str | None:
     try:
         return effective_optim(spec)
     except MethodError:
         return spec.optim
 
 
-def expected_adapter(spec: JobSpec, trained_on: dict[str, Any] | None) -> tuple[int, tuple[tuple[str, Any], ...]]:
+def expected_adapter(spec: JobFields, trained_on: dict[str, Any] | None) -> tuple[int, tuple[tuple[str, Any], ...]]:
     """(lora_rank, other adapter_config.json values) a resumable checkpoint's adapter must have.
 
     When the job trains on an existing adapter (the last of adapter_name_or_path,

@@ -1,6 +1,6 @@
 """The keys for what a run leaves beside its metrics, as LLaMA-Factory names them: loss plots and TensorBoard.
 
-A mixin of worker.spec.job.JobSpec, kept apart so that each file holds one group of keys.
+A mixin of worker.spec.job_fields.JobFields, kept apart so that each file holds one group of keys.
 `report_to` is honoured for `tensorboard` only: worker.spec.job sorts any other
 integration a file names into `without_effect` (see `split_report_to`), where the
 job's notes say why, as they did before ftq ran any.
@@ -8,12 +8,12 @@ job's notes say why, as they did before ftq ran any.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field
 
 TENSORBOARD = "tensorboard"
-NOTHING = "none"  # transformers' and LLaMA-Factory's word for no integration
+NOTHING: Final = "none"  # transformers' and LLaMA-Factory's word for no integration
 
 
 class OutputFields(BaseModel):

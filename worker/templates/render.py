@@ -58,7 +58,7 @@ def get_template(
     """
     if name not in TEMPLATES:
         raise UnknownTemplate(f"template {name!r} is not one ftq has; it has: {', '.join(TEMPLATE_NAMES)}")
-    template, changes = TEMPLATES[name], {}
+    template, changes = TEMPLATES[name], dict[str, Any]()
     if tool_format is not None:
         get_tool_format(tool_format)  # raises UnknownToolFormat naming the supported ones
         changes["tool_format"] = tool_format
@@ -104,7 +104,9 @@ def _message_elements(
         if system or tools:
             content = system + (format_tools(template.tool_format, tools) if tools else "")
             if template.system_in_user:
-                system_text = _fill(template.format_system, content=content)[0]  # LF takes the first element
+                first = _fill(template.format_system, content=content)[0]  # LF takes the first element
+                assert isinstance(first, str), f"{template.name}: system_in_user needs a text first system slot"
+                system_text = first
             else:
                 elements += _fill(template.format_system, content=content)
     role, content = message["role"], message["content"]
@@ -216,7 +218,7 @@ def _set_eos(tokenizer: Any, eos_token: str, changes: list[str]) -> int:
     if tokenizer.eos_token == eos_token:
         return 0
     before = tokenizer.eos_token
-    added = tokenizer.add_special_tokens({"eos_token": eos_token})
+    added: int = tokenizer.add_special_tokens({"eos_token": eos_token})  # the tokenizer is untyped (Any)
     changes.append(f"eos token {before!r} -> {eos_token!r}" if before is not None else f"add eos token {eos_token!r}")
     return added
 
@@ -274,9 +276,10 @@ def chat_template_pairs(
     chat += [{"role": CHAT_ROLES[m["role"]], "content": m["content"]} for m in messages]
 
     def render(upto: int, generation: bool) -> str:
-        return tokenizer.apply_chat_template(
+        text: str = tokenizer.apply_chat_template(  # the tokenizer is untyped (Any); tokenize=False gives text
             chat[:upto], tools=tool_list, tokenize=False, add_generation_prompt=generation
         )
+        return text
 
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False) if text else []

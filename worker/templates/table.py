@@ -12,6 +12,7 @@ left out: ftq fine-tunes text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _qwen(name: str, default_system: str = "", reasoning: bool = False) -> Templ
     )
 
 
-def _gemma(name: str, **kwargs) -> Template:
+def _gemma(name: str, **kwargs: Any) -> Template:
     return _template(
         name,
         format_user=("<start_of_turn>user\n{{content}}<end_of_turn>\n<start_of_turn>model\n",),
