@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_worker import log_of, make_run_dir, records
-from worker.run.plots import series
+from worker.outputs.plots import series
 from worker.spec.job import LOG_FILE
 
 pytestmark = [

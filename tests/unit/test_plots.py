@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.run.plots import PLOT_KEYS, file_name, plot_after_training, plot_loss, series, smooth
+from worker.outputs.plots import PLOT_KEYS, file_name, plot_after_training, plot_loss, series, smooth
 
 # A trainer's log history as transformers keeps it: train logs, evals, and the summary at the end.
 HISTORY = [

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from worker.outputs.publish import publish
 from worker.preflight.confine import BadFile
-from worker.run.publish import publish
 
 
 def result(tmp_path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""worker.run.sink: the records the daemon tails, read back from the same file it reads."""
+"""worker.outputs.sink: the records the daemon tails, read back from the same file it reads."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState
 
+from worker.outputs.sink import MetricsCallback
 from worker.run.checkpoints import (
     UNUSABLE_DIR,
     Checkpoint,
@@ -27,8 +28,7 @@ from worker.run.checkpoints import (
     read_shape,
 )
 from worker.run.resume import ShapeCallback
-from worker.run.sink import MetricsCallback, MetricsSink, NullSink, hms
-from worker.spec.records import append_record
+from worker.spec.records import MetricsSink, NullSink, append_record, hms
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HMS = re.compile(r"^\d+:\d\d:\d\d$")

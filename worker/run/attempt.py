@@ -22,16 +22,16 @@ import torch
 from worker.data.pipeline import DataError
 from worker.launch.oom import exception_chain, exception_is_oom, tried_to_allocate_bytes
 from worker.launch.rank_report import rank_report_path, write_rank_report
+from worker.outputs.reporting import tensorboard_dir
 from worker.preflight.confine import BadFile, Roots, input_dirs_from_env
 from worker.run.cancel import CancelFlag, Cancelled
 from worker.run.checkpoints import Checkpoint, ResumePlan
-from worker.run.reporting import tensorboard_dir
 from worker.run.resume import ResumingTrainer
-from worker.run.sink import GIB, MetricsSink, NullSink, hms, utc_timestamp
 from worker.spec.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM
 from worker.spec.layout import METRICS_FILE
 from worker.spec.methods import MethodError
-from worker.spec.records import make_record
+from worker.spec.records import MetricsSink, NullSink, hms, make_record, utc_timestamp
+from worker.spec.units import GIB
 
 log = logging.getLogger("worker")
 

@@ -5,7 +5,7 @@ stage. Everything that can be checked before loading a model is checked first an
 reported at once; the run always ends with one `end` record in metrics.jsonl and an
 exit code from worker.spec.exits (worker.run.attempt), so the daemon never has to
 parse the log. An attempt resumes from the job's newest usable checkpoint
-(worker.run.checkpoints), and a graceful cancel leaves one behind (worker.run.sink),
+(worker.run.checkpoints), and a graceful cancel leaves one behind (worker.outputs.sink),
 so requeueing loses nothing.
 """
 
@@ -30,6 +30,11 @@ from worker.data.batching import batching_name
 from worker.data.pipeline import build_datasets
 from worker.model.chunked_loss import ChunkedLoss
 from worker.model.load import load_model, load_tokenizer, model_attention
+from worker.outputs.pissa import save_converted, save_initial
+from worker.outputs.plots import plot_after_training
+from worker.outputs.publish import publish
+from worker.outputs.reporting import RunDirTensorBoard
+from worker.outputs.sink import MetricsCallback
 from worker.preflight.confine import BadFile, Roots, output_dirs_from_env, read_json_object
 from worker.run.arguments import training_arguments
 from worker.run.attempt import Attempt
@@ -47,12 +52,7 @@ from worker.run.checkpoints import (
 )
 from worker.run.faults import FaultInjector, faults_from_env
 from worker.run.loraplus import LoraPlus
-from worker.run.pissa import save_converted, save_initial
-from worker.run.plots import plot_after_training
-from worker.run.publish import publish
-from worker.run.reporting import RunDirTensorBoard
 from worker.run.resume import CheckpointLoadError, ResumingTrainer, ShapeCallback
-from worker.run.sink import MetricsCallback
 from worker.run.validate import read_and_validate, read_deepspeed, trained_on_adapter
 from worker.spec.exits import EXIT_BAD_INPUT, EXIT_FAILED
 from worker.spec.job import CHECKPOINT_DIR, OUTPUT_DIR, JobSpec
@@ -234,7 +234,7 @@ def save(attempt: Attempt, job: Job, setup: Setup, trained: Trained, history: li
     """Save the adapter (LoRA, OFT) or the whole model, with the tokenizer beside it; end the run.
 
     Every rank calls save_model (ZeRO-3 gathers the weights from all of them); the main process writes, then
-    places the result in output_dir too when the spec names one (worker.run.publish).
+    places the result in output_dir too when the spec names one (worker.outputs.publish).
     """
     spec, trainer = job.spec, trained.trainer
     output = attempt.run_dir / OUTPUT_DIR

@@ -9,7 +9,7 @@ loop. Where both name the same argument:
   loses that much on a requeue, which is its choice; ftq still saves on cancel.
 - report_to and remove_unused_columns are not passed-through keys: report_to is
   always "none" here (ftq streams its own metrics, and adds TensorBoard's callback
-  itself for report_to: tensorboard, see worker.run.reporting) and remove_unused_columns
+  itself for report_to: tensorboard, see worker.outputs.reporting) and remove_unused_columns
   false (ftq's collator needs every column it builds); worker.spec.key_fates says so.
 - tf32 is a GPU setting: on a CPU slot it is dropped, and the log says so.
 

@@ -1,6 +1,6 @@
 """The metrics file itself, without torch: appending records, and their time formats.
 
-Split from worker.run.sink so that the multi-GPU launcher can write the run's `end`
+Split from worker.outputs.sink so that the multi-GPU launcher can write the run's `end`
 record without importing torch and transformers (seconds of start-up it does not
 need: the ranks it starts import them).
 """

@@ -67,7 +67,7 @@ export function duration(seconds) {
 }
 
 export function hmsSeconds(text) {
-  // The worker's "H:MM:SS" (worker.run.sink.hms) as seconds; null for anything else.
+  // The worker's "H:MM:SS" (worker.outputs.sink.hms) as seconds; null for anything else.
   const match = /^(\d+):(\d{2}):(\d{2})$/.exec(text || "");
   return match ? Number(match[1]) * 3600 + Number(match[2]) * 60 + Number(match[3]) : null;
 }

@@ -17,12 +17,9 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-# The file itself lives in worker.spec.records (no torch there, for the launcher); re-exported for the recipe.
-from worker.spec.records import MetricsSink, NullSink, hms, utc_timestamp
-
-__all__ = ["GIB", "MetricsCallback", "MetricsSink", "NullSink", "hms", "utc_timestamp"]
-
-GIB = 1024**3
+# The file itself lives in worker.spec.records (no torch there, for the launcher).
+from worker.spec.records import MetricsSink, hms
+from worker.spec.units import GIB
 
 
 class MetricsCallback(TrainerCallback):

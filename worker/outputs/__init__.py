@@ -1,0 +1,1 @@
+"""What a run leaves beside its checkpoints: metrics records, loss plots, TensorBoard, the published result."""
