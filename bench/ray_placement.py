@@ -29,8 +29,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from scheduler.gpus.probe import FakeProbe, GpuInfo
-from scheduler.policy.placement import GiB, Plan, QueuedJob, plan
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.types import GpuInfo
+from scheduler.policy.placement import Plan, QueuedJob, plan
+from worker.spec.units import GIB as GiB
 
 TARGET_MS = 50.0
 MARGIN = GiB

@@ -41,10 +41,12 @@ from typing import Any
 
 import httpx
 
-from scheduler.gpus.probe import FakeProbe, GpuInfo
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.types import GpuInfo
 from scheduler.policy.estimate import estimate_for_spec
-from scheduler.policy.placement import GiB, Placement, QueuedJob, place, plan
+from scheduler.policy.placement import Placement, QueuedJob, place, plan
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB as GiB
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "tests/fixtures/model_configs"

@@ -22,7 +22,7 @@ from dataclasses import replace
 from itertools import combinations
 from typing import Any
 
-from scheduler.gpus.probe import (
+from scheduler.gpus.types import (
     LINK_HOSTBRIDGE,
     LINK_INTERNAL,
     LINK_MULTIPLE,

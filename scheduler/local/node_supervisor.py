@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler.gpus.probe import descendants_in, process_children
+from scheduler.gpus.processes import descendants_in, process_children
 from scheduler.local.supervisor import (
     WorkerProcess,
     group_alive,

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.spec.loss_chunks import FULL_LOGITS, chunk_tokens, loss_kernel
+from worker.spec.units import GIB
 
 if TYPE_CHECKING:
     from worker.spec.job import JobSpec
-
-GIB = 1024**3
 
 # Bytes per trainable parameter (weights, gradients, optimizer) by precision, AdamW.
 # AMP (bf16/fp16 without pure_bf16): fp32 parameters act as the master copy and are

@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from operator import attrgetter
 
-from scheduler.gpus.probe import GpuInfo
+from scheduler.gpus.types import GpuInfo
 
-GiB = 1 << 30
 UNKNOWN_DISTANCE = 100
 _NEVER = float("inf")
 

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from scheduler.gpus.probe import GpuInfo
-from scheduler.policy.placement import GiB, QueuedJob, fits, gang_shape
-
-
-def _gib(n: int) -> str:
-    return f"{n / GiB:.1f} GiB"
+from scheduler.gpus.types import GpuInfo
+from scheduler.policy.placement import QueuedJob, fits, gang_shape
+from worker.spec.units import gib_text
 
 
 def node_words(node: str) -> str:
@@ -24,7 +21,7 @@ def node_words(node: str) -> str:
 def explain_wait(job: QueuedJob, gpus: Sequence[GpuInfo], holders: Mapping[str, int], margin_bytes: int = 0) -> str:
     """Why a queued GPU job is not running, in one line a person can act on."""
     need = job.need_bytes + margin_bytes if job.need_bytes > 0 else 0
-    with_memory = f" with {_gib(need)} free" if need else ""
+    with_memory = f" with {gib_text(need)} free" if need else ""
 
     def why_not(g: GpuInfo) -> str | None:
         gpu = f"GPU {g.index} on node {node_words(g.node)}" if g.node else f"GPU {g.index}"
@@ -33,7 +30,7 @@ def explain_wait(job: QueuedJob, gpus: Sequence[GpuInfo], holders: Mapping[str, 
         if g.uuid in holders:
             return f"{gpu} is held by job {holders[g.uuid]}"
         if not fits(g, job.need_bytes, margin_bytes):
-            return f"{gpu} has {_gib(g.memory_free or 0)} free"
+            return f"{gpu} has {gib_text(g.memory_free or 0)} free"
         return None
 
     nodes: dict[str, list[GpuInfo]] = {}

@@ -21,7 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from scheduler.gpus.probe import GpuInfo, GpuProbe, Topology, make_probe
+from scheduler.gpus.probe import make_probe
+from scheduler.gpus.types import GpuInfo, GpuProbe, Topology
 from scheduler.local.node_supervisor import NodeSupervisor, Progress
 from worker.spec.job import LOG_FILE
 

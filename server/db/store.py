@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 from scheduler.contract import LiveAttempt, StartedAttempt
 from scheduler.executor import WorkerRef
 from scheduler.policy.exits import Outcome
-from scheduler.policy.placement import GiB, Placement, QueuedJob
+from scheduler.policy.placement import Placement, QueuedJob
 from scheduler.policy.records import as_step, finite_number, record_time, storable
 from scheduler.policy.retry import memory_settings, next_after_oom, ran_spec, retry_spec
 from scheduler.policy.states import ACTIVE, JobState, route
@@ -33,6 +33,7 @@ from server.db.transitions import transition
 from server.services.admission import estimate
 from server.services.attempt_spec import attempt_spec
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB as GiB
 
 log = logging.getLogger("ftq.store")
 

@@ -16,10 +16,10 @@ from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from scheduler.policy.placement import GiB
 from scheduler.policy.states import JobState
 from server.db.models import GpuPublic
 from server.services.health import stall_limit_s
+from worker.spec.units import GIB as GiB
 
 MiB = 2**20
 STATES = tuple(state.value for state in JobState)

@@ -13,14 +13,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.gpus.probe import GpuInfo
+from scheduler.gpus.types import GpuInfo
 from scheduler.policy.estimate import MemoryEstimate, estimate_for_spec
-from scheduler.policy.placement import GiB, Placement, QueuedJob, gang_shape, place
+from scheduler.policy.placement import Placement, QueuedJob, gang_shape, place
 from server.services.errors import field_error
 from server.services.paths import SpecFiles, read_spec_files
 from worker.preflight.confine import remote_code_refusal
 from worker.preflight.requirements import missing, needs
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB as GiB
 
 Z3 = {"zero_optimization": {"stage": 3}}
 Z3_CONFIG = "configs/deepspeed/ds_z3_config.json"

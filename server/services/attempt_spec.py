@@ -16,10 +16,10 @@ from pydantic import ValidationError
 
 from scheduler.policy.estimate import estimate_for_spec
 from scheduler.policy.micro_batch import choose_micro_batch
-from scheduler.policy.placement import GiB
 from scheduler.policy.retry import memory_settings
 from server.services.paths import read_spec_files
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB as GiB
 
 # The settings key of an attempt holding what auto_micro_batch decided and why.
 NOTE_KEY = "auto_micro_batch"

@@ -10,7 +10,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from scheduler.local.tail import last_lines
-from scheduler.policy.placement import GiB, QueuedJob, cpu_slot_names
+from scheduler.policy.placement import QueuedJob, cpu_slot_names
 from scheduler.policy.retry import memory_settings
 from scheduler.policy.states import ACTIVE, JobState
 from scheduler.policy.wait_reasons import explain_wait
@@ -40,6 +40,7 @@ from server.services.paths import check_spec_inputs
 from server.services.submission import check_submission
 from server.settings import Settings
 from worker.spec.job import LOG_FILE, JobSpec
+from worker.spec.units import GIB as GiB
 
 
 def submit(session: Session, raw: dict[str, Any], settings: Settings, machine: Machine) -> Job:

@@ -20,7 +20,7 @@ from sqlmodel import Session, SQLModel, col
 from scheduler.gpus.cache import RecentProbe
 from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.exits import Outcome
-from scheduler.policy.placement import GiB, Placement
+from scheduler.policy.placement import Placement
 from scheduler.policy.states import JobState
 from server.app import create_app
 from server.db.engine import make_engine, pool_size, read_snapshot
@@ -31,6 +31,7 @@ from server.services.machine import LazyMachine, Machine
 from server.services.read_cache import DatabaseVersion
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec
+from worker.spec.units import GIB as GiB
 
 pytestmark = pytest.mark.integration
 

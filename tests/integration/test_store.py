@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.exits import Outcome
-from scheduler.policy.placement import GiB, Placement
+from scheduler.policy.placement import Placement
 from scheduler.policy.states import JobState
 from server.db.models import Attempt, Job
 from server.db.store import SqlStore, estimate_need
@@ -24,6 +24,7 @@ from server.services.machine import Machine
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec
 from worker.spec.job import EXIT_OOM, JobSpec
+from worker.spec.units import GIB as GiB
 
 
 def submit(store: SqlStore, **overrides) -> int:

@@ -7,10 +7,10 @@ from typing import Any
 
 from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.estimate import load_model_config
-from scheduler.policy.placement import GiB
 from server.services.admission import suggestions
 from server.services.paths import SpecFiles
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB as GiB
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "model_configs"
 QWEN = load_model_config(FIXTURES / "qwen2.5-0.5b.json")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from scheduler.gpus.fake import FakeProbe
-from scheduler.gpus.probe import GpuInfo
-from scheduler.policy.placement import GiB
+from scheduler.gpus.types import GpuInfo
 from server.services.admission import Assessment, admission_errors, largest_offer, servable_gpus
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB as GiB
 
 
 def cluster(*nodes: str) -> list[GpuInfo]:

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from scheduler.policy.estimate import (
-    GIB,
     LOGITS_BYTES,
     MemoryEstimate,
     ModelShape,
@@ -24,6 +23,7 @@ from scheduler.policy.estimate import (
 from tests.helpers import REPO
 from worker.spec.job import JobSpec
 from worker.spec.loss_chunks import chunk_tokens
+from worker.spec.units import GIB
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "model_configs"
 TINY = REPO / "configs" / "models" / "tiny-chat"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.gpus.probe import FakeProbe
+from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.placement import Placement, QueuedJob, place, plan
 from scheduler.policy.wait_reasons import explain_wait
 

@@ -8,7 +8,8 @@ from dataclasses import replace
 import hypothesis
 from hypothesis import strategies as st
 
-from scheduler.gpus.probe import FakeProbe, GpuInfo
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.types import GpuInfo
 from scheduler.policy.placement import NodeShare, Placement, QueuedJob, gang_shape, place, plan
 from scheduler.policy.wait_reasons import explain_wait
 

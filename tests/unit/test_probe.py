@@ -18,7 +18,11 @@ from types import SimpleNamespace
 import pynvml as real_nvml
 import pytest
 
-from scheduler.gpus.probe import (
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.nvml import NvmlProbe
+from scheduler.gpus.probe import NoGpuProbe, make_probe
+from scheduler.gpus.processes import descendant_pids, foreign_processes
+from scheduler.gpus.types import (
     LINK_HOSTBRIDGE,
     LINK_INTERNAL,
     LINK_MULTIPLE,
@@ -27,19 +31,13 @@ from scheduler.gpus.probe import (
     LINK_SINGLE,
     LINK_SYSTEM,
     LINK_UNKNOWN,
-    FakeProbe,
-    GiB,
     GpuInfo,
     GpuProcess,
-    NoGpuProbe,
-    NvmlProbe,
     ProbeError,
-    descendant_pids,
-    foreign_processes,
     format_bytes,
     link_distance,
-    make_probe,
 )
+from worker.spec.units import GIB as GiB
 
 # --- FakeProbe ------------------------------------------------------------------------------
 
@@ -804,9 +802,9 @@ def test_real_nvml_topology_on_this_machine_never_crashes() -> None:
 
 def test_the_fake_and_the_real_binding_have_every_name_the_probe_uses() -> None:
     """The fake answers for pynvml in these tests; a name it or pynvml lacks would only fail on a real GPU."""
-    import scheduler.gpus.probe
+    import scheduler.gpus.nvml
 
-    source = Path(scheduler.gpus.probe.__file__).read_text()
+    source = Path(scheduler.gpus.nvml.__file__).read_text()
     names = set(re.findall(r"\bnvml\.(\w+)", source)) | set(re.findall(r'"(NVML_TOPOLOGY_\w+)"', source))
     assert {"nvmlDeviceGetTopologyCommonAncestor", "nvmlDeviceGetNvLinkState", "NVML_TOPOLOGY_SYSTEM"} <= names
     assert [n for n in sorted(names) if not hasattr(real_nvml, n)] == []

@@ -7,7 +7,7 @@ import time
 
 from scheduler.gpus.cache import RecentProbe
 from scheduler.gpus.fake import FakeProbe
-from scheduler.gpus.probe import GiB
+from worker.spec.units import GIB as GiB
 
 
 class Clock:
