@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from scheduler.gpus.types import GpuInfo
-from scheduler.policy.placement import QueuedJob, fits, gang_shape
+from scheduler.policy.gpu_pool import fits, gang_shape
+from scheduler.policy.placement import QueuedJob
 from worker.spec.units import gib_text
 
 
@@ -78,13 +79,14 @@ def _explain_cluster(
     ok = {n: sum(r is None for r in rs) for n, rs in reasons.items()}
     ahead = "; a job ahead of it holds a reservation on them, or it starts at the next pass"
     if job.gpu_ids is not None:
-        pinned = ",".join(str(i) for i in job.gpu_ids)
+        gpu_ids = job.gpu_ids  # narrowed here, where the closure below cannot see the check
+        pinned = ",".join(str(i) for i in gpu_ids)
 
         def pins(n: str) -> list[str]:
             by_index = {g.index: g for g in nodes[n]}
             said = [
                 why_not(by_index[i]) if i in by_index else f"GPU {i} does not exist on node {node_words(n)}"
-                for i in job.gpu_ids
+                for i in gpu_ids
             ]
             return [r for r in said if r]
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from scheduler.gpus.types import GpuInfo
 from scheduler.policy.estimate import MemoryEstimate, estimate_for_spec
-from scheduler.policy.placement import Placement, QueuedJob, gang_shape, place
+from scheduler.policy.gpu_pool import gang_shape
+from scheduler.policy.placement import Placement, QueuedJob, place
 from server.services.errors import field_error
 from server.services.paths import SpecFiles, read_spec_files
 from worker.preflight.confine import remote_code_refusal

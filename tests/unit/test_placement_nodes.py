@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from scheduler.gpus.fake import FakeProbe
 from scheduler.gpus.types import GpuInfo
-from scheduler.policy.placement import NodeShare, Placement, QueuedJob, gang_shape, place, plan
+from scheduler.policy.gpu_pool import gang_shape
+from scheduler.policy.placement import NodeShare, Placement, QueuedJob, place, plan
 from scheduler.policy.wait_reasons import explain_wait
 
 GiB = 1 << 30

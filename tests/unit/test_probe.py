@@ -166,9 +166,9 @@ def fake_distance(probe: FakeProbe, a: int, b: int) -> int:
 def test_link_levels_are_strictly_ordered_nvlink_best_unknown_worst() -> None:
     levels = [LINK_NVLINK, LINK_INTERNAL, LINK_SINGLE, LINK_MULTIPLE, LINK_HOSTBRIDGE, LINK_NODE, LINK_SYSTEM]
     assert levels == sorted(set(levels)) and levels[0] == 0 and LINK_UNKNOWN > levels[-1]
-    from scheduler.policy.placement import UNKNOWN_DISTANCE  # placement's default for a missing pair
+    from scheduler.policy.gpu_sets import distance  # placement's default for a missing pair
 
-    assert UNKNOWN_DISTANCE == LINK_UNKNOWN
+    assert distance({}, "a", "b") == LINK_UNKNOWN
 
 
 def test_link_distance_reads_either_order_and_defaults_to_unknown() -> None:
