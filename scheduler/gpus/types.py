@@ -24,6 +24,16 @@ LINK_SYSTEM = 60  # across CPU sockets (SMP interconnect)
 # A link we could not read. A number, not None, on purpose: placement minimises distance and
 # an unknown link must lose to every known one; None would make every caller special-case it.
 LINK_UNKNOWN = 100
+# Each known level by its name: NVML's NVML_TOPOLOGY_<NAME> in lower case, NVLink's besides.
+LINK_BY_NAME = {
+    "nvlink": LINK_NVLINK,
+    "internal": LINK_INTERNAL,
+    "single": LINK_SINGLE,
+    "multiple": LINK_MULTIPLE,
+    "hostbridge": LINK_HOSTBRIDGE,
+    "node": LINK_NODE,
+    "system": LINK_SYSTEM,
+}
 
 Topology = dict[tuple[str, str], int]
 
