@@ -164,7 +164,6 @@ def estimate_memory(
     # The chunked loss computes, backpropagates and frees one chunk at a time: its peak is one chunk's logits.
     logit_tokens = min(tokens, chunk_tokens(shape.vocab_size)) if fused_cross_entropy else tokens
     logits = logit_tokens * shape.vocab_size * LOGITS_BYTES
-
     tensors = weights + gradients + optimizer + activations + logits
     return MemoryEstimate(
         weights=round(weights),
