@@ -37,7 +37,7 @@ def main() -> int:
     if importlib.util.find_spec("ray") is None:
         print("needs Ray: pip install '.[ray]'", file=sys.stderr)
         return 2
-    from scheduler.gpus.probe import NvmlProbe
+    from scheduler.gpus.nvml import NvmlProbe
 
     try:
         gpus = NvmlProbe().snapshot()

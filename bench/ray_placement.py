@@ -29,11 +29,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from scheduler.gpus.probe import FakeProbe, GpuInfo
-from scheduler.policy.placement import GiB, Plan, QueuedJob, plan
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.types import GpuInfo
+from scheduler.policy.placement import Plan, QueuedJob, plan
+from worker.spec.units import GIB
 
 TARGET_MS = 50.0
-MARGIN = GiB
+MARGIN = GIB
 Topology = dict[tuple[str, str], int]
 
 
@@ -64,7 +66,7 @@ def queue(jobs: int, gpus_per_node: int = 8, seed: int = 1) -> list[QueuedJob]:
     out = []
     for i in range(jobs):
         n = rng.choices(shapes, weights)[0]
-        need = 0 if n == 0 else rng.randrange(2 * GiB, 70 * GiB)
+        need = 0 if n == 0 else rng.randrange(2 * GIB, 70 * GIB)
         pinned = (rng.randrange(gpus_per_node),) if n == 1 and rng.random() < 0.005 else None
         out.append(QueuedJob(i, rng.choice([0, 0, 0, 0, 0, 0, 1, 1, 1, 5]), i, n, need, pinned))
     return out
@@ -79,7 +81,7 @@ def foreign_filled(gpus: Sequence[GpuInfo], leased: set[str]) -> list[GpuInfo]:
     """The same GPUs, but a foreign process fills the last free one: no job fits it, so it never goes
     and a pass cannot stop early; it walks the whole queue."""
     last = max(i for i, g in enumerate(gpus) if g.uuid not in leased)
-    return [replace(g, memory_free=GiB) if i == last else g for i, g in enumerate(gpus)]
+    return [replace(g, memory_free=GIB) if i == last else g for i, g in enumerate(gpus)]
 
 
 def time_passes(
@@ -101,7 +103,7 @@ def today_case() -> tuple[list[QueuedJob], list[GpuInfo], set[str], Topology]:
     probe = FakeProbe("32x80GiB,32x40GiB@nvlink8/system")
     gpus = probe.snapshot()
     jobs = [
-        QueuedJob(i, rng.choice([0, 0, 0, 1]), i, rng.choice([1, 1, 1, 2, 4, 8]), rng.randrange(4, 75) * GiB)
+        QueuedJob(i, rng.choice([0, 0, 0, 1]), i, rng.choice([1, 1, 1, 2, 4, 8]), rng.randrange(4, 75) * GIB)
         for i in range(10_000)
     ]
     return jobs, gpus, {g.uuid for g in gpus[:58]}, probe.topology()

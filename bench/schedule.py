@@ -41,15 +41,17 @@ from typing import Any
 
 import httpx
 
-from scheduler.gpus.probe import FakeProbe, GpuInfo
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.types import GpuInfo
 from scheduler.policy.estimate import estimate_for_spec
-from scheduler.policy.placement import GiB, Placement, QueuedJob, place, plan
+from scheduler.policy.placement import Placement, QueuedJob, place, plan
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "tests/fixtures/model_configs"
 MACHINE = "4x80GiB,4x40GiB"
-MARGIN = GiB
+MARGIN = GIB
 
 # (weight, model, gpus, spec fields, duration range in seconds)
 MENU: list[tuple[float, str, int, dict[str, Any], tuple[float, float]]] = [
@@ -258,7 +260,7 @@ def run_daemon(trace: Sequence[TraceJob], workdir: Path, probes: int) -> tuple[d
         "FTQ_FAKE_GPUS": MACHINE,
         "FTQ_INPUT_DIRS": f"{workdir}{os.pathsep}{REPO}",
         "FTQ_WORKER_MODULE": "bench.hold_worker",
-        "FTQ_MEMORY_MARGIN_GIB": str(MARGIN / GiB),
+        "FTQ_MEMORY_MARGIN_GIB": str(MARGIN / GIB),
         "BENCH_TRACE": str(workdir / "durations.json"),
         "PYTHONPATH": str(REPO),
     }
@@ -352,7 +354,7 @@ def placement_pass_ms(jobs: int = 10_000, gpu_count: int = 64, repeat: int = 20)
     gpus, topology = probe.snapshot(), probe.topology()
     leased = {g.uuid for g in gpus[: gpu_count - 6]}  # a busy machine: six GPUs free
     queue = [
-        QueuedJob(i, rng.choice([0, 0, 0, 1]), i, rng.choice([1, 1, 1, 2, 4, 8]), rng.randrange(4, 75) * GiB)
+        QueuedJob(i, rng.choice([0, 0, 0, 1]), i, rng.choice([1, 1, 1, 2, 4, 8]), rng.randrange(4, 75) * GIB)
         for i in range(jobs)
     ]
     times = []

@@ -2,8 +2,8 @@
 
 The loop decides (what starts, what is cancelled, how an attempt ended) and the
 database remembers; an executor only carries out, through the NodeSupervisor
-of the machine the worker is on. `LocalExecutor` holds one in this process;
-`scheduler.ray.executor.RayExecutor` talks to one in every node's agent.
+of the machine the worker is on. `LocalExecutor` is this process's one;
+`scheduler.ray.executor.RayExecutor` talks to the one every node's agent is.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from scheduler.local.node_supervisor import NodeSupervisor, Progress
+from scheduler.local.node_supervisor import NodeSupervisor, Progress, WorkerStart
 from scheduler.local.supervisor import WorkerProcess, spawn_worker
 from scheduler.policy.placement import Placement
 
@@ -52,7 +52,9 @@ class Executor(Protocol):
         """Each attempt's new records from its offset, and whether it has ended (or lost its node)."""
         ...
 
-    def signal(self, attempt_id: int, sig: int) -> None: ...
+    def signal(self, attempt_id: int, sig: int) -> bool:
+        """Send sig to the attempt's workers; False when none of them was there to take it."""
+        ...
 
     def settle(self, attempt_id: int) -> None:
         """Kill whatever the attempt left behind, on every node, and forget it."""
@@ -65,8 +67,12 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-class LocalExecutor:
-    """Workers on the daemon's own machine: one NodeSupervisor, in this process."""
+class LocalExecutor(NodeSupervisor):
+    """Workers on the daemon's own machine: this process's NodeSupervisor, with the loop's spawn, adopt and stop.
+
+    Release, progress, signal, settle and pids are the NodeSupervisor's own: the loop asks them of this
+    machine as an agent is asked them of its node.
+    """
 
     def __init__(
         self,
@@ -75,39 +81,28 @@ class LocalExecutor:
         on_exit: Callable[[], None] | None = None,
         spawn: Callable[..., WorkerProcess] = spawn_worker,
     ) -> None:
-        self.node = NodeSupervisor(worker_module, daemon_settings, on_exit, spawn)
+        super().__init__(on_exit, spawn)
+        self.worker_module = worker_module
+        self.daemon_settings = dict(daemon_settings or {})
 
     def spawn(
         self, attempt_id: int, placement: Placement, run_dir: Path, spec: dict[str, Any], cpu_threads: int | None
     ) -> list[WorkerRef]:
         if placement.shares:
             raise ValueError("a job across nodes needs a Ray cluster (FTQ_RAY_ADDRESS)")
-        pid, start_time = self.node.spawn(
-            attempt_id, str(run_dir), spec, placement.cuda_visible_devices or "", cpu_threads
+        visible = placement.cuda_visible_devices or ""
+        start = WorkerStart(
+            attempt_id, str(run_dir), spec, visible, cpu_threads, self.worker_module, self.daemon_settings
         )
+        pid, start_time = self.start_worker(start)
         return [WorkerRef("", pid, start_time)]
 
-    def release(self, attempt_id: int) -> bool:
-        return self.node.release(attempt_id)
-
     def adopt(self, attempt_id: int, run_dir: Path, workers: list[WorkerRef]) -> bool:
-        alive = [self.node.adopt(attempt_id, str(run_dir), w.pid, w.start_time) for w in workers[:1]]
+        alive = [self.adopt_worker(attempt_id, str(run_dir), w.pid, w.start_time) for w in workers[:1]]
         return any(alive)
 
     def stop_unstarted(self, attempt_id: int, run_dir: Path, nodes: list[str]) -> None:
-        self.node.stop_unstarted(str(run_dir))
-
-    def progress(self, offsets: Mapping[int, int]) -> dict[int, Progress]:
-        return self.node.progress(offsets)
-
-    def signal(self, attempt_id: int, sig: int) -> None:
-        self.node.signal(attempt_id, sig)
-
-    def settle(self, attempt_id: int) -> None:
-        self.node.settle(attempt_id)
-
-    def pids(self) -> dict[int, int]:
-        return self.node.pids()
+        self.stop_unstarted_in(str(run_dir))
 
     def close(self) -> None:
         """Nothing to close: the workers outlive the daemon on purpose (the next start adopts them)."""

@@ -21,7 +21,7 @@ from typing import Any
 from scheduler.attempts import Attempts, no_files
 from scheduler.contract import Health, LiveAttempt, StartedAttempt, Store
 from scheduler.executor import Executor, LocalExecutor, WorkerRef
-from scheduler.gpus.probe import GpuInfo, GpuProbe
+from scheduler.gpus.types import GpuInfo, GpuProbe
 from scheduler.local.node_supervisor import Progress
 from scheduler.local.supervisor import WorkerProcess, spawn_worker
 from scheduler.policy.exits import Outcome, classify

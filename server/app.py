@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 
 from scheduler.executor import Executor
 from scheduler.gpus.cache import RecentProbe
-from scheduler.gpus.probe import GpuProbe, make_probe
+from scheduler.gpus.probe import make_probe
+from scheduler.gpus.types import GpuProbe
 from scheduler.loop import Scheduler
 from server.api.docs import install_docs
 from server.api.errors import JsonErrors, install_handlers

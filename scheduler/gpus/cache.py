@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from scheduler.gpus.probe import GpuInfo, GpuProbe, Topology
+from scheduler.gpus.types import GpuInfo, GpuProbe, Topology
 
 T = TypeVar("T")
 

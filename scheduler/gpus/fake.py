@@ -22,37 +22,14 @@ from dataclasses import replace
 from itertools import combinations
 from typing import Any
 
-from scheduler.gpus.probe import (
-    LINK_HOSTBRIDGE,
-    LINK_INTERNAL,
-    LINK_MULTIPLE,
-    LINK_NODE,
-    LINK_NVLINK,
-    LINK_SINGLE,
-    LINK_SYSTEM,
-    LINK_UNKNOWN,
-    GpuInfo,
-    Topology,
-)
+from scheduler.gpus.types import LINK_BY_NAME, LINK_NODE, LINK_NVLINK, LINK_UNKNOWN, GpuInfo, Topology
 
 _UNITS = {"gib": (2**30, "GiB"), "gb": (10**9, "GB"), "mib": (2**20, "MiB"), "mb": (10**6, "MB")}
 _FAKE_FORM = "expected COUNTxSIZE[,COUNTxSIZE], e.g. 2x24GiB"
 _FAKE_ITEM = re.compile(r"^(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*(gib|gb|mib|mb)$", re.IGNORECASE)
 _MAX_FAKE_GPUS = 256  # one PCI bus byte each
-LEVELS = {
-    "nvlink": LINK_NVLINK,
-    "nv": LINK_NVLINK,
-    "internal": LINK_INTERNAL,
-    "single": LINK_SINGLE,
-    "pix": LINK_SINGLE,
-    "multiple": LINK_MULTIPLE,
-    "pxb": LINK_MULTIPLE,
-    "hostbridge": LINK_HOSTBRIDGE,
-    "phb": LINK_HOSTBRIDGE,
-    "node": LINK_NODE,
-    "system": LINK_SYSTEM,
-    "sys": LINK_SYSTEM,
-}
+_SMI_NAMES = {"nvlink": "nv", "single": "pix", "multiple": "pxb", "hostbridge": "phb", "system": "sys"}  # topo -m's
+LEVELS = {word: level for name, level in LINK_BY_NAME.items() for word in (name, _SMI_NAMES.get(name)) if word}
 _TOPOLOGY_FORM = (
     "expected SIZES@LEVEL or SIZES@nvlinkN[/LEVEL] (NVLink islands of N GPUs, LEVEL between them),"
     f" e.g. 8x80GiB@nvlink4; LEVEL is one of {', '.join(LEVELS)}"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler.gpus.probe import descendants_in, process_children
+from scheduler.gpus.processes import descendants_in, process_children
 from scheduler.local.supervisor import (
     WorkerProcess,
     group_alive,
@@ -31,7 +31,7 @@ from scheduler.local.supervisor import (
     spawn_worker,
     wait_until,
 )
-from scheduler.local.tail import last_lines, read_new_records
+from scheduler.local.tail import last_end, last_lines, read_new_records
 from worker.spec.gate import read_pid_file
 from worker.spec.job import LOG_FILE, METRICS_FILE
 
@@ -53,6 +53,26 @@ class Progress:
     lost: str | None = None  # the worker's node left the cluster (set by the Ray executor): why, in words
 
 
+@dataclass(frozen=True)
+class WorkerStart:
+    """What starting one worker on a node takes; one object, so the executors and the agent pass it along whole.
+
+    `daemon_settings`: what the worker must obey (worker.preflight.confine), given on every start, as the
+    worker module is: a Ray agent outlives the daemon that created it. `extra_env`, `log_name`: a gang's node
+    part (scheduler.local.supervisor.spawn_worker).
+    """
+
+    attempt_id: int
+    run_dir: str
+    spec: dict[str, Any]
+    cuda_visible_devices: str
+    cpu_threads: int | None
+    worker_module: str = "worker"
+    daemon_settings: Mapping[str, str] = field(default_factory=dict)
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    log_name: str = LOG_FILE
+
+
 @dataclass
 class _Worker:
     proc: WorkerProcess
@@ -66,48 +86,29 @@ class NodeSupervisor:
     """Every worker this machine runs for the daemon, by attempt id."""
 
     def __init__(
-        self,
-        worker_module: str = "worker",
-        daemon_settings: Mapping[str, str] | None = None,
-        on_exit: Callable[[], None] | None = None,
-        spawn: Callable[..., WorkerProcess] = spawn_worker,
+        self, on_exit: Callable[[], None] | None = None, spawn: Callable[..., WorkerProcess] = spawn_worker
     ) -> None:
-        self.worker_module = worker_module
-        self.daemon_settings = dict(daemon_settings or {})
         self._on_exit = on_exit
         self._spawn = spawn
         self._workers: dict[int, _Worker] = {}
         self._descendants_seen_at = 0.0
         self._lock = threading.Lock()  # an agent serves calls from several threads
 
-    def spawn(
-        self,
-        attempt_id: int,
-        run_dir: str,
-        spec: dict[str, Any],
-        cuda_visible_devices: str,
-        cpu_threads: int | None,
-        extra_env: Mapping[str, str] | None = None,
-        log_name: str = LOG_FILE,
-        daemon_settings: Mapping[str, str] | None = None,
-    ) -> tuple[int, int | None]:
-        """Start the worker at its gate (it trains nothing until `release`); (pid, start time).
-
-        `daemon_settings`: what the worker must obey (worker.preflight.confine), when the caller's differ from the
-        ones this supervisor was made with (a Ray agent outlives the daemon that created it).
-        """
-        kwargs: dict[str, Any] = {}
-        if daemon_settings is not None or self.daemon_settings:
-            kwargs["daemon_settings"] = dict(daemon_settings if daemon_settings is not None else self.daemon_settings)
-        if extra_env:
-            kwargs["extra_env"] = dict(extra_env)
-        if log_name != LOG_FILE:
-            kwargs["log_name"] = log_name
+    def start_worker(self, start: WorkerStart) -> tuple[int, int | None]:
+        """Start the worker at its gate (it trains nothing until `release`); (pid, start time)."""
         proc = self._spawn(
-            attempt_id, Path(run_dir), spec, cuda_visible_devices, cpu_threads, self.worker_module, **kwargs
+            start.attempt_id,
+            Path(start.run_dir),
+            start.spec,
+            start.cuda_visible_devices,
+            start.cpu_threads,
+            start.worker_module,
+            daemon_settings=dict(start.daemon_settings),
+            extra_env=dict(start.extra_env),
+            log_name=start.log_name,
         )
         with self._lock:
-            self._workers[attempt_id] = _Worker(proc, log_name)
+            self._workers[start.attempt_id] = _Worker(proc, start.log_name)
         if proc.popen is not None and self._on_exit is not None:
             threading.Thread(target=self._wait_exit, args=(proc,), daemon=True).start()
         return proc.pid, proc.start_time
@@ -116,7 +117,9 @@ class NodeSupervisor:
         worker = self._workers.get(attempt_id)
         return worker is not None and release(worker.proc)
 
-    def adopt(self, attempt_id: int, run_dir: str, pid: int, start_time: int | None, log_name: str = LOG_FILE) -> bool:
+    def adopt_worker(
+        self, attempt_id: int, run_dir: str, pid: int, start_time: int | None, log_name: str = LOG_FILE
+    ) -> bool:
         """Take on a worker that an earlier daemon (or agent) started; False when it has ended already.
 
         It is kept either way: the next `progress` reports an ended one with its last records and end.
@@ -126,7 +129,7 @@ class NodeSupervisor:
                 self._workers[attempt_id] = _Worker(WorkerProcess(attempt_id, pid, Path(run_dir), start_time), log_name)
         return same_process(pid, start_time)
 
-    def stop_unstarted(self, run_dir: str) -> None:
+    def stop_unstarted_in(self, run_dir: str) -> None:
         """Stop a worker whose pid the daemon never stored (so it was never told to go), if it is still there.
 
         Every node of a job across nodes writes its own pid file (worker.spec.gate.pid_file_name): each is looked
@@ -159,9 +162,9 @@ class NodeSupervisor:
             if ended:
                 # The whole file is read for its end only when neither the exit code nor the new records tell
                 # how the run ended: a worker adopted after a restart, whose end may have been stored before.
-                end = next((r for r in reversed(records) if r.get("kind") == "end"), None)
+                end = last_end(records)
                 if end is None and exit_code is None:
-                    end = _last_end_record(metrics)
+                    end = last_end(read_new_records(metrics, 0)[0])
                 tail = last_lines(worker.proc.run_dir / worker.log_name, LOG_TAIL_LINES)
                 answer[attempt_id] = Progress(records, reached, True, exit_code, tail, end)
                 continue
@@ -201,7 +204,3 @@ class NodeSupervisor:
             proc.popen.wait()
             if self._on_exit is not None:
                 self._on_exit()
-
-
-def _last_end_record(path: Path) -> dict[str, Any] | None:
-    return next((r for r in reversed(read_new_records(path, 0)[0]) if r.get("kind") == "end"), None)

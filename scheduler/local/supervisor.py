@@ -21,6 +21,7 @@ from typing import Any
 
 from worker.spec.gate import GATE_ENV, GO
 from worker.spec.job import CHECKPOINT_DIR, LOG_FILE, SPEC_FILE
+from worker.spec.process import read_stat
 
 # FTQ_FAULT injects failures (e.g. oom@step:3) into workers; only tests set it.
 PASSED_TO_WORKERS = ("FTQ_FAULT",)
@@ -172,8 +173,8 @@ def group_alive(pgid: int) -> bool:
 
 def process_start_time(pid: int) -> int | None:
     """The kernel's start time of `pid` in clock ticks, so a reused pid is never taken for ours."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None  # field 22 of proc(5), counted from field 3
+    stat = read_stat(pid)
+    return None if stat is None else stat.start_time
 
 
 def same_process(pid: int, start_time: int | None) -> bool:
@@ -185,18 +186,8 @@ def same_process(pid: int, start_time: int | None) -> bool:
     """
     if start_time is None:
         return False
-    fields = _stat_fields(pid)
-    return fields is not None and int(fields[19]) == start_time and fields[0] not in ("Z", "X")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat from its third field (the state) on; None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: fields start after the last ')'.
-    return stat[stat.rfind(")") + 2 :].split()
+    stat = read_stat(pid)
+    return stat is not None and stat.start_time == start_time and stat.state not in ("Z", "X")
 
 
 def kill_leftovers(processes: dict[int, int | None]) -> None:

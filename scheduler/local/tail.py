@@ -1,4 +1,4 @@
-"""Reading a worker's metrics.jsonl from a stored byte offset.
+"""Reading what a worker writes: its metrics.jsonl from a stored byte offset, and the last lines of its log.
 
 Only whole lines count: a line the worker is still writing waits for the next
 read. The offset is stored with the records it covered, so a daemon that
@@ -37,6 +37,11 @@ def read_new_records(path: Path, offset: int, max_bytes: int = 4 << 20) -> tuple
             record = _invalid(line, "a JSON value that is not an object")
         records.append(record)
     return records, offset + end + 1
+
+
+def last_end(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last `end` record among `records`: how the run ended, by its own account."""
+    return next((r for r in reversed(records) if r.get("kind") == "end"), None)
 
 
 def _invalid(line: bytes, reason: str) -> dict[str, Any]:

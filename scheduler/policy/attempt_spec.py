@@ -18,10 +18,10 @@ from pydantic import ValidationError
 
 from scheduler.policy.estimate import estimate_for_spec
 from scheduler.policy.micro_batch import choose_micro_batch
-from scheduler.policy.placement import GiB
 from scheduler.policy.retry import memory_settings
 from scheduler.policy.sizing import SpecJsonOf
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB
 
 # The settings key of an attempt holding what auto_micro_batch decided and why.
 NOTE_KEY = "auto_micro_batch"
@@ -104,7 +104,7 @@ def measured_peak(
         return None
     if not same_length_and_checkpointing(sizing, settings):
         return None
-    return int(settings["per_device_train_batch_size"]), int(peak_gib * GiB)
+    return int(settings["per_device_train_batch_size"]), int(peak_gib * GIB)
 
 
 def ran_out(sizing: dict[str, Any], tried: Sequence[dict[str, Any]]) -> set[int]:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.policy.exits import Outcome
-from scheduler.policy.placement import GiB
 from scheduler.policy.retry import memory_settings, next_after_oom, ran_spec, retry_spec
 from scheduler.policy.states import ACTIVE, JobState, route
+from worker.spec.units import GIB
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _after_oom(
     if retry.overrides is None:
         return f"{outcome.reason}; {retry.reason}", kept, None
     spec = retry_spec(ran, retry.overrides)
-    peak = int((facts.peak_memory_gib or 0) * GiB)
+    peak = int((facts.peak_memory_gib or 0) * GIB)
     need = max(need_of(spec), peak, facts.need_bytes or 0) or None
     return (
         f"{outcome.reason}; {retry.reason}",

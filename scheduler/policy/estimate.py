@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scheduler.policy.model_shape import LORA_MODULES, ModelShape, lora_modules
 from worker.spec.loss_chunks import FULL_LOGITS, chunk_tokens, loss_kernel
+from worker.spec.units import GIB
 
 if TYPE_CHECKING:
     from worker.spec.job import JobSpec
-
-GIB = 1024**3
 
 # Bytes per trainable parameter (weights, gradients, optimizer) by precision, AdamW.
 # AMP (bf16/fp16 without pure_bf16): fp32 parameters act as the master copy and are
@@ -46,8 +46,6 @@ FROZEN_BYTES = {"amp": 2, "pure_bf16": 2, "fp32": 4}
 QUANT_BYTES = {4: 0.5 + (8 / 64 + 32 / (64 * 256)) / 8, 8: 1.0}
 # LLaMA-Factory's freeze_trainable_layers default: the last 2 decoder layers train.
 FREEZE_TRAINABLE_LAYERS = 2
-# Module names peft matches in a Llama-style decoder block; "all" means every one.
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # The loss path at its peak (backward of log-softmax), bytes per logit: the saved fp32
 # log-softmax output (4), its incoming gradient (4), the outgoing gradient (4) and the
 # bf16 gradient for lm_head (2). Fits the calibration to within a few percent.
@@ -63,96 +61,6 @@ ZERO3_LIVE_MODULES = 2
 CUDA_CONTEXT_BYTES = GIB // 2
 # Caching-allocator slack over the sum of tensors (block rounding, fragmentation).
 ALLOCATOR_SLACK = 0.05
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The few numbers of a decoder-only transformer that decide its memory."""
-
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    intermediate_size: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    head_dim: int
-    attention_bias: bool = False  # Qwen2 has q/k/v biases
-    mlp_bias: bool = False
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ModelShape:
-        """Read a Llama/Qwen2/Mistral-style config.json (transformers 4 or 5; text_config nested)."""
-        text = config.get("text_config")
-        if isinstance(text, dict) and "hidden_size" not in config:
-            config = {**config, **text}
-
-        def positive(key: str, default: Any = None) -> int:
-            value = default if config.get(key) is None else config[key]
-            if value is None:
-                raise ValueError(f"model config has no {key!r}; the memory estimate needs it")
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model config {key!r} is {value!r}; expected a positive integer")
-            return value
-
-        hidden, heads = positive("hidden_size"), positive("num_attention_heads")
-        return cls(
-            hidden_size=hidden,
-            num_hidden_layers=positive("num_hidden_layers"),
-            num_attention_heads=heads,
-            num_key_value_heads=positive("num_key_value_heads", heads),  # absent: no GQA
-            intermediate_size=positive("intermediate_size"),
-            vocab_size=positive("vocab_size"),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),  # Llama/Qwen2 class default
-            head_dim=positive("head_dim", hidden // heads),
-            attention_bias=bool(config.get("attention_bias", str(config.get("model_type", "")).startswith("qwen2"))),
-            mlp_bias=bool(config.get("mlp_bias", False)),
-        )
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) features of each linear layer in one decoder block."""
-        h, i = self.hidden_size, self.intermediate_size
-        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
-
-    def layer_linear_weights(self) -> int:
-        return sum(a * b for a, b in self.linear_shapes().values())
-
-    def layer_parameters(self) -> int:
-        """One decoder block: linears, their biases, two RMSNorms."""
-        shapes = self.linear_shapes()
-        biases = sum(shapes[m][1] for m in ("q_proj", "k_proj", "v_proj")) if self.attention_bias else 0
-        if self.mlp_bias:
-            biases += sum(shapes[m][1] for m in ("gate_proj", "up_proj", "down_proj"))
-        return self.layer_linear_weights() + biases + 2 * self.hidden_size
-
-    def embedding_parameters(self) -> int:
-        return self.vocab_size * self.hidden_size
-
-    def parameter_count(self) -> int:
-        """Embeddings, blocks, final norm, and lm_head unless tied."""
-        embeddings = self.embedding_parameters() * (1 if self.tie_word_embeddings else 2)
-        return embeddings + self.num_hidden_layers * self.layer_parameters() + self.hidden_size
-
-    def lora_parameters(self, rank: int, target: str = "all") -> int:
-        """A (r x in) and B (out x r) for each targeted linear of each block."""
-        shapes = self.linear_shapes()
-        return self.num_hidden_layers * sum(rank * sum(shapes[m]) for m in lora_modules(target))
-
-
-def lora_modules(target: str) -> tuple[str, ...]:
-    """The module names a lora_target means; an unknown name is an error that names it."""
-    if target.strip() == "all":
-        return LORA_MODULES
-    names = tuple(dict.fromkeys(n.strip() for n in target.split(",") if n.strip()))
-    unknown = [n for n in names if n not in LORA_MODULES]
-    if unknown or not names:
-        raise ValueError(
-            f"lora_target {target!r}: unknown module {unknown[0] if unknown else ''!r}; "
-            f"use 'all' or some of {', '.join(LORA_MODULES)}"
-        )
-    return names
 
 
 @dataclass(frozen=True)
@@ -234,49 +142,119 @@ def estimate_memory(
     padding_free: the micro-batch is one flattened row without an attention mask.
     fused_cross_entropy: only one chunk of logits (worker.spec.loss_chunks.chunk_tokens) is alive at once.
     """
+    _check_method(finetuning_type, quantization_bit)
+    n = max(gpus, 1)
+    precision = "pure_bf16" if pure_bf16 else "amp" if (bf16 or fp16) else "fp32"
+    act = 4 if precision == "fp32" else 2
+    targets = lora_modules(lora_target) if finetuning_type == "lora" else LORA_MODULES
+    trainable, frozen_bytes = _trainable_and_frozen(
+        shape, finetuning_type, precision, lora_rank, lora_target, quantization_bit, freeze_layers
+    )
+    zero = _Zero(zero_stage, n, offload_optimizer, offload_params)
+    weights, gradients, optimizer = _model_states(shape, trainable, frozen_bytes, precision, act, zero)
+    tokens = micro_batch * cutoff_len
+    per_layer = _activation_bytes_per_token_layer(
+        shape, finetuning_type, targets, act, precision == "amp" and finetuning_type != "lora"
+    )
+    layers = shape.num_hidden_layers
+    saving = min(freeze_layers, layers) if finetuning_type == "freeze" else layers  # the blocks that save theirs
+    activations = _activations(
+        shape, per_layer, act, micro_batch, cutoff_len, gradient_checkpointing, saving, padding_free
+    )
+    # The chunked loss computes, backpropagates and frees one chunk at a time: its peak is one chunk's logits.
+    logit_tokens = min(tokens, chunk_tokens(shape.vocab_size)) if fused_cross_entropy else tokens
+    logits = logit_tokens * shape.vocab_size * LOGITS_BYTES
+    tensors = weights + gradients + optimizer + activations + logits
+    return MemoryEstimate(
+        weights=round(weights),
+        gradients=round(gradients),
+        optimizer=round(optimizer),
+        activations=round(activations),
+        logits=round(logits),
+        overhead=round(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * tensors),
+        parameters=shape.parameter_count(),
+        trainable_parameters=trainable,
+        gpus=n,
+    )
+
+
+def _check_method(finetuning_type: str, quantization_bit: int | None) -> None:
     if finetuning_type not in ("lora", "full", "freeze"):
         raise ValueError(f"finetuning_type {finetuning_type!r}: expected lora, full or freeze")
     if quantization_bit not in (None, 4, 8):
         raise ValueError(f"quantization_bit {quantization_bit!r}: expected 4, 8 or none")
     if quantization_bit is not None and finetuning_type != "lora":
         raise ValueError("quantization_bit needs finetuning_type lora (QLoRA)")
-    n = max(gpus, 1)
-    precision = "pure_bf16" if pure_bf16 else "amp" if (bf16 or fp16) else "fp32"
-    w_bytes, g_bytes, o_bytes = TRAINABLE_BYTES[precision]
-    act = 4 if precision == "fp32" else 2
+
+
+def _trainable_and_frozen(
+    shape: ModelShape,
+    finetuning_type: str,
+    precision: str,
+    lora_rank: int,
+    lora_target: str,
+    quantization_bit: int | None,
+    freeze_layers: int,
+) -> tuple[int, float]:
+    """(trainable parameters, bytes of the frozen ones) by method: full, freeze, LoRA (QLoRA when quantized)."""
     total = shape.parameter_count()
     layers = shape.num_hidden_layers
-    targets = lora_modules(lora_target) if finetuning_type == "lora" else LORA_MODULES
-
     if finetuning_type == "full":
-        trainable, frozen_bytes = total, 0.0
-    elif finetuning_type == "freeze":
+        return total, 0.0
+    if finetuning_type == "freeze":
         trainable = min(freeze_layers, layers) * shape.layer_parameters()
-        frozen_bytes = (total - trainable) * FROZEN_BYTES[precision]
-    else:
-        trainable = shape.lora_parameters(lora_rank, lora_target)
-        if quantization_bit is None:
-            frozen_bytes = total * FROZEN_BYTES[precision]
-        else:  # block linears quantized; embeddings, lm_head, norms, biases stay in the compute dtype
-            quantized = layers * shape.layer_linear_weights()
-            frozen_bytes = quantized * QUANT_BYTES[quantization_bit] + (total - quantized) * FROZEN_BYTES[precision]
-    # ZeRO-1 partitions optimizer states, ZeRO-2 also gradients, ZeRO-3 also weights.
-    weights = (trainable * w_bytes + frozen_bytes) / (n if zero_stage >= 3 else 1)
-    gradients = trainable * g_bytes / (n if zero_stage >= 2 else 1)
-    optimizer = trainable * o_bytes / (n if zero_stage >= 1 else 1)
-    if n > 1 and zero_stage == 0:
-        gradients *= 2  # DDP's flat buckets (gradient_as_bucket_view=False) are a second copy
-    if zero_stage >= 3:
-        live = ZERO3_LIVE_MODULES * max(shape.layer_parameters(), shape.embedding_parameters()) * act
-        weights = live + (0 if offload_params else weights)
-    if offload_optimizer:
-        optimizer = 0
+        return trainable, (total - trainable) * FROZEN_BYTES[precision]
+    trainable = shape.lora_parameters(lora_rank, lora_target)
+    if quantization_bit is None:
+        return trainable, total * FROZEN_BYTES[precision]
+    # Block linears quantized; embeddings, lm_head, norms, biases stay in the compute dtype.
+    quantized = layers * shape.layer_linear_weights()
+    return trainable, quantized * QUANT_BYTES[quantization_bit] + (total - quantized) * FROZEN_BYTES[precision]
 
+
+@dataclass(frozen=True)
+class _Zero:
+    """How DeepSpeed ZeRO splits the model states over the job's GPUs (stage 0: DDP, each GPU holds all)."""
+
+    stage: int
+    gpus: int
+    offload_optimizer: bool
+    offload_params: bool
+
+
+def _model_states(
+    shape: ModelShape, trainable: int, frozen_bytes: float, precision: str, act: int, zero: _Zero
+) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) bytes on one GPU."""
+    w_bytes, g_bytes, o_bytes = TRAINABLE_BYTES[precision]
+    n = zero.gpus
+    # ZeRO-1 partitions optimizer states, ZeRO-2 also gradients, ZeRO-3 also weights.
+    weights = (trainable * w_bytes + frozen_bytes) / (n if zero.stage >= 3 else 1)
+    gradients = trainable * g_bytes / (n if zero.stage >= 2 else 1)
+    optimizer = trainable * o_bytes / (n if zero.stage >= 1 else 1)
+    if n > 1 and zero.stage == 0:
+        gradients *= 2  # DDP's flat buckets (gradient_as_bucket_view=False) are a second copy
+    if zero.stage >= 3:
+        live = ZERO3_LIVE_MODULES * max(shape.layer_parameters(), shape.embedding_parameters()) * act
+        weights = live + (0 if zero.offload_params else weights)
+    if zero.offload_optimizer:
+        optimizer = 0
+    return weights, gradients, optimizer
+
+
+def _activations(
+    shape: ModelShape,
+    per_layer: float,
+    act: int,
+    micro_batch: int,
+    cutoff_len: int,
+    gradient_checkpointing: bool,
+    saving_layers: int,
+    padding_free: bool,
+) -> float:
+    """Saved activation bytes at the peak; `saving_layers`: the blocks that save theirs (freeze: the trained)."""
+    layers = shape.num_hidden_layers
     tokens = micro_batch * cutoff_len
-    per_layer = _activation_bytes_per_token_layer(
-        shape, finetuning_type, targets, act, precision == "amp" and finetuning_type != "lora"
-    )
-    saving_layers = min(freeze_layers, layers) if finetuning_type == "freeze" else layers
     # A padded batch (micro-batch > 1) has an explicit attention mask; SDPA turns it into
     # an additive one (batch x 1 x seq x seq, compute dtype) for the memory-efficient
     # kernel and saves that per layer. A single sequence runs is_causal with no mask,
@@ -286,23 +264,7 @@ def estimate_memory(
         activations = tokens * (layers * act * shape.hidden_size + per_layer) + mask
     else:
         activations = saving_layers * (tokens * per_layer + mask)
-    activations += tokens * (4 + act) * shape.hidden_size  # final norm and lm_head input
-    # The chunked loss computes, backpropagates and frees one chunk at a time: its peak is one chunk's logits.
-    logit_tokens = min(tokens, chunk_tokens(shape.vocab_size)) if fused_cross_entropy else tokens
-    logits = logit_tokens * shape.vocab_size * LOGITS_BYTES
-
-    tensors = weights + gradients + optimizer + activations + logits
-    return MemoryEstimate(
-        weights=round(weights),
-        gradients=round(gradients),
-        optimizer=round(optimizer),
-        activations=round(activations),
-        logits=round(logits),
-        overhead=round(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * tensors),
-        parameters=total,
-        trainable_parameters=trainable,
-        gpus=n,
-    )
+    return activations + tokens * (4 + act) * shape.hidden_size  # final norm and lm_head input
 
 
 def zero_from_deepspeed(config: dict[str, Any] | None) -> tuple[int, bool, bool]:

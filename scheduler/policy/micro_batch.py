@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-GIB = 1024**3
+from worker.spec.units import gib_text
 
 
 @dataclass(frozen=True)
@@ -78,17 +78,13 @@ def choose_micro_batch(
     for d in reversed(larger):
         need = math.ceil(need_for(d) * factor)
         if need <= room_bytes:
-            reason = f"micro-batch {asked} -> {d} x {total // d}: the estimate at {d} is {_gib(need)} of "
-            return MicroBatchChoice(d, total // d, reason + f"{_gib(room_bytes)} free{note}")
+            reason = f"micro-batch {asked} -> {d} x {total // d}: the estimate at {d} is {gib_text(need)} of "
+            return MicroBatchChoice(d, total // d, reason + f"{gib_text(room_bytes)} free{note}")
     if larger:
         need = math.ceil(need_for(larger[0]) * factor)
-        why = f"{larger[0]} would need {_gib(need)} of {_gib(room_bytes)} free{note}"
+        why = f"{larger[0]} would need {gib_text(need)} of {gib_text(room_bytes)} free{note}"
     elif above:
         why = f"micro-batch {ceiling} ran out of memory before, and a larger one needs more"
     else:
         why = f"no larger micro-batch keeps {total} samples per step"
     return MicroBatchChoice(asked_micro, asked_accumulation, f"kept {asked}: {why}")
-
-
-def _gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"

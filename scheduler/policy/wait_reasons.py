@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from scheduler.gpus.probe import GpuInfo
-from scheduler.policy.placement import GiB, QueuedJob, fits, gang_shape
-
-
-def _gib(n: int) -> str:
-    return f"{n / GiB:.1f} GiB"
+from scheduler.gpus.types import GpuInfo
+from scheduler.policy.gpu_pool import fits, gang_shape
+from scheduler.policy.placement import QueuedJob
+from worker.spec.units import gib_text
 
 
 def node_words(node: str) -> str:
@@ -24,7 +22,7 @@ def node_words(node: str) -> str:
 def explain_wait(job: QueuedJob, gpus: Sequence[GpuInfo], holders: Mapping[str, int], margin_bytes: int = 0) -> str:
     """Why a queued GPU job is not running, in one line a person can act on."""
     need = job.need_bytes + margin_bytes if job.need_bytes > 0 else 0
-    with_memory = f" with {_gib(need)} free" if need else ""
+    with_memory = f" with {gib_text(need)} free" if need else ""
 
     def why_not(g: GpuInfo) -> str | None:
         gpu = f"GPU {g.index} on node {node_words(g.node)}" if g.node else f"GPU {g.index}"
@@ -33,7 +31,7 @@ def explain_wait(job: QueuedJob, gpus: Sequence[GpuInfo], holders: Mapping[str, 
         if g.uuid in holders:
             return f"{gpu} is held by job {holders[g.uuid]}"
         if not fits(g, job.need_bytes, margin_bytes):
-            return f"{gpu} has {_gib(g.memory_free or 0)} free"
+            return f"{gpu} has {gib_text(g.memory_free or 0)} free"
         return None
 
     nodes: dict[str, list[GpuInfo]] = {}
@@ -81,13 +79,14 @@ def _explain_cluster(
     ok = {n: sum(r is None for r in rs) for n, rs in reasons.items()}
     ahead = "; a job ahead of it holds a reservation on them, or it starts at the next pass"
     if job.gpu_ids is not None:
-        pinned = ",".join(str(i) for i in job.gpu_ids)
+        gpu_ids = job.gpu_ids  # narrowed here, where the closure below cannot see the check
+        pinned = ",".join(str(i) for i in gpu_ids)
 
         def pins(n: str) -> list[str]:
             by_index = {g.index: g for g in nodes[n]}
             said = [
                 why_not(by_index[i]) if i in by_index else f"GPU {i} does not exist on node {node_words(n)}"
-                for i in job.gpu_ids
+                for i in gpu_ids
             ]
             return [r for r in said if r]
 

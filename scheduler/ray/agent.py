@@ -1,4 +1,4 @@
-"""The node agent: one detached Ray actor per node, holding that node's NodeSupervisor and GPU probe.
+"""The node agent: one detached Ray actor per node, that node's NodeSupervisor with its GPU probe.
 
 The daemon (scheduler.ray.executor) calls it remotely; everything crosses as plain data. A plain class
 here, made a Ray actor only at run time (`agent_options`, `remote_class`), so that this module imports
@@ -21,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from scheduler.gpus.probe import GpuInfo, GpuProbe, Topology, make_probe
-from scheduler.local.node_supervisor import NodeSupervisor, Progress
-from worker.spec.job import LOG_FILE
+from scheduler.gpus.probe import make_probe
+from scheduler.gpus.types import GpuInfo, GpuProbe, Topology
+from scheduler.local.node_supervisor import NodeSupervisor
 
 NAMESPACE = "ftq"
 AGENT_PREFIX = "ftq-agent-"
@@ -69,8 +69,11 @@ def marker_state(marker_path: str, token: str) -> str | None:
     return None
 
 
-class NodeAgent:
-    """One node's workers and GPUs, for the daemon; constructed by Ray on the node it is pinned to."""
+class NodeAgent(NodeSupervisor):
+    """One node's workers and GPUs, for the daemon; constructed by Ray on the node it is pinned to.
+
+    The NodeSupervisor's methods (start_worker, release, progress, ...) are the actor's remote methods as they are.
+    """
 
     def __init__(self, node: str | None = None, labels: Mapping[str, str] | None = None) -> None:
         if node is None or labels is None:
@@ -79,9 +82,9 @@ class NodeAgent:
             context = ray.get_runtime_context()
             node = node if node is not None else context.get_node_id()
             labels = labels if labels is not None else context.get_node_labels()
+        super().__init__()
         self.node = node
         self.probe = node_probe(labels)
-        self.supervisor = NodeSupervisor()
         self.started_at = time.time()
 
     def hello(self, marker_path: str, marker_token: str) -> dict[str, Any]:
@@ -94,7 +97,7 @@ class NodeAgent:
             "started_at": self.started_at,
             "marker_problem": marker_state(marker_path, marker_token),
             "probe": self.probe.description,
-            "attempts": self.supervisor.attempt_ids(),
+            "attempts": self.attempt_ids(),
         }
 
     def snapshot(self) -> list[GpuInfo]:
@@ -112,50 +115,6 @@ class NodeAgent:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("", 0))
             return _node_ip(), s.getsockname()[1]
-
-    # ---- the NodeSupervisor, passed through ----
-
-    def spawn(
-        self,
-        attempt_id: int,
-        run_dir: str,
-        spec: dict[str, Any],
-        cuda_visible_devices: str,
-        cpu_threads: int | None,
-        extra_env: Mapping[str, str] | None = None,
-        log_name: str = LOG_FILE,
-        daemon_settings: Mapping[str, str] | None = None,
-        worker_module: str = "worker",
-    ) -> tuple[int, int | None]:
-        # Given on every spawn, not at construction: a detached agent outlives the daemon that made it.
-        self.supervisor.worker_module = worker_module
-        return self.supervisor.spawn(
-            attempt_id, run_dir, spec, cuda_visible_devices, cpu_threads, extra_env, log_name, daemon_settings
-        )
-
-    def release(self, attempt_id: int) -> bool:
-        return self.supervisor.release(attempt_id)
-
-    def adopt(self, attempt_id: int, run_dir: str, pid: int, start_time: int | None, log_name: str = LOG_FILE) -> bool:
-        return self.supervisor.adopt(attempt_id, run_dir, pid, start_time, log_name)
-
-    def stop_unstarted(self, run_dir: str) -> None:
-        self.supervisor.stop_unstarted(run_dir)
-
-    def progress(self, offsets: Mapping[int, int]) -> dict[int, Progress]:
-        return self.supervisor.progress(offsets)
-
-    def signal(self, attempt_id: int, sig: int) -> bool:
-        return self.supervisor.signal(attempt_id, sig)
-
-    def settle(self, attempt_id: int) -> None:
-        self.supervisor.settle(attempt_id)
-
-    def attempt_ids(self) -> list[int]:
-        return self.supervisor.attempt_ids()
-
-    def pids(self) -> dict[int, int]:
-        return self.supervisor.pids()
 
 
 def remote_class() -> Any:

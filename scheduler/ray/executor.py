@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import signal as signals
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from scheduler.executor import WorkerRef
-from scheduler.local.node_supervisor import Progress
+from scheduler.local.node_supervisor import Progress, WorkerStart
 from scheduler.policy.placement import NodeShare, Placement
 from scheduler.ray.cluster import ANSWER_WAIT_S, CALL_TIMEOUT_S, RayCluster, short
 from scheduler.ray.probe import RayProbe
@@ -64,7 +64,7 @@ class RayExecutor:
                 why = state.problem if state is not None else "it is not in the cluster"
                 raise RuntimeError(f"Ray node {short(node)} cannot take workers: {why}")
         attempt = self._attempts[attempt_id] = _Attempt(str(run_dir), nodes)
-        envs: list[dict[str, str] | None] = [None]
+        envs: list[dict[str, str]] = [{}]
         if len(nodes) > 1:
             address, port = self.cluster.call(nodes[0], "free_port")
             envs = [
@@ -83,8 +83,8 @@ class RayExecutor:
             agent = self.cluster.agent_of(node)
             if agent is None:
                 raise RuntimeError(self.cluster.lost(node) or f"Ray node {short(node)} has no agent")
-            args = (attempt_id, str(run_dir), spec, share.cuda_visible_devices, cpu_threads, envs[rank])
-            refs.append(agent.spawn.remote(*args, node_log_name(rank), self.daemon_settings, self.worker_module))
+            start = WorkerStart(attempt_id, str(run_dir), spec, share.cuda_visible_devices, cpu_threads)
+            refs.append(agent.start_worker.remote(self._for_node(start, rank, envs[rank])))
         errors = []
         for rank, ref in enumerate(refs):
             try:
@@ -96,6 +96,16 @@ class RayExecutor:
         if errors:
             raise RuntimeError("could not start the worker on Ray " + "; ".join(errors))
         return [attempt.workers[rank] for rank in range(len(nodes))]
+
+    def _for_node(self, start: WorkerStart, rank: int, extra_env: dict[str, str]) -> WorkerStart:
+        """`start` as node rank `rank` of the attempt runs it, with what this daemon tells every worker."""
+        return replace(
+            start,
+            worker_module=self.worker_module,
+            daemon_settings=self.daemon_settings,
+            extra_env=extra_env,
+            log_name=node_log_name(rank),
+        )
 
     def release(self, attempt_id: int) -> bool:
         attempt = self._attempts.get(attempt_id)
@@ -120,7 +130,7 @@ class RayExecutor:
         for node in dict.fromkeys(self.cluster.resolve(n) for n in nodes or [""]):
             if self.cluster.lost(node) is None:
                 try:
-                    self.cluster.call(node, "stop_unstarted", str(run_dir))
+                    self.cluster.call(node, "stop_unstarted_in", str(run_dir))
                 except RuntimeError as exc:
                     log.warning("attempt %s: could not stop its unstarted worker: %s", attempt_id, exc)
 
@@ -166,10 +176,9 @@ class RayExecutor:
             )
         return answer
 
-    def signal(self, attempt_id: int, sig: int) -> None:
+    def signal(self, attempt_id: int, sig: int) -> bool:
         attempt = self._attempts.get(attempt_id)
-        if attempt is not None:
-            self._each(attempt, "signal", attempt_id, sig)
+        return attempt is not None and any(a is True for a in self._each(attempt, "signal", attempt_id, sig).values())
 
     def settle(self, attempt_id: int) -> None:
         attempt = self._attempts.pop(attempt_id, None)
@@ -212,7 +221,7 @@ class RayExecutor:
         worker = attempt.workers[rank]
         args = (attempt_id, attempt.run_dir, worker.pid, worker.start_time, node_log_name(rank))
         try:
-            alive = bool(self.cluster.call(worker.node, "adopt", *args))
+            alive = bool(self.cluster.call(worker.node, "adopt_worker", *args))
         except RuntimeError as exc:
             log.warning("attempt %s: could not adopt its worker: %s", attempt_id, exc)
             return False

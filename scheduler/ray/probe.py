@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from scheduler.gpus.probe import GpuInfo, ProbeError, Topology
+from scheduler.gpus.types import GpuInfo, ProbeError, Topology
 from scheduler.ray.cluster import ANSWER_WAIT_S, RayCluster
 
 
 class RayProbe:
-    """scheduler.gpus.probe.GpuProbe over every usable node of the cluster: node-qualified GPUs, one call per node."""
+    """scheduler.gpus.types.GpuProbe over every usable node of the cluster: node-qualified GPUs, one call per node."""
 
     def __init__(self, cluster: RayCluster) -> None:
         self.cluster = cluster

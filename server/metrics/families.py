@@ -16,10 +16,10 @@ from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from scheduler.policy.placement import GiB
 from scheduler.policy.states import JobState
 from server.db.models import GpuPublic
 from server.services.stall import DEFAULT_RULE, StallRule, stall_limit_s
+from worker.spec.units import GIB
 
 MiB = 2**20
 STATES = tuple(state.value for state in JobState)
@@ -139,7 +139,7 @@ def job_families(rows: Iterable[JobRow], now: datetime, stall: StallRule = DEFAU
         if row.tokens_per_s is not None:
             tokens.add_metric(labels, row.tokens_per_s)
         if row.peak_memory_gib is not None:
-            peak.add_metric(labels, round(row.peak_memory_gib * GiB))
+            peak.add_metric(labels, round(row.peak_memory_gib * GIB))
         attempts.add_metric(labels, row.attempts)
         retries.add_metric(labels, row.oom_retries)
         if row.state == JobState.RUNNING.value and row.last_record_at is not None:

@@ -21,7 +21,7 @@ from prometheus_client.core import Metric
 from sqlalchemy import and_, case, func, or_
 from sqlmodel import Session, col, select
 
-from scheduler.gpus.probe import ProbeError
+from scheduler.gpus.types import ProbeError
 from scheduler.policy.records import record_time
 from scheduler.policy.states import TERMINAL, JobState
 from server.db.engine import read_snapshot

@@ -13,15 +13,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.gpus.probe import GpuInfo
+from scheduler.gpus.types import GpuInfo
 from scheduler.policy.estimate import MemoryEstimate, estimate_for_spec
-from scheduler.policy.placement import GiB, Placement, QueuedJob, gang_shape, place
+from scheduler.policy.gpu_pool import gang_shape
+from scheduler.policy.placement import Placement, QueuedJob, place
 from scheduler.policy.sizing import estimate_with, need_of_stored
 from server.services.errors import field_error
 from server.services.paths import SpecFiles, read_spec_files
 from worker.preflight.confine import remote_code_refusal
 from worker.preflight.requirements import missing, needs
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB
 
 Z3 = {"zero_optimization": {"stage": 3}}
 Z3_CONFIG = "configs/deepspeed/ds_z3_config.json"
@@ -211,7 +213,7 @@ class _Variants:
 
 def _said(changes: dict[str, Any], need: int, extra: str) -> str:
     said = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in changes.items())
-    return f"{said}{extra} (about {need / GiB:.1f} GiB per GPU)"
+    return f"{said}{extra} (about {need / GIB:.1f} GiB per GPU)"
 
 
 def remote_code_errors(trust_remote_code: bool, allow_remote_code: bool) -> list[dict[str, str]]:
@@ -265,8 +267,8 @@ def admission_errors(
             )
         ]
     if not assessment.fits_ever:
-        need = assessment.need_bytes / GiB
-        offer = (assessment.largest_offer or 0) / GiB
+        need = assessment.need_bytes / GIB
+        offer = (assessment.largest_offer or 0) / GIB
         where = "its pinned GPUs have" if spec.gpu_ids is not None else f"the best {spec.gpus} GPU(s) here have"
         fixes = (
             "; ".join(assessment.suggestions) or "a smaller micro-batch or cutoff_len, LoRA, or more GPUs with ZeRO-3"

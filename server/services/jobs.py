@@ -10,7 +10,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from scheduler.local.tail import last_lines
-from scheduler.policy.placement import GiB, QueuedJob, cpu_slot_names
+from scheduler.policy.placement import QueuedJob, cpu_slot_names
 from scheduler.policy.retry import memory_settings
 from scheduler.policy.states import ACTIVE, JobState
 from scheduler.policy.wait_reasons import explain_wait
@@ -40,6 +40,7 @@ from server.services.stall import DEFAULT_RULE, StallRule, stalled_for_s
 from server.services.submission import check_submission
 from server.settings import Settings
 from worker.spec.job import LOG_FILE, JobSpec
+from worker.spec.units import GIB
 
 
 def submit(session: Session, raw: dict[str, Any], settings: Settings, machine: Machine) -> Job:
@@ -75,10 +76,10 @@ def estimate(spec: JobSpec, settings: Settings, machine: Machine) -> dict[str, A
     fits_now = assessment.fits_now
     return {
         "estimate": assessment.estimate,
-        "per_gpu_gib": round(assessment.need_bytes / GiB, 2),
-        "margin_gib": round(machine.margin_bytes / GiB, 2),
+        "per_gpu_gib": round(assessment.need_bytes / GIB, 2),
+        "margin_gib": round(machine.margin_bytes / GIB, 2),
         "gpus": resolved.gpus,
-        "largest_offer_gib": round(assessment.largest_offer / GiB, 2) if assessment.largest_offer else None,
+        "largest_offer_gib": round(assessment.largest_offer / GIB, 2) if assessment.largest_offer else None,
         "fits_ever": assessment.fits_ever,
         "fits_now": {"cuda_visible_devices": fits_now.cuda_visible_devices, "gpus": list(fits_now.resources)}
         if fits_now
@@ -166,7 +167,7 @@ def _summary_fields(
         "progress": progress,
         "loss": latest_metric.get("loss") if latest_metric else None,
         "waiting": waiting_reason(job, machine, waits),
-        "need_gib": round(job.need_bytes / GiB, 2) if job.need_bytes else None,
+        "need_gib": round(job.need_bytes / GIB, 2) if job.need_bytes else None,
         "stalled_for_s": stalled,
     }
 
@@ -298,7 +299,7 @@ def requeue(
         raise Conflict(f"job {job.id} still has a live attempt ({last.number}); wait for it to end")
     ran = memory_settings(last.settings or {}) if last is not None else None  # without the auto_micro_batch note
     if last is not None and ran == memory_settings(resolved.model_dump()) and last.peak_memory_gib:
-        need = max(need, int(last.peak_memory_gib * GiB))  # the same settings needed at least that much
+        need = max(need, int(last.peak_memory_gib * GIB))  # the same settings needed at least that much
     changed = ", ".join(f"{k}: {v}" for k, v in overrides.items()) or "unchanged settings"
     done = transition(
         session,

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from scheduler.gpus.probe import GpuInfo, descendant_pids, foreign_processes
+from scheduler.gpus.processes import descendant_pids, foreign_processes
+from scheduler.gpus.types import GpuInfo
 from server.db.models import GpuPublic, NodePublic
 
 

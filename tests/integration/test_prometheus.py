@@ -27,7 +27,7 @@ from tests.prom_rules import PROMETHEUS_OWN, metric_names, rules
 
 pytestmark = pytest.mark.integration
 
-GiB, MiB = 2**30, 2**20
+GIB, MiB = 2**30, 2**20
 TOKEN = "prometheus-scrapes-with-this"
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -108,7 +108,7 @@ def test_metrics_agree_with_jobs_and_gpus(daemon: Daemon):
     assert by_job(got, "ftq_job_progress_ratio")[done] == 1.0
     assert by_job(got, "ftq_job_loss")[done] == pytest.approx(finished["loss"])
     assert by_job(got, "ftq_job_tokens_per_second")[done] == finished["latest_metrics"]["throughput"]
-    assert by_job(got, "ftq_job_peak_memory_bytes")[done] == round(finished["attempts"][0]["peak_memory_gib"] * GiB)
+    assert by_job(got, "ftq_job_peak_memory_bytes")[done] == round(finished["attempts"][0]["peak_memory_gib"] * GIB)
     assert by_job(got, "ftq_job_attempts") == {done: 1, long: 1, cpu: 1, wide: 0}
     assert cpu not in by_job(got, "ftq_job_tokens_per_second")  # not metered: nothing known, nothing written
 

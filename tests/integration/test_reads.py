@@ -21,7 +21,7 @@ from scheduler.attempts import begin_attempt, finish_attempt
 from scheduler.gpus.cache import RecentProbe
 from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.exits import Outcome
-from scheduler.policy.placement import GiB, Placement
+from scheduler.policy.placement import Placement
 from scheduler.policy.states import JobState
 from server.api.read_cache import DatabaseVersion
 from server.app import create_app
@@ -32,13 +32,14 @@ from server.services import jobs
 from server.services.machine import LazyMachine, Machine
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec
+from worker.spec.units import GIB
 
 pytestmark = pytest.mark.integration
 
 
 def add_job(store: SqlStore, name: str, **values) -> int:  # type: ignore[no-untyped-def]
     with Session(store.engine) as session:
-        fields = {"state": JobState.QUEUED.value, "gpus": 1, "spec": tiny_spec(name=name), "need_bytes": GiB, **values}
+        fields = {"state": JobState.QUEUED.value, "gpus": 1, "spec": tiny_spec(name=name), "need_bytes": GIB, **values}
         job = Job(name=name, **fields)
         session.add(job)
         session.commit()
@@ -55,7 +56,7 @@ def run(store: SqlStore, job_id: int, gpu: str, records: list[dict]) -> int:  # 
 
 def machine_of(store: SqlStore, session: Session) -> LazyMachine:
     probe = RecentProbe(FakeProbe("2x24GiB"), max_age_s=1.0)
-    return LazyMachine(lambda: (Machine(probe.snapshot(), jobs.leases_by_resource(session), 1, GiB), None))
+    return LazyMachine(lambda: (Machine(probe.snapshot(), jobs.leases_by_resource(session), 1, GIB), None))
 
 
 def test_the_page_says_of_each_job_what_the_per_job_path_says(store: SqlStore):

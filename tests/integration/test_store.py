@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from scheduler.attempts import begin_attempt, finish_attempt
 from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.exits import Outcome
-from scheduler.policy.placement import GiB, Placement
+from scheduler.policy.placement import Placement
 from scheduler.policy.states import JobState
 from server.db.models import Attempt, Job
 from server.db.store import SqlStore
@@ -27,6 +27,7 @@ from server.services.paths import read_spec_files
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec
 from worker.spec.job import EXIT_OOM, JobSpec
+from worker.spec.units import GIB
 
 
 def submit(store: SqlStore, **overrides) -> int:
@@ -37,7 +38,7 @@ def submit(store: SqlStore, **overrides) -> int:
             state=JobState.QUEUED.value,
             gpus=spec.gpus,
             spec=spec.model_dump(mode="json", exclude_none=True),
-            need_bytes=GiB,
+            need_bytes=GIB,
         )
         session.add(job)
         session.commit()
@@ -76,7 +77,7 @@ def test_an_oom_requeues_with_half_the_micro_batch_and_at_least_the_peak_it_reac
     job = job_of(store, job_id)
     assert job.state == JobState.QUEUED.value
     assert (job.spec["per_device_train_batch_size"], job.spec["gradient_accumulation_steps"]) == (4, 4)
-    assert job.need_bytes == int(20.5 * GiB) > estimate_need(job.spec)  # the peak, not the smaller estimate
+    assert job.need_bytes == int(20.5 * GIB) > estimate_need(job.spec)  # the peak, not the smaller estimate
     assert job.oom_retries == 1
     assert [t["per_device_train_batch_size"] for t in job.tried] == [8]
     assert "retrying with micro-batch 8 -> 4, gradient accumulation 2 -> 4" in (job.reason or "")
@@ -119,7 +120,7 @@ def test_a_requeue_by_hand_gives_automatic_retries_afresh_and_never_repeats_what
     for _ in range(3):  # 2 -> 1 -> gradient checkpointing -> gives up
         run_out_of_memory(store, job_id, tmp_path, peak_gib=3.0)
     assert job_of(store, job_id).state == JobState.OOM.value and job_of(store, job_id).oom_retries == 2
-    machine = Machine(FakeProbe("2x24GiB").snapshot(), holders={}, cpu_slots=1, margin_bytes=GiB)
+    machine = Machine(FakeProbe("2x24GiB").snapshot(), holders={}, cpu_slots=1, margin_bytes=GIB)
 
     with Session(store.engine) as session:
         job = session.get(Job, job_id)
@@ -147,7 +148,7 @@ def batch(settings: dict) -> tuple[int, int]:
 def test_a_roomy_gpu_runs_the_largest_micro_batch_with_the_same_samples_per_step(store, tmp_path):
     job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8)
 
-    started = begin_attempt(store, Placement(job_id, ("GPU-0",), "0", 80 * GiB), tmp_path / "runs", read_spec_files)
+    started = begin_attempt(store, Placement(job_id, ("GPU-0",), "0", 80 * GIB), tmp_path / "runs", read_spec_files)
 
     assert started is not None and batch(started.spec) == (16, 1)  # what the worker is handed
     (attempt,) = attempts_of(store, job_id)
@@ -159,11 +160,11 @@ def test_a_roomy_gpu_runs_the_largest_micro_batch_with_the_same_samples_per_step
 @pytest.mark.parametrize(
     ("fields", "room", "note"),
     [
-        (dict(auto_micro_batch=False), 80 * GiB, None),
+        (dict(auto_micro_batch=False), 80 * GIB, None),
         ({}, None, None),  # the GPUs' free memory unknown
         (dict(gpus=0), None, None),
-        (dict(deepspeed="configs/deepspeed/ds_z2_config.json"), 80 * GiB, "kept: DeepSpeed's config owns"),
-        (dict(train_sampling_strategy="group_by_length"), 80 * GiB, "kept: group_by_length"),
+        (dict(deepspeed="configs/deepspeed/ds_z2_config.json"), 80 * GIB, "kept: DeepSpeed's config owns"),
+        (dict(train_sampling_strategy="group_by_length"), 80 * GIB, "kept: group_by_length"),
     ],
 )
 def test_where_auto_micro_batch_has_no_say_the_attempt_runs_what_was_asked(store, tmp_path, fields, room, note):
@@ -183,14 +184,14 @@ def test_where_auto_micro_batch_has_no_say_the_attempt_runs_what_was_asked(store
 def test_an_oom_of_an_auto_chosen_micro_batch_steps_down_from_it_and_turns_the_choice_off(store, tmp_path):
     job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8)
 
-    run_out_of_memory(store, job_id, tmp_path, peak_gib=70.0, room_bytes=80 * GiB)  # ran 16 x 1
+    run_out_of_memory(store, job_id, tmp_path, peak_gib=70.0, room_bytes=80 * GIB)  # ran 16 x 1
 
     job = job_of(store, job_id)
     assert job.state == JobState.QUEUED.value and batch(job.spec) == (8, 2)
     assert job.spec["auto_micro_batch"] is False  # else the next attempt would grow back to 16
     assert [batch(t) for t in job.tried] == [(16, 1)]
     assert "micro-batch 16 -> 8, gradient accumulation 1 -> 2" in (job.reason or "")
-    run_out_of_memory(store, job_id, tmp_path, peak_gib=70.0, room_bytes=80 * GiB)
+    run_out_of_memory(store, job_id, tmp_path, peak_gib=70.0, room_bytes=80 * GIB)
     second = attempts_of(store, job_id)[1]
     assert (
         second.settings is not None and batch(second.settings) == (8, 2) and "auto_micro_batch" not in second.settings
@@ -201,7 +202,7 @@ def test_an_oom_of_an_auto_chosen_micro_batch_steps_down_from_it_and_turns_the_c
 
 def test_a_measured_peak_above_the_estimate_keeps_the_next_choice_smaller(store, tmp_path):
     job_id = submit(store, per_device_train_batch_size=2, gradient_accumulation_steps=8)
-    unmeasured = begin_attempt(store, Placement(job_id, ("GPU-0",), "0", GiB), tmp_path / "runs", read_spec_files)
+    unmeasured = begin_attempt(store, Placement(job_id, ("GPU-0",), "0", GIB), tmp_path / "runs", read_spec_files)
     assert unmeasured is not None and batch(unmeasured.spec) == (16, 1)
     # That attempt peaked far above the estimate at 16 and was then cancelled.
     with Session(store.engine) as session:
@@ -218,7 +219,7 @@ def test_a_measured_peak_above_the_estimate_keeps_the_next_choice_smaller(store,
     # The tiny model's estimate is ~0.59 GiB at 16 and ~0.55 GiB at 8 (mostly the CUDA context): x2.54 by the
     # peak, 16 needs 1.5 GiB and 8 needs 1.39 GiB.
     started = begin_attempt(
-        store, Placement(job_id, ("GPU-0",), "0", int(1.45 * GiB)), tmp_path / "runs", read_spec_files
+        store, Placement(job_id, ("GPU-0",), "0", int(1.45 * GIB)), tmp_path / "runs", read_spec_files
     )
 
     assert started is not None and batch(started.spec) == (8, 2)

@@ -7,10 +7,10 @@ from typing import Any
 
 from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.estimate import load_model_config
-from scheduler.policy.placement import GiB
 from server.services.admission import suggestions
 from server.services.paths import SpecFiles
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "model_configs"
 QWEN = load_model_config(FIXTURES / "qwen2.5-0.5b.json")
@@ -18,7 +18,7 @@ QWEN = load_model_config(FIXTURES / "qwen2.5-0.5b.json")
 
 def suggested(gpus: str, config: dict[str, Any] = QWEN, **fields: Any) -> list[str]:
     spec = JobSpec(model_name_or_path="m", dataset="d", bf16=True, **fields)
-    return suggestions(spec, FakeProbe(gpus).snapshot(), GiB, files=SpecFiles(config, None))
+    return suggestions(spec, FakeProbe(gpus).snapshot(), GIB, files=SpecFiles(config, None))
 
 
 def test_the_fused_loss_comes_first_when_the_spec_turned_it_off():

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from scheduler.gpus.fake import FakeProbe
-from scheduler.gpus.probe import GpuInfo
-from scheduler.policy.placement import GiB
+from scheduler.gpus.types import GpuInfo
 from server.services.admission import Assessment, admission_errors, largest_offer, servable_gpus
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB
 
 
 def cluster(*nodes: str) -> list[GpuInfo]:
@@ -31,15 +31,15 @@ def errors(job: JobSpec, gpus: list[GpuInfo]) -> list[dict[str, str]]:
 
 def test_one_node_offers_its_own_gpus_and_the_same_index_on_two_nodes_is_two_gpus():
     gpus = cluster("2x24GiB", "1x80GiB,1x40GiB")
-    assert largest_offer(spec(gpus=1), gpus) == 80 * GiB
-    assert largest_offer(spec(gpus=2), gpus) == 40 * GiB  # node 1's pair beats node 0's 24 GiB pair
-    assert largest_offer(spec(gpus=2, gpu_ids=[0, 1]), gpus) == 40 * GiB
+    assert largest_offer(spec(gpus=1), gpus) == 80 * GIB
+    assert largest_offer(spec(gpus=2), gpus) == 40 * GIB  # node 1's pair beats node 0's 24 GiB pair
+    assert largest_offer(spec(gpus=2, gpu_ids=[0, 1]), gpus) == 40 * GIB
 
 
 def test_a_job_larger_than_every_node_is_offered_an_even_split():
     gpus = cluster("2x24GiB", "2x40GiB", "2x80GiB")
-    assert largest_offer(spec(gpus=4), gpus) == 40 * GiB  # the two best nodes, two GPUs each
-    assert largest_offer(spec(gpus=6), gpus) == 24 * GiB
+    assert largest_offer(spec(gpus=4), gpus) == 40 * GIB  # the two best nodes, two GPUs each
+    assert largest_offer(spec(gpus=6), gpus) == 24 * GIB
     assert errors(spec(gpus=4), gpus) == []
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from server.live.alerts import job_alerts, snapshot_changed, vram_alerts
 
-GiB = 2**30
+GIB = 2**30
 
 
 def gpu(index: int = 0, used: float | None = 1.0, total: float = 10.0, **more: Any) -> dict[str, Any]:
@@ -14,8 +14,8 @@ def gpu(index: int = 0, used: float | None = 1.0, total: float = 10.0, **more: A
         "uuid": f"GPU-{index}",
         "index": index,
         "name": "H200",
-        "memory_used": None if used is None else int(used * GiB),
-        "memory_total": int(total * GiB),
+        "memory_used": None if used is None else int(used * GIB),
+        "memory_total": int(total * GIB),
         "utilization": 0,
         "processes": [],
         "healthy": True,

@@ -9,11 +9,11 @@ from typing import Any
 from scheduler.policy.attempt_spec import attempt_spec
 from scheduler.policy.endings import EndFacts, decide_ending
 from scheduler.policy.exits import Outcome
-from scheduler.policy.placement import GiB
 from scheduler.policy.sizing import need_of_stored
 from scheduler.policy.states import JobState
 from tests.helpers import REPO, tiny_spec
 from worker.spec.job import JobSpec
+from worker.spec.units import GIB
 
 TINY = str(REPO / "configs/models/tiny-chat")
 
@@ -40,7 +40,7 @@ def never(spec: JobSpec) -> Files:
 
 def test_a_roomy_gpu_gets_the_largest_micro_batch_with_the_same_samples_per_step():
     runs = attempt_spec(
-        stored(per_device_train_batch_size=2, gradient_accumulation_steps=8), 80 * GiB, lambda s: Files(tiny_config())
+        stored(per_device_train_batch_size=2, gradient_accumulation_steps=8), 80 * GIB, lambda s: Files(tiny_config())
     )
     assert (runs.spec["per_device_train_batch_size"], runs.spec["gradient_accumulation_steps"]) == (16, 1)
     assert runs.note is not None and runs.note.startswith("micro-batch 2 x 8 -> 16 x 1")
@@ -49,11 +49,11 @@ def test_a_roomy_gpu_gets_the_largest_micro_batch_with_the_same_samples_per_step
 def test_no_room_known_or_the_choice_off_reads_no_file_and_keeps_what_was_asked():
     spec = stored(per_device_train_batch_size=2, gradient_accumulation_steps=8)
     assert attempt_spec(spec, None, never).spec == spec
-    assert attempt_spec({**spec, "auto_micro_batch": False}, 80 * GiB, never).note is None
+    assert attempt_spec({**spec, "auto_micro_batch": False}, 80 * GIB, never).note is None
 
 
 def test_an_unreadable_config_keeps_the_micro_batch_and_says_why():
-    runs = attempt_spec(stored(per_device_train_batch_size=2), 80 * GiB, lambda s: Files(None))
+    runs = attempt_spec(stored(per_device_train_batch_size=2), 80 * GIB, lambda s: Files(None))
     assert runs.spec["per_device_train_batch_size"] == 2 and "config.json cannot be read" in (runs.note or "")
 
 
@@ -71,7 +71,7 @@ def facts(**changes: Any) -> EndFacts:
         tried=[],
         oom_retries=0,
         node_retries=0,
-        need_bytes=GiB,
+        need_bytes=GIB,
         settings=None,
         peak_memory_gib=20.5,
         newest=True,
@@ -86,10 +86,10 @@ def test_a_cancel_wins_over_how_the_process_ended():
 
 
 def test_an_oom_retries_with_half_the_micro_batch_and_at_least_the_peak():
-    ending = decide_ending(facts(), Outcome(JobState.OOM, "CUDA out of memory at step 4"), lambda s: 3 * GiB)
+    ending = decide_ending(facts(), Outcome(JobState.OOM, "CUDA out of memory at step 4"), lambda s: 3 * GIB)
     assert ending.attempt_state == JobState.OOM and ending.steps == (JobState.OOM,)
     assert ending.requeue is not None and ending.requeue["oom_retries"] == 1
-    assert ending.requeue["need_bytes"] == int(20.5 * GiB)  # the peak, above the estimate
+    assert ending.requeue["need_bytes"] == int(20.5 * GIB)  # the peak, above the estimate
     assert (ending.requeue["spec"]["per_device_train_batch_size"], ending.requeue["spec"]["auto_micro_batch"]) == (
         4,
         False,

@@ -11,19 +11,18 @@ from typing import Any
 import pytest
 
 from scheduler.policy.estimate import (
-    GIB,
     LOGITS_BYTES,
     MemoryEstimate,
-    ModelShape,
     estimate_for_spec,
     estimate_memory,
     load_model_config,
-    lora_modules,
     zero_from_deepspeed,
 )
+from scheduler.policy.model_shape import ModelShape, lora_modules
 from tests.helpers import REPO
 from worker.spec.job import JobSpec
 from worker.spec.loss_chunks import chunk_tokens
+from worker.spec.units import GIB
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "model_configs"
 TINY = REPO / "configs" / "models" / "tiny-chat"

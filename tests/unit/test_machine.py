@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from scheduler.gpus.probe import FakeProbe, GpuProcess
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.types import GpuProcess
 from server.services.machine import Machine, gpus_view
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scheduler.policy.micro_batch import GIB, MicroBatchChoice, candidates, choose_micro_batch, divisors
+from scheduler.policy.micro_batch import MicroBatchChoice, candidates, choose_micro_batch, divisors
+from worker.spec.units import GIB
 
 
 def linear(fixed_gib: float, per_sample_gib: float):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.gpus.probe import FakeProbe
+from scheduler.gpus.fake import FakeProbe
 from scheduler.policy.placement import Placement, QueuedJob, place, plan
 from scheduler.policy.wait_reasons import explain_wait
 
@@ -63,25 +63,25 @@ def test_no_gpus_and_no_slots_places_nothing():
     assert place([job(1), job(2, n=0)], [], set(), 0) == []
 
 
-GiB = 1 << 30
+GIB = 1 << 30
 
 
 def test_a_foreign_process_filling_a_gpu_sends_the_job_elsewhere():
     probe = FakeProbe("2x24GiB")
-    probe.set(0, memory_free=2 * GiB)  # someone else's notebook holds 22 GiB of GPU 0
-    placed = place([QueuedJob(1, 0, 1, gpus=1, need_bytes=10 * GiB)], probe.snapshot(), set(), 0, margin_bytes=GiB)
+    probe.set(0, memory_free=2 * GIB)  # someone else's notebook holds 22 GiB of GPU 0
+    placed = place([QueuedJob(1, 0, 1, gpus=1, need_bytes=10 * GIB)], probe.snapshot(), set(), 0, margin_bytes=GIB)
     assert [p.cuda_visible_devices for p in placed] == ["1"]
 
 
 def test_the_margin_counts():
     g = gpus("1x24GiB")
-    assert place([QueuedJob(1, 0, 1, 1, need_bytes=23 * GiB)], g, set(), 0, margin_bytes=2 * GiB) == []
-    assert place([QueuedJob(1, 0, 1, 1, need_bytes=23 * GiB)], g, set(), 0, margin_bytes=GiB) != []
+    assert place([QueuedJob(1, 0, 1, 1, need_bytes=23 * GIB)], g, set(), 0, margin_bytes=2 * GIB) == []
+    assert place([QueuedJob(1, 0, 1, 1, need_bytes=23 * GIB)], g, set(), 0, margin_bytes=GIB) != []
 
 
 def test_small_jobs_take_the_smallest_gpu_that_fits_so_big_ones_still_can():
     g = gpus("1x80GiB,1x24GiB")
-    small, big = QueuedJob(1, 0, 1, 1, need_bytes=10 * GiB), QueuedJob(2, 0, 2, 1, need_bytes=60 * GiB)
+    small, big = QueuedJob(1, 0, 1, 1, need_bytes=10 * GIB), QueuedJob(2, 0, 2, 1, need_bytes=60 * GIB)
     assert {p.job_id: p.cuda_visible_devices for p in place([small, big], g, set(), 0)} == {1: "1", 2: "0"}
 
 
@@ -103,8 +103,8 @@ def test_the_reservation_waits_for_our_gpus_rather_than_holding_idle_ones():
 
 def test_a_gpu_held_by_a_foreign_process_is_never_waited_for():
     probe = FakeProbe("2x24GiB")
-    probe.set(1, memory_free=GiB)
-    result = plan([QueuedJob(1, 0, 1, 2, need_bytes=10 * GiB), job(2)], probe.snapshot(), set(), 0)
+    probe.set(1, memory_free=GIB)
+    result = plan([QueuedJob(1, 0, 1, 2, need_bytes=10 * GIB), job(2)], probe.snapshot(), set(), 0)
     assert result.reserved_for is None and [p.job_id for p in result.placements] == [2]
 
 
@@ -138,12 +138,12 @@ def test_identical_waiting_jobs_are_decided_once():
 
 def test_a_waiting_job_says_why():
     probe = FakeProbe("2x40GiB")
-    probe.set(1, memory_free=4 * GiB)
+    probe.set(1, memory_free=4 * GIB)
     g = probe.snapshot()
-    job_ = QueuedJob(7, 0, 7, gpus=2, need_bytes=35 * GiB)
-    text = explain_wait(job_, g, holders={g[0].uuid: 3}, margin_bytes=GiB)
+    job_ = QueuedJob(7, 0, 7, gpus=2, need_bytes=35 * GIB)
+    text = explain_wait(job_, g, holders={g[0].uuid: 3}, margin_bytes=GIB)
     assert text == "waiting: needs 2 GPUs with 36.0 GiB free; 0 have (GPU 0 is held by job 3; GPU 1 has 4.0 GiB free)"
-    one = explain_wait(job_, g, holders={}, margin_bytes=GiB)
+    one = explain_wait(job_, g, holders={}, margin_bytes=GIB)
     assert one.startswith("waiting: needs 2 GPUs with 36.0 GiB free; 1 has")
     pinned = explain_wait(QueuedJob(8, 0, 8, gpus=2, gpu_ids=(0, 5)), g, holders={g[0].uuid: 3})
     assert pinned == "waiting: pinned to GPU 0,5; GPU 0 is held by job 3; GPU 5 does not exist"
@@ -151,10 +151,10 @@ def test_a_waiting_job_says_why():
 
 def test_a_placement_says_the_room_its_least_free_gpu_offers_beyond_the_margin():
     probe = FakeProbe("2x80GiB")
-    probe.set(1, memory_free=60 * GiB)  # a foreign process holds 20 GiB of GPU 1
-    placed = place([job(1, n=2), job(2, n=0)], probe.snapshot(), set(), cpu_slots=1, margin_bytes=GiB)
+    probe.set(1, memory_free=60 * GIB)  # a foreign process holds 20 GiB of GPU 1
+    placed = place([job(1, n=2), job(2, n=0)], probe.snapshot(), set(), cpu_slots=1, margin_bytes=GIB)
     by_job = {p.job_id: p for p in placed}
-    assert by_job[1].cuda_visible_devices == "0,1" and by_job[1].room_bytes == 59 * GiB
+    assert by_job[1].cuda_visible_devices == "0,1" and by_job[1].room_bytes == 59 * GIB
     assert by_job[2].room_bytes is None  # a CPU slot has no GPU memory to offer
     unknown = FakeProbe("1x24GiB")
     unknown.set(0, memory_free=None)

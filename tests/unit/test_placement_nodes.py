@@ -8,11 +8,13 @@ from dataclasses import replace
 import hypothesis
 from hypothesis import strategies as st
 
-from scheduler.gpus.probe import FakeProbe, GpuInfo
-from scheduler.policy.placement import NodeShare, Placement, QueuedJob, gang_shape, place, plan
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.types import GpuInfo
+from scheduler.policy.gpu_pool import gang_shape
+from scheduler.policy.placement import NodeShare, Placement, QueuedJob, place, plan
 from scheduler.policy.wait_reasons import explain_wait
 
-GiB = 1 << 30
+GIB = 1 << 30
 
 
 def node(name: str, spec: str = "2x24GiB") -> tuple[list[GpuInfo], dict[tuple[str, str], int]]:
@@ -66,7 +68,7 @@ def test_a_job_goes_to_the_node_it_fills_best_so_a_bigger_one_still_fits():
 def test_memory_counts_per_node_when_choosing_the_best_fit():
     small, _ = node("a", "2x24GiB")
     big, _ = node("b", "1x80GiB")
-    placed = place([job(1, need=40 * GiB)], small + big, set(), 0, margin_bytes=GiB)
+    placed = place([job(1, need=40 * GIB)], small + big, set(), 0, margin_bytes=GIB)
     assert [(p.node, p.cuda_visible_devices) for p in placed] == [("b", "0")]  # a has two, but neither fits
 
 
@@ -143,7 +145,7 @@ def test_a_waiting_job_on_a_cluster_says_which_node():
     assert explain_wait(job(4, n=1, pinned=(1,)), a + b, {b[1].uuid: 9, a[1].uuid: 7}) == (
         "waiting: pinned to GPU 1 on one node; GPU 1 on node abc123de is held by job 7"
     )
-    assert explain_wait(job(5, n=4, need=10 * GiB), a + b, holders, margin_bytes=GiB) == (
+    assert explain_wait(job(5, n=4, need=10 * GIB), a + b, holders, margin_bytes=GIB) == (
         "waiting: needs 4 GPUs with 11.0 GiB free as 2 nodes of 2; 0 nodes have 2 (GPU 0 on node abc123de is held"
         " by job 7; GPU 0 on node fed987cb is held by job 8; GPU 1 on node fed987cb is held by job 9)"
     )
@@ -167,7 +169,7 @@ def test_no_gpu_is_given_twice_and_every_placement_has_a_whole_shape(nodes, spec
     g = cluster(*(f"{count}x{size}" for count, size in nodes))
     leased = set(data.draw(st.sets(st.sampled_from([x.uuid for x in g]))))
     queue = [
-        job(i, n, prio, need * GiB, tuple(range(n)) if pin and 0 < n <= 4 else None)
+        job(i, n, prio, need * GIB, tuple(range(n)) if pin and 0 < n <= 4 else None)
         for i, (n, prio, need, pin) in enumerate(specs)
     ]
     result = plan(queue, g, leased, cpu_slots=2)

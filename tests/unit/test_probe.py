@@ -18,7 +18,11 @@ from types import SimpleNamespace
 import pynvml as real_nvml
 import pytest
 
-from scheduler.gpus.probe import (
+from scheduler.gpus.fake import FakeProbe
+from scheduler.gpus.nvml import NvmlProbe
+from scheduler.gpus.probe import NoGpuProbe, make_probe
+from scheduler.gpus.processes import descendant_pids, foreign_processes
+from scheduler.gpus.types import (
     LINK_HOSTBRIDGE,
     LINK_INTERNAL,
     LINK_MULTIPLE,
@@ -27,19 +31,13 @@ from scheduler.gpus.probe import (
     LINK_SINGLE,
     LINK_SYSTEM,
     LINK_UNKNOWN,
-    FakeProbe,
-    GiB,
     GpuInfo,
     GpuProcess,
-    NoGpuProbe,
-    NvmlProbe,
     ProbeError,
-    descendant_pids,
-    foreign_processes,
     format_bytes,
     link_distance,
-    make_probe,
 )
+from worker.spec.units import GIB
 
 # --- FakeProbe ------------------------------------------------------------------------------
 
@@ -91,7 +89,7 @@ def test_fake_snapshot_is_fully_free_in_index_order() -> None:
     gpus = probe.snapshot()
     assert [g.index for g in gpus] == [0, 1, 2]
     assert [g.name for g in gpus] == ["Fake GPU 80GiB", "Fake GPU 24GiB", "Fake GPU 24GiB"]
-    assert [g.memory_total for g in gpus] == [80 * GiB, 24 * GiB, 24 * GiB]
+    assert [g.memory_total for g in gpus] == [80 * GIB, 24 * GIB, 24 * GIB]
     assert all(g.memory_free == g.memory_total and g.memory_used == 0 for g in gpus)
     assert all(g.utilization == 0 and g.processes == () and g.healthy and g.error is None for g in gpus)
     assert [g.pci_bus_id for g in gpus] == ["00000000:00:00.0", "00000000:01:00.0", "00000000:02:00.0"]
@@ -109,11 +107,11 @@ def test_fake_uuids_are_unique_and_stable() -> None:
 
 def test_fake_set_states_a_scenario() -> None:
     probe = FakeProbe("2x24GiB")
-    probe.set(1, memory_free=4 * GiB, processes=[GpuProcess(pid=4242, used_memory=20 * GiB)], utilization=97)
+    probe.set(1, memory_free=4 * GIB, processes=[GpuProcess(pid=4242, used_memory=20 * GIB)], utilization=97)
     busy = probe.snapshot()[1]
-    assert (busy.memory_free, busy.memory_used, busy.utilization) == (4 * GiB, 20 * GiB, 97)
-    assert busy.processes == (GpuProcess(4242, 20 * GiB),)
-    assert probe.snapshot()[0].memory_free == 24 * GiB  # the other GPU is untouched
+    assert (busy.memory_free, busy.memory_used, busy.utilization) == (4 * GIB, 20 * GIB, 97)
+    assert busy.processes == (GpuProcess(4242, 20 * GIB),)
+    assert probe.snapshot()[0].memory_free == 24 * GIB  # the other GPU is untouched
 
     probe.set(0, healthy=False, error="GPU is lost", memory_free=None)
     broken = probe.snapshot()[0]
@@ -148,7 +146,7 @@ def test_make_probe_fake_error_is_raised_not_hidden() -> None:
 
 
 def test_format_bytes() -> None:
-    assert format_bytes(24 * GiB) == "24.0 GiB"
+    assert format_bytes(24 * GIB) == "24.0 GiB"
     assert format_bytes(512 * 2**20) == "512.0 MiB"
     assert format_bytes(100) == "100 B"
     assert format_bytes(None) == "unknown"
@@ -168,9 +166,9 @@ def fake_distance(probe: FakeProbe, a: int, b: int) -> int:
 def test_link_levels_are_strictly_ordered_nvlink_best_unknown_worst() -> None:
     levels = [LINK_NVLINK, LINK_INTERNAL, LINK_SINGLE, LINK_MULTIPLE, LINK_HOSTBRIDGE, LINK_NODE, LINK_SYSTEM]
     assert levels == sorted(set(levels)) and levels[0] == 0 and LINK_UNKNOWN > levels[-1]
-    from scheduler.policy.placement import UNKNOWN_DISTANCE  # placement's default for a missing pair
+    from scheduler.policy.gpu_sets import distance  # placement's default for a missing pair
 
-    assert UNKNOWN_DISTANCE == LINK_UNKNOWN
+    assert distance({}, "a", "b") == LINK_UNKNOWN
 
 
 def test_link_distance_reads_either_order_and_defaults_to_unknown() -> None:
@@ -192,7 +190,7 @@ def test_fake_nvlink_islands() -> None:
     assert all(fake_distance(probe, a, b) == LINK_NVLINK for a in range(4) for b in range(4))
     assert all(fake_distance(probe, a, b) == LINK_NVLINK for a in range(4, 8) for b in range(4, 8))
     assert all(fake_distance(probe, a, b) == LINK_NODE for a in range(4) for b in range(4, 8))
-    assert [g.memory_total for g in probe.snapshot()] == [80 * GiB] * 8
+    assert [g.memory_total for g in probe.snapshot()] == [80 * GIB] * 8
     assert probe.description == "fake: 8x80GiB@nvlink4"
 
 
@@ -290,8 +288,8 @@ def scenario_foreign_process_holds_gpu(root: Path) -> tuple[GpuInfo, int]:
     (root / "777").mkdir()  # exited between listdir and the read: no stat
     gpu = FakeProbe("1x80GiB").set(
         0,
-        memory_free=10 * GiB,
-        processes=[GpuProcess(101, 25 * GiB, "python"), GpuProcess(102, 25 * GiB), GpuProcess(556, 20 * GiB, "python")],
+        memory_free=10 * GIB,
+        processes=[GpuProcess(101, 25 * GIB, "python"), GpuProcess(102, 25 * GIB), GpuProcess(556, 20 * GIB, "python")],
     )
     return gpu, 100
 
@@ -300,7 +298,7 @@ def test_foreign_process_holds_gpu(tmp_path: Path) -> None:
     gpu, worker = scenario_foreign_process_holds_gpu(tmp_path)
     assert descendant_pids({worker}, proc=tmp_path) == {101, 102, 103, 104}
     ours = {worker} | descendant_pids({worker}, proc=tmp_path)
-    assert foreign_processes(gpu, ours) == (GpuProcess(556, 20 * GiB, "python"),)
+    assert foreign_processes(gpu, ours) == (GpuProcess(556, 20 * GIB, "python"),)
     # The bug: the worker's own pid alone makes its ranks look like strangers.
     assert [p.pid for p in foreign_processes(gpu, {worker})] == [101, 102, 556]
     assert foreign_processes(gpu, set()) == gpu.processes
@@ -348,8 +346,8 @@ def test_descendant_pids_finds_a_real_grandchild() -> None:
 class FakeDevice:
     uuid: str | bytes
     name: str | bytes
-    total: int = 24 * GiB
-    free: int = 24 * GiB
+    total: int = 24 * GIB
+    free: int = 24 * GIB
     used: int = 0
     util: int = 0
     processes: list[SimpleNamespace] = field(default_factory=list)
@@ -474,10 +472,10 @@ def scenario_two_healthy_gpus() -> FakeNvml:
             FakeDevice(
                 "GPU-aaaa",
                 "NVIDIA A10G",
-                free=20 * GiB,
-                used=4 * GiB,
+                free=20 * GIB,
+                used=4 * GIB,
                 util=35,
-                processes=[process(1234, 4 * GiB)],
+                processes=[process(1234, 4 * GIB)],
                 bus_id="00000000:00:1E.0",
             ),
             FakeDevice("GPU-bbbb", "NVIDIA A10G", bus_id="00000000:00:1F.0"),
@@ -520,8 +518,8 @@ def scenario_graphics_process_holds_memory() -> FakeNvml:
     """A desktop's Xorg holds memory as a graphics process; listing compute processes alone hid it."""
     nvml = scenario_two_healthy_gpus()
     gpu = nvml.devices[0]
-    gpu.processes.append(process(4321, 2 * GiB))
-    gpu.graphics = [process(900, 512 * 2**20), process(1234, 4 * GiB)]  # a CUDA + GL process is in both lists
+    gpu.processes.append(process(4321, 2 * GIB))
+    gpu.graphics = [process(900, 512 * 2**20), process(1234, 4 * GIB)]  # a CUDA + GL process is in both lists
     nvml.names = {1234: "python3", 900: "/usr/lib/xorg/Xorg", 4321: real_nvml.NVMLError_NoPermission}
     return nvml
 
@@ -627,11 +625,11 @@ def test_two_healthy_gpus(use_nvml) -> None:
         uuid="GPU-aaaa",
         index=0,
         name="NVIDIA A10G",
-        memory_total=24 * GiB,
-        memory_free=20 * GiB,
-        memory_used=4 * GiB,
+        memory_total=24 * GIB,
+        memory_free=20 * GIB,
+        memory_used=4 * GIB,
         utilization=35,
-        processes=(GpuProcess(1234, 4 * GiB),),
+        processes=(GpuProcess(1234, 4 * GIB),),
         pci_bus_id="00000000:00:1E.0",
     )
     assert (second.uuid, second.index, second.healthy, second.processes) == ("GPU-bbbb", 1, True, ())
@@ -657,7 +655,7 @@ def test_failing_one_gpu(use_nvml) -> None:
     lost, good, idle, nomem = make_probe(None).snapshot()
     assert (lost.healthy, lost.error, lost.uuid, lost.memory_free) == (False, "GPU is lost", "unknown-0", None)
     assert (nomem.healthy, nomem.error, nomem.uuid, nomem.memory_total) == (False, "Unknown Error", "GPU-nomem", None)
-    assert good.healthy and idle.healthy and good.memory_free == 20 * GiB and idle.uuid == "GPU-bbbb"
+    assert good.healthy and idle.healthy and good.memory_free == 20 * GIB and idle.uuid == "GPU-bbbb"
     assert [g.index for g in (lost, good, idle, nomem)] == [0, 1, 2, 3]
 
 
@@ -666,7 +664,7 @@ def test_utilization_not_supported(use_nvml) -> None:
     mig, old = make_probe(None).snapshot()
     assert mig.utilization is None and old.utilization is None
     assert mig.processes == () and mig.healthy and mig.error is None  # a missing field is not a broken GPU
-    assert mig.memory_free == 20 * GiB
+    assert mig.memory_free == 20 * GIB
 
 
 def test_process_memory_unavailable(use_nvml) -> None:
@@ -679,8 +677,8 @@ def test_graphics_process_holds_memory(use_nvml) -> None:
     use_nvml(scenario_graphics_process_holds_memory())
     gpu = make_probe(None).snapshot()[0]
     assert gpu.processes == (
-        GpuProcess(1234, 4 * GiB, "python3"),
-        GpuProcess(4321, 2 * GiB, None),  # NVML may not name it: not allowed to read it
+        GpuProcess(1234, 4 * GIB, "python3"),
+        GpuProcess(4321, 2 * GIB, None),  # NVML may not name it: not allowed to read it
         GpuProcess(900, 512 * 2**20, "/usr/lib/xorg/Xorg"),
     )
     assert GpuProcess(7, None) == GpuProcess(pid=7, used_memory=None, name=None)  # the old constructor
@@ -804,9 +802,9 @@ def test_real_nvml_topology_on_this_machine_never_crashes() -> None:
 
 def test_the_fake_and_the_real_binding_have_every_name_the_probe_uses() -> None:
     """The fake answers for pynvml in these tests; a name it or pynvml lacks would only fail on a real GPU."""
-    import scheduler.gpus.probe
+    import scheduler.gpus.nvml
 
-    source = Path(scheduler.gpus.probe.__file__).read_text()
+    source = Path(scheduler.gpus.nvml.__file__).read_text()
     names = set(re.findall(r"\bnvml\.(\w+)", source)) | set(re.findall(r'"(NVML_TOPOLOGY_\w+)"', source))
     assert {"nvmlDeviceGetTopologyCommonAncestor", "nvmlDeviceGetNvLinkState", "NVML_TOPOLOGY_SYSTEM"} <= names
     assert [n for n in sorted(names) if not hasattr(real_nvml, n)] == []

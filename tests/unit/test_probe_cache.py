@@ -7,7 +7,7 @@ import time
 
 from scheduler.gpus.cache import RecentProbe
 from scheduler.gpus.fake import FakeProbe
-from scheduler.gpus.probe import GiB
+from worker.spec.units import GIB
 
 
 class Clock:
@@ -32,14 +32,14 @@ def test_a_recent_snapshot_is_the_schedulers_while_at_most_max_age_old_then_a_fr
     fake, clock = CountingProbe("2x24GiB"), Clock()
     probe = RecentProbe(fake, max_age_s=1.0, clock=clock)
     probe.snapshot()  # the scheduler's pass
-    fake.set(0, memory_free=GiB)
+    fake.set(0, memory_free=GIB)
     clock.now += 1.0
     taken_at, gpus = probe.recent_snapshot()
-    assert (taken_at, gpus[0].memory_free, fake.snapshots) == (100.0, 24 * GiB, 1)  # a tick old: shared
+    assert (taken_at, gpus[0].memory_free, fake.snapshots) == (100.0, 24 * GIB, 1)  # a tick old: shared
     clock.now += 0.01
     taken_at, gpus = probe.recent_snapshot()
-    assert (taken_at, gpus[0].memory_free, fake.snapshots) == (101.01, GiB, 2)  # older than that: read again
-    assert probe.snapshot()[0].memory_free == GiB and fake.snapshots == 3  # the scheduler always reads afresh
+    assert (taken_at, gpus[0].memory_free, fake.snapshots) == (101.01, GIB, 2)  # older than that: read again
+    assert probe.snapshot()[0].memory_free == GIB and fake.snapshots == 3  # the scheduler always reads afresh
 
 
 def test_the_first_recent_snapshot_reads_and_the_topology_is_kept_the_same_way():

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.db.models import GpuPublic
 from server.metrics import families as f
 
-GiB = 2**30
+GIB = 2**30
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
 
 
@@ -85,7 +85,7 @@ def test_per_job_series_say_what_is_known_and_leave_out_what_is_not():
     assert values(got["ftq_job_progress_ratio"]) == {"1": 0.25, "4": 1.0}
     assert values(got["ftq_job_loss"]) == {"1": 0.75, "4": 0.1}  # no loss yet: no series, never 0
     assert values(got["ftq_job_tokens_per_second"]) == {"1": 4321.5}
-    assert values(got["ftq_job_peak_memory_bytes"]) == {"1": 17.25 * GiB}
+    assert values(got["ftq_job_peak_memory_bytes"]) == {"1": 17.25 * GIB}
     assert values(got["ftq_job_attempts"]) == {"1": 2, "2": 1, "3": 0, "4": 1}
     assert values(got["ftq_job_oom_retries"])["1"] == 1
     assert values(got["ftq_job_seconds_since_last_record"]) == {"1": 42.0, "2": 5.0}
@@ -103,8 +103,8 @@ def test_a_job_name_any_text_survives_the_format():
 
 def _gpu(index: int, **fields: object) -> GpuPublic:
     base: dict[str, object] = dict(
-        uuid=f"GPU-{index}", index=index, name="NVIDIA H100 80GB HBM3", memory_total=80 * GiB,
-        memory_free=60 * GiB, memory_used=20 * GiB + 5, utilization=87, pci_bus_id=f"00000000:0{index}:00.0",
+        uuid=f"GPU-{index}", index=index, name="NVIDIA H100 80GB HBM3", memory_total=80 * GIB,
+        memory_free=60 * GIB, memory_used=20 * GIB + 5, utilization=87, pci_bus_id=f"00000000:0{index}:00.0",
         processes=[{"pid": 10, "foreign": False}, {"pid": 11, "foreign": True}], healthy=True, error=None,
         bound_job=None,
     )  # fmt: skip
@@ -127,9 +127,9 @@ def test_gpus_read_like_dcgm_exporter_and_in_bytes():
     assert got["DCGM_FI_DEV_FB_USED"] == [("DCGM_FI_DEV_FB_USED", labels0, 20 * 1024)]  # MiB, as DCGM
     assert got["DCGM_FI_DEV_FB_FREE"] == [("DCGM_FI_DEV_FB_FREE", labels0, 60 * 1024)]
     assert got["DCGM_FI_DEV_GPU_UTIL"] == [("DCGM_FI_DEV_GPU_UTIL", labels0, 87)]
-    assert values(got["ftq_gpu_memory_used_bytes"], "gpu") == {"0": 20 * GiB + 5}  # GPU 1's None: left out
-    assert values(got["ftq_gpu_memory_free_bytes"], "gpu") == {"0": 60 * GiB}
-    assert values(got["ftq_gpu_memory_total_bytes"], "gpu") == {"0": 80 * GiB}
+    assert values(got["ftq_gpu_memory_used_bytes"], "gpu") == {"0": 20 * GIB + 5}  # GPU 1's None: left out
+    assert values(got["ftq_gpu_memory_free_bytes"], "gpu") == {"0": 60 * GIB}
+    assert values(got["ftq_gpu_memory_total_bytes"], "gpu") == {"0": 80 * GIB}
     assert values(got["ftq_gpu_healthy"], "gpu") == {"0": 1, "1": 0}
     assert values(got["ftq_gpu_foreign_processes"], "gpu") == {"0": 1, "1": 1}
     assert got["ftq_gpu_bound_job"] == [("ftq_gpu_bound_job", {**labels0, "job_id": "7"}, 1)]  # GPU 1 free: none

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from worker.spec.exits import EXIT_NOT_STARTED
 from worker.spec.layout import METRICS_FILE, PID_FILE, pid_file
+from worker.spec.process import read_stat
 from worker.spec.records import append_record
 
 GATE_ENV = "FTQ_START_GATE"
@@ -72,8 +73,5 @@ def read_pid_file(run_dir: Path, name: str = PID_FILE) -> tuple[int, int | None]
 
 def own_start_time() -> int | None:
     """This process's start time in clock ticks (proc(5), field 22), as the daemon reads it for any pid."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(")") + 2 :].split()[19])
+    stat = read_stat("self")
+    return None if stat is None else stat.start_time
