@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from worker.spec.job import EXIT_CANCELLED, METRICS_FILE
+from worker.spec.exits import EXIT_CANCELLED
+from worker.spec.layout import METRICS_FILE
 from worker.spec.records import MetricsSink, hms
 
 

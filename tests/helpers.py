@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +46,12 @@ def tiny_spec(**overrides: Any) -> dict[str, Any]:
     }
     spec.update(overrides)
     return spec
+
+
+def load_model_config(model_dir: str | Path) -> dict[str, Any]:
+    """config.json of a local model directory (or the file itself), as the estimate takes it."""
+    path = Path(model_dir) / "config.json" if Path(model_dir).is_dir() else Path(model_dir)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return data

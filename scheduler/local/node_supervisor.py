@@ -33,7 +33,7 @@ from scheduler.local.supervisor import (
 )
 from scheduler.local.tail import last_end, last_lines, read_new_records
 from worker.spec.gate import read_pid_file
-from worker.spec.job import LOG_FILE, METRICS_FILE
+from worker.spec.layout import LOG_FILE, METRICS_FILE, pid_files_in
 
 LOG_TAIL_LINES = 30
 DESCENDANTS_EVERY_S = 2.0
@@ -132,10 +132,10 @@ class NodeSupervisor:
     def stop_unstarted_in(self, run_dir: str) -> None:
         """Stop a worker whose pid the daemon never stored (so it was never told to go), if it is still there.
 
-        Every node of a job across nodes writes its own pid file (worker.spec.gate.pid_file_name): each is looked
+        Every node of a job across nodes writes its own pid file (worker.spec.layout.pid_file): each is looked
         at, and only a process alive here with the same start time is taken for the one it names.
         """
-        for path in sorted(Path(run_dir).glob("worker*.pid")):
+        for path in pid_files_in(Path(run_dir)):
             found = read_pid_file(Path(run_dir), path.name)
             if found is not None and same_process(*found):
                 signal_group(found[0], signal.SIGKILL)

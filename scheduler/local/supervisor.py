@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.spec.gate import GATE_ENV, GO
-from worker.spec.job import CHECKPOINT_DIR, LOG_FILE, SPEC_FILE
+from worker.spec.layout import CHECKPOINT_DIR, LOG_FILE, SPEC_FILE
 from worker.spec.process import read_stat
 
 # FTQ_FAULT injects failures (e.g. oom@step:3) into workers; only tests set it.

@@ -6,7 +6,7 @@ at its peak (the start of backward): weights, gradients, optimizer states,
 saved activations, the logits of the loss, and the CUDA context with allocator
 slack. The target is what `torch.cuda.max_memory_reserved` reports plus the
 context, erring slightly high: an under-estimate is an OOM. Pure: no torch,
-no I/O beyond `load_model_config`.
+no I/O (the loop and admission read config.json and hand it in).
 
 It knows the batching modes of worker.spec.batching as the worker runs them: a
 flattened batch (padding_free, neat_packing) is one row of at most micro-batch x
@@ -19,9 +19,7 @@ aux loss turned on.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scheduler.policy.model_shape import LORA_MODULES, ModelShape, lora_modules
@@ -320,12 +318,3 @@ def estimate_for_spec(config: dict[str, Any], spec: JobSpec, deepspeed_config: d
         padding_free=flattens(spec),
         fused_cross_entropy=fused_loss_applies(config, spec, stage),
     )
-
-
-def load_model_config(model_dir: str | Path) -> dict[str, Any]:
-    """config.json of a local model directory (or the file itself)."""
-    path = Path(model_dir) / "config.json" if Path(model_dir).is_dir() else Path(model_dir)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return data

@@ -66,7 +66,7 @@ class Placement:
     # PCI-ordered indices, "" for a CPU slot; a gang's: "node:0,1;node:0,1" (what the attempt row shows)
     cuda_visible_devices: str | None
     # Per GPU, what the least free of the chosen GPUs offers beyond the margin, for auto_micro_batch
-    # (server.services.attempt_spec); None for a CPU slot or an unknown free memory. What NVML said, not the decision:
+    # (scheduler.policy.attempt_spec); None for a CPU slot or an unknown free memory. What NVML said, not the decision:
     # not compared.
     room_bytes: int | None = field(default=None, compare=False)
     node: str = ""  # the node of a one-node placement; a gang's first share's

@@ -19,14 +19,9 @@ from scheduler.local.node_supervisor import Progress, WorkerStart
 from scheduler.policy.placement import NodeShare, Placement
 from scheduler.ray.cluster import ANSWER_WAIT_S, CALL_TIMEOUT_S, RayCluster, short
 from scheduler.ray.probe import RayProbe
-from worker.spec.job import LOG_FILE
+from worker.spec.layout import log_file
 
 log = logging.getLogger("ftq.ray")
-
-
-def node_log_name(rank: int) -> str:
-    """Where a gang's node rank r writes its log in the shared run dir: rank 0 the usual worker.log."""
-    return LOG_FILE if rank == 0 else f"worker.node{rank}.log"
 
 
 @dataclass
@@ -104,7 +99,7 @@ class RayExecutor:
             worker_module=self.worker_module,
             daemon_settings=self.daemon_settings,
             extra_env=extra_env,
-            log_name=node_log_name(rank),
+            log_name=log_file(rank),
         )
 
     def release(self, attempt_id: int) -> bool:
@@ -219,7 +214,7 @@ class RayExecutor:
 
     def _adopt_one(self, attempt_id: int, attempt: _Attempt, rank: int) -> bool:
         worker = attempt.workers[rank]
-        args = (attempt_id, attempt.run_dir, worker.pid, worker.start_time, node_log_name(rank))
+        args = (attempt_id, attempt.run_dir, worker.pid, worker.start_time, log_file(rank))
         try:
             alive = bool(self.cluster.call(worker.node, "adopt_worker", *args))
         except RuntimeError as exc:

@@ -165,7 +165,7 @@ class SqlStore:
     def add_records_of(self, batches: list[tuple[int, list[dict[str, Any]], int]]) -> None:
         """Several attempts' records (attempt id, records, offset) in one transaction: one commit a pass of the
         loop, however many jobs stream, rather than one each (every commit also makes the API's kept answers
-        stale, server.services.read_cache)."""
+        stale, server.api.read_cache)."""
         with Session(self.engine) as session:
             for attempt_id, records, offset in batches:
                 self._add_records(session, attempt_id, records, offset)

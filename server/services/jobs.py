@@ -39,7 +39,8 @@ from server.services.paths import check_spec_inputs
 from server.services.stall import DEFAULT_RULE, StallRule, stalled_for_s
 from server.services.submission import check_submission
 from server.settings import Settings
-from worker.spec.job import LOG_FILE, JobSpec
+from worker.spec.job import JobSpec
+from worker.spec.layout import LOG_FILE
 from worker.spec.units import GIB
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_worker import DATA_DIR, MODEL_DIR
-from worker.spec.job import LOG_FILE, METRICS_FILE, SPEC_FILE
+from worker.spec.layout import LOG_FILE, METRICS_FILE, SPEC_FILE
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import pytest
 from tests.integration import test_worker as worker_tests
 from tests.integration.test_worker import REPO, kinds, log_of, make_run_dir, records, wait_for
 from worker.launch.rank_report import RANKS_DIR_ENV
-from worker.spec.job import CHECKPOINT_DIR, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, LOG_FILE
-from worker.spec.layout import RANKS_DIR
+from worker.spec.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM
+from worker.spec.layout import CHECKPOINT_DIR, LOG_FILE, RANKS_DIR
 
 pytestmark = [
     pytest.mark.integration,

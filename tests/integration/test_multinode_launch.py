@@ -21,9 +21,9 @@ import pytest
 from scheduler.local.supervisor import WorkerProcess, release, spawn_worker
 from tests.integration.test_multigpu import job_processes
 from tests.integration.test_worker import DATA_DIR, MODEL_DIR, records, wait_for
+from worker.spec.exits import EXIT_CANCELLED, EXIT_NOT_STARTED, EXIT_OOM
 from worker.spec.gate import NOT_STARTED
-from worker.spec.job import EXIT_CANCELLED, EXIT_NOT_STARTED, EXIT_OOM, LOG_FILE
-from worker.spec.layout import RANKS_DIR
+from worker.spec.layout import LOG_FILE, RANKS_DIR
 
 pytestmark = [
     pytest.mark.integration,

@@ -26,7 +26,8 @@ from server.services.machine import Machine
 from server.services.paths import read_spec_files
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec
-from worker.spec.job import EXIT_OOM, JobSpec
+from worker.spec.exits import EXIT_OOM
+from worker.spec.job import JobSpec
 from worker.spec.units import GIB
 
 

@@ -15,16 +15,8 @@ from typing import Any
 
 import pytest
 
-from worker.spec.job import (
-    CHECKPOINT_DIR,
-    EXIT_BAD_INPUT,
-    EXIT_CANCELLED,
-    EXIT_FAILED,
-    EXIT_OOM,
-    LOG_FILE,
-    METRICS_FILE,
-    SPEC_FILE,
-)
+from worker.spec.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM
+from worker.spec.layout import CHECKPOINT_DIR, LOG_FILE, METRICS_FILE, SPEC_FILE
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.integration.test_worker import DATA_DIR, MODEL_DIR, log_of, records, spawn  # noqa: F401 - spawn: a fixture
-from worker.spec.job import SPEC_FILE
+from worker.spec.layout import SPEC_FILE
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.test_worker import log_of, make_run_dir, records
 from worker.outputs.plots import series
-from worker.spec.job import LOG_FILE
+from worker.spec.layout import LOG_FILE
 
 pytestmark = [
     pytest.mark.integration,

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.gpus.fake import FakeProbe
-from scheduler.policy.estimate import load_model_config
 from server.services.admission import suggestions
 from server.services.paths import SpecFiles
+from tests.helpers import load_model_config
 from worker.spec.job import JobSpec
 from worker.spec.units import GIB
 

@@ -15,11 +15,10 @@ from scheduler.policy.estimate import (
     MemoryEstimate,
     estimate_for_spec,
     estimate_memory,
-    load_model_config,
     zero_from_deepspeed,
 )
 from scheduler.policy.model_shape import ModelShape, lora_modules
-from tests.helpers import REPO
+from tests.helpers import REPO, load_model_config
 from worker.spec.job import JobSpec
 from worker.spec.loss_chunks import chunk_tokens
 from worker.spec.units import GIB

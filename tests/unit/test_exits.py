@@ -1,7 +1,6 @@
 from scheduler.policy.exits import classify
 from scheduler.policy.states import JobState
-from worker.spec.exits import describe_exit
-from worker.spec.job import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OOM
+from worker.spec.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OOM, describe_exit
 
 
 def test_sigkill_is_explained_not_reported_as_minus_nine():
@@ -39,7 +38,7 @@ def test_a_requested_cancel_wins():
 
 
 def test_a_worker_that_never_got_its_go_is_queued_again():
-    from worker.spec.job import EXIT_NOT_STARTED
+    from worker.spec.exits import EXIT_NOT_STARTED
 
     for outcome in (classify(EXIT_NOT_STARTED, None, False), classify(None, {"status": "not_started"}, False)):
         assert outcome.state == JobState.FAILED and outcome.requeue and "never started" in outcome.reason

@@ -14,7 +14,7 @@ from transformers import TrainerControl, TrainerState
 
 from worker.launch.oom import exception_is_oom, is_oom, tried_to_allocate_bytes
 from worker.run.faults import FAULT_ENV, Fault, FaultInjector, FaultSpecError, injected_oom, parse_faults
-from worker.spec.job import SPEC_FILE
+from worker.spec.layout import SPEC_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,10 @@ from worker.launch.oom import exception_is_oom, is_oom, tried_to_allocate_bytes
 from worker.launch.rank_report import RANKS_DIR_ENV, is_rank, rank_report_path, write_rank_report
 from worker.launch.ranks import RankReport, decide_end
 from worker.launch.torchrun import launch, launch_plan, read_spec, torchrun_argv
+from worker.spec.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM
 from worker.spec.exits import describe_rank_exit as describe_exit
-from worker.spec.job import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, SPEC_FILE, JobSpec
-from worker.spec.layout import RANKS_DIR
+from worker.spec.job import JobSpec
+from worker.spec.layout import METRICS_FILE, RANKS_DIR, SPEC_FILE
 
 
 def spec(**overrides: Any) -> JobSpec:

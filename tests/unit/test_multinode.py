@@ -24,9 +24,10 @@ from worker.launch.nodes import (
 )
 from worker.launch.ranks import RankReport, decide_end, decide_gang_end, gang_rank_reports
 from worker.launch.torchrun import SPEC_INVALID_ASIDE, launch, launch_plan, stand_aside, torchrun_argv
+from worker.spec.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM
 from worker.spec.gate import GATE_ENV
-from worker.spec.job import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OOM, METRICS_FILE, JobSpec
-from worker.spec.layout import RANKS_DIR
+from worker.spec.job import JobSpec
+from worker.spec.layout import METRICS_FILE, RANKS_DIR
 
 NODE_1_OF_2 = {"FTQ_NNODES": "2", "FTQ_NODE_RANK": "1", "FTQ_MASTER_ADDR": "10.0.0.5", "FTQ_MASTER_PORT": "29400"}
 

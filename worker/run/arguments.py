@@ -11,7 +11,8 @@ from transformers import TrainingArguments
 from worker.preflight.confine import Roots
 from worker.run.trainer_args import merge_arguments, method_arguments
 from worker.run.validate import read_deepspeed
-from worker.spec.job import CHECKPOINT_DIR, JobSpec
+from worker.spec.job import JobSpec
+from worker.spec.layout import CHECKPOINT_DIR
 from worker.spec.loss_chunks import FULL_LOGITS
 
 log = logging.getLogger("worker")

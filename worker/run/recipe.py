@@ -55,7 +55,8 @@ from worker.run.loraplus import LoraPlus
 from worker.run.resume import CheckpointLoadError, ResumingTrainer, ShapeCallback
 from worker.run.validate import read_and_validate, read_deepspeed, trained_on_adapter
 from worker.spec.exits import EXIT_BAD_INPUT, EXIT_FAILED
-from worker.spec.job import CHECKPOINT_DIR, OUTPUT_DIR, JobSpec
+from worker.spec.job import JobSpec
+from worker.spec.layout import CHECKPOINT_DIR, OUTPUT_DIR
 from worker.spec.loss_chunks import CHUNKED, FULL_LOGITS, loss_kernel
 from worker.spec.methods import describe_method, expected_adapter
 

@@ -33,7 +33,8 @@ from worker.preflight.data_checks import data_problems
 from worker.preflight.modelfiles import check_model_files
 from worker.preflight.requirements import DEEPSPEED_EXTRA, missing, needs
 from worker.run.faults import FaultSpecError, faults_from_env
-from worker.spec.job import SPEC_FILE, JobSpec
+from worker.spec.job import JobSpec
+from worker.spec.layout import SPEC_FILE
 
 INSTALL_DEEPSPEED = DEEPSPEED_EXTRA  # the one install command, said at submit too
 

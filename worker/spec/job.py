@@ -20,10 +20,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 # The exit codes (worker.spec.exits) and the run-dir layout (worker.spec.layout) live apart (no pydantic there: the
 # start gate and the benchmarks' stand-in workers need them before, or without, the slow imports); the spec
 # re-exports them.
-from worker.spec.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_NOT_STARTED, EXIT_OOM
 from worker.spec.job_fields import JobFields
 from worker.spec.key_fates import ALIASES, PARTLY_WITHOUT_EFFECT, REFUSED, SECRETS, WITHOUT_EFFECT, is_default, nearest
-from worker.spec.layout import CHECKPOINT_DIR, LOG_FILE, METRICS_FILE, OUTPUT_DIR, SPEC_FILE
 from worker.spec.methods import method_problems
 from worker.spec.outputs import split_report_to
 from worker.templates.render import TEMPLATE_NAMES
@@ -165,19 +163,3 @@ def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], d
             hint = f"; did you mean {guess}?" if guess else "; remove it (see the README's table of keys)"
             refuse(key, f"{key!r} is not a key ftq or LLaMA-Factory knows{hint}")
     return kept, without_effect, problems
-
-
-__all__ = [
-    "CHECKPOINT_DIR",
-    "EXIT_BAD_INPUT",
-    "EXIT_CANCELLED",
-    "EXIT_FAILED",
-    "EXIT_NOT_STARTED",
-    "EXIT_OOM",
-    "LOG_FILE",
-    "METRICS_FILE",
-    "OUTPUT_DIR",
-    "SPEC_FILE",
-    "JobSpec",
-    "sort_keys",
-]

@@ -1,8 +1,10 @@
 """The run dir's layout: the names of the files and folders the daemon and a worker both rely on.
 
-Plain names, no imports: the start gate (worker.spec.gate) and stand-in workers read them
+Plain names (pathlib aside, no imports): the start gate (worker.spec.gate) and stand-in workers read them
 in the first milliseconds of a process, before (or without) pydantic and torch.
 """
+
+from pathlib import Path
 
 # The run-dir layout both sides rely on (DESIGN.md, "The way a job goes").
 SPEC_FILE = "spec.json"
@@ -23,6 +25,11 @@ def log_file(node_rank: int) -> str:
 def pid_file(node_rank: int) -> str:
     """worker.pid, or worker.node{R}.pid for node rank R > 0 of a job across nodes (their run dir is shared)."""
     return PID_FILE if node_rank == 0 else f"worker.node{node_rank}.pid"
+
+
+def pid_files_in(run_dir: Path) -> list[Path]:
+    """Every node's pid file in a run dir: worker.pid and the worker.node{R}.pid of a job across nodes."""
+    return sorted(run_dir.glob("worker*.pid"))
 
 
 def rank_report_file(rank: int) -> str:
