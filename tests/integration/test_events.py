@@ -73,6 +73,25 @@ def test_a_jobs_stream_tells_its_story_in_order_then_ends(tmp_path):
         assert d.http.get("/jobs/999/events").status_code == 404
 
 
+def test_a_cursor_past_the_newest_event_starts_from_it_and_the_stream_still_ends(tmp_path):
+    """An id this daemon never gave (another data dir's, or made up) must not make a stream wait for ids above it
+    while the job's own events go by below: the stream starts from the newest event, and a job's ends with it."""
+    with standin_daemon(tmp_path / "ftq", cpu_slots="1") as d:
+        job_id = d.submit(tiny_spec(name="ahead", gpus=0, max_steps=5))["id"]
+        got = follow(url(d, f"/jobs/{job_id}/events?after=996692"), until=lambda m: False, timeout=60)
+        assert got.ended and state_of(got.messages, job_id) == "succeeded"
+        ids = [m.id for m in got.messages]
+        assert ids == [i for i in logged_ids(d.data_dir, job_id) if i >= ids[0]]
+
+        later = threading.Timer(0.5, lambda: d.submit(tiny_spec(name="later", gpus=0, max_steps=2)))
+        later.start()
+        try:
+            seen = follow(url(d, "/events?after=996692"), until=lambda m: state_of(m, job_id + 1) == "succeeded")
+        finally:
+            later.join()
+        assert state_of(seen.messages, job_id + 1) == "succeeded"
+
+
 def test_resuming_after_a_daemon_restart_misses_nothing_and_repeats_nothing(tmp_path):
     data = tmp_path / "ftq"
     d = Daemon(data, cpu_slots="1", worker_module="tests.integration.standin_worker", sse_ping_s="0.3")

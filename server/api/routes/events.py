@@ -16,7 +16,7 @@ from sse_starlette import EventSourceResponse
 
 from server.api.deps import INT64_MAX, JobIdPath
 from server.api.openapi import ANY, error_responses
-from server.db.event_log import MACHINE_KINDS, RECORD_KINDS, TERMINAL_STATES, events_after, job_state
+from server.db.event_log import MACHINE_KINDS, RECORD_KINDS, TERMINAL_STATES, events_after, job_state, newest_id
 from server.live.event_hub import EventHub
 from server.services.errors import InvalidSpec, field_error
 from server.services.jobs import no_such_job
@@ -90,10 +90,20 @@ def _state(engine: Any, job_id: int) -> str | None:
         return job_state(session, job_id)
 
 
-def _opening(engine: Any, job_id: int, cursor: int) -> tuple[str | None, bool]:
-    """The job's state and whether it has events after the cursor: a 404, a stream, or nothing more to say."""
+def _newest(engine: Any) -> int:
+    """The newest event's id: a cursor past it starts from it (see _opening)."""
     with Session(engine) as session:
-        return job_state(session, job_id), bool(events_after(session, cursor, job_id, limit=1))
+        return newest_id(session)
+
+
+def _opening(engine: Any, job_id: int, cursor: int) -> tuple[str | None, bool, int]:
+    """The job's state, whether it has events after the cursor (a 404, a stream, or nothing more to say), and the
+    cursor the stream starts from: one past the newest event is no id this daemon gave (another data dir's, or
+    made up), and its events to come are all after what the client has seen: it starts from the newest. Left
+    as it was, the stream would wait for ids above it while the job's own end went by below: it would never end."""
+    with Session(engine) as session:
+        cursor = min(cursor, newest_id(session))
+        return job_state(session, job_id), bool(events_after(session, cursor, job_id, limit=1)), cursor
 
 
 @router.get(
@@ -112,7 +122,7 @@ async def job_events(
     after the job's terminal state, and a reconnect after that answers 204 (browsers stop reconnecting)."""
     cursor = cursor_of(after, last_event_id) or 0
     engine, settings = request.app.state.engine, request.app.state.settings
-    state, more = await anyio.to_thread.run_sync(_opening, engine, job_id, cursor)
+    state, more, cursor = await anyio.to_thread.run_sync(_opening, engine, job_id, cursor)
     if state is None:
         raise no_such_job(job_id)
     if state in TERMINAL_STATES and not more:
@@ -125,5 +135,7 @@ async def all_events(request: Request, after: AfterQuery = None, last_event_id: 
     """Every job's events, GPU snapshots and alerts, live; with a cursor, first everything after it."""
     hub: EventHub = request.app.state.events
     cursor = cursor_of(after, last_event_id)
-    start = hub.newest if cursor is None else cursor
+    start = (
+        hub.newest if cursor is None else min(cursor, await anyio.to_thread.run_sync(_newest, request.app.state.engine))
+    )
     return EventSourceResponse(all_stream(hub, start), ping=request.app.state.settings.sse_ping_s)
