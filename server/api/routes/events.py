@@ -90,12 +90,6 @@ def _state(engine: Any, job_id: int) -> str | None:
         return job_state(session, job_id)
 
 
-def _newest(engine: Any) -> int:
-    """The newest event's id: a cursor past it starts from it (see _opening)."""
-    with Session(engine) as session:
-        return newest_id(session)
-
-
 def _opening(engine: Any, job_id: int, cursor: int) -> tuple[str | None, bool, int]:
     """The job's state, whether it has events after the cursor (a 404, a stream, or nothing more to say), and the
     cursor the stream starts from: one past the newest event is no id this daemon gave (another data dir's, or
@@ -135,7 +129,6 @@ async def all_events(request: Request, after: AfterQuery = None, last_event_id: 
     """Every job's events, GPU snapshots and alerts, live; with a cursor, first everything after it."""
     hub: EventHub = request.app.state.events
     cursor = cursor_of(after, last_event_id)
-    start = (
-        hub.newest if cursor is None else min(cursor, await anyio.to_thread.run_sync(_newest, request.app.state.engine))
-    )
+    # A cursor past the newest event starts from it (see _opening); every id a client was sent is the hub's.
+    start = hub.newest if cursor is None else min(cursor, hub.newest)
     return EventSourceResponse(all_stream(hub, start), ping=request.app.state.settings.sse_ping_s)
