@@ -50,7 +50,7 @@ def job_pages(
 ) -> tuple[list[dict[str, Any]], int]:
     """The newest jobs after the first `offset` (`limit` of them; all with None), read a page of GET /jobs at a
     time through `fetch`, and how many jobs there are. A job submitted while the pages are read moves the rest
-    down by one: it is read once all the same."""
+    down by one: the job pushed onto the next page is listed once all the same."""
     jobs: dict[int, dict[str, Any]] = {}
     at, count = offset, 0
     while limit is None or len(jobs) < limit:
