@@ -18,7 +18,15 @@ from typing import Any
 from server.cli.client import TERMINAL, Client, CliError, load_spec, parse_overrides
 from server.cli.follow import follow_logs, print_events
 from server.cli.paths import absolute_paths
-from server.cli.tables import compare_table, jobs_table, render_table, summary_table
+from server.cli.tables import (
+    LIST_DEFAULT,
+    compare_table,
+    job_pages,
+    jobs_table,
+    page_footer,
+    render_table,
+    summary_table,
+)
 from server.cli.watch import watch
 from server.cli.words import estimate_text, status_text
 
@@ -48,8 +56,14 @@ def parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit job files (LLaMA-Factory YAML or JSON)")
     submit.add_argument("files", nargs="+", type=Path, help="job files, as written for llamafactory-cli")
     _overrides(submit)
-    lst = sub.add_parser("list", help="the jobs, a line each")
+    lst = sub.add_parser(
+        "list",
+        help="the jobs, a line each, the newest first (the last 50 unless --limit or --all), and how many there are",
+    )
     lst.add_argument("--state", help="only jobs in this state (queued, running, succeeded ...)")
+    lst.add_argument("--limit", type=int, default=LIST_DEFAULT, help=f"show at most this many (default {LIST_DEFAULT})")
+    lst.add_argument("--offset", type=int, default=0, help="skip this many of the newest first (the next page)")
+    lst.add_argument("--all", action="store_true", help="every job, however many (read a page at a time)")
     status = sub.add_parser("status", help="one job in a few lines: state, reason, GPUs, progress, attempts, result")
     status.add_argument("job_id", type=int, help="the job's id")
     status.add_argument("--json", action="store_true", help="the whole record, as GET /jobs/{id} gives it")
@@ -136,8 +150,13 @@ def _estimate(client: Client, args: argparse.Namespace) -> None:
 
 
 def _list(client: Client, args: argparse.Namespace) -> None:
-    params = {"limit": 1000, **({"state": args.state} if args.state else {})}
-    print(jobs_table(client.request("GET", "/jobs", params=params)["data"]))
+    if args.limit < 1 or args.offset < 0:
+        sys.exit("ftq: --limit must be at least 1 and --offset at least 0")
+    fetch = lambda params: client.request("GET", "/jobs", params=params)  # noqa: E731
+    jobs, count = job_pages(fetch, args.state, args.offset, None if args.all else args.limit)
+    if jobs:
+        print(jobs_table(jobs))
+    print(page_footer(count, args.offset, len(jobs), args.state))
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> None:

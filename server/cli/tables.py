@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from server.cli.client import Client
@@ -38,6 +39,41 @@ def where_ran(cuda_visible_devices: str | None) -> str:
         return "-"
     shares = [part.partition(":") for part in cuda_visible_devices.split(";")]
     return ";".join(f"{node[:8]}:{indices}" if sep else node for node, sep, indices in shares)
+
+
+LIST_DEFAULT = 50  # `ftq list`'s lines without --limit: a screenful, the newest
+PAGE = 1000  # GET /jobs's most jobs an answer
+
+
+def job_pages(
+    fetch: Callable[[dict[str, Any]], dict[str, Any]], state: str | None, offset: int, limit: int | None
+) -> tuple[list[dict[str, Any]], int]:
+    """The newest jobs after the first `offset` (`limit` of them; all with None), read a page of GET /jobs at a
+    time through `fetch`, and how many jobs there are. A job submitted while the pages are read moves the rest
+    down by one: the job pushed onto the next page is listed once all the same."""
+    jobs: dict[int, dict[str, Any]] = {}
+    at, count = offset, 0
+    while limit is None or len(jobs) < limit:
+        size = PAGE if limit is None else min(PAGE, limit - len(jobs))
+        page = fetch({"order": "newest", "offset": at, "limit": size, **({"state": state} if state else {})})
+        count = page["count"]
+        for job in page["data"]:
+            jobs.setdefault(job["id"], job)
+        at += len(page["data"])
+        if len(page["data"]) < size:
+            break
+    return sorted(jobs.values(), key=lambda job: -job["id"]), count
+
+
+def page_footer(count: int, offset: int, shown: int, state: str | None) -> str:
+    """What `ftq list` says under its table: how many jobs there are, which of them it showed, how to see more."""
+    what = f"{count:,} {state + ' ' if state else ''}job{'' if count == 1 else 's'}"
+    if shown == 0:
+        return f"{what}; none after --offset {offset}" if count else f"no {state + ' ' if state else ''}jobs"
+    if shown >= count:
+        return f"{what}, the newest first"
+    more = f"; --offset {offset + shown} for the next, --all for every one" if offset + shown < count else ""
+    return f"{what}, the newest first: showing {offset + 1:,}-{offset + shown:,}{more}"
 
 
 def render_table(rows: list[tuple[str, ...]]) -> str:

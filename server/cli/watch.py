@@ -23,6 +23,7 @@ from rich.live import Live
 
 from server.cli.client import TERMINAL, Client
 from server.cli.sse import Down, SseEvent, Up, backoff_s, follow
+from server.cli.tables import job_pages
 from server.cli.watch_view import WatchRow, change_line, watch_row, watch_table
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
@@ -108,12 +109,19 @@ def rows_of(jobs: list[dict[str, Any]], now: datetime) -> list[WatchRow]:
     return rows
 
 
+def join_active(client: Client, watched: list[int]) -> None:
+    """Add to `watched` every job now queued, starting, running or cancelling, however many: a page at a time
+    (one page of 1,000 a state left the rest out)."""
+    for state in ACTIVE:
+        listed, _ = job_pages(lambda params: client.send("GET", "/jobs", params=params).json(), state, 0, None)
+        known = set(watched)
+        watched.extend(sorted(job["id"] for job in listed if job["id"] not in known))
+
+
 def read_jobs(client: Client, watched: list[int], follow_new: bool) -> list[dict[str, Any]]:
     """The watched jobs, whole (GET /jobs/{id}); with `follow_new`, any job that became active joins them."""
     if follow_new:
-        for state in ACTIVE:
-            listed = client.send("GET", "/jobs", params={"state": state, "limit": 1000}).json()["data"]
-            watched.extend(job["id"] for job in listed if job["id"] not in watched)
+        join_active(client, watched)
     return [client.send("GET", f"/jobs/{job_id}").json() for job_id in watched]
 
 

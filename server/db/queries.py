@@ -1,4 +1,4 @@
-"""The statements behind the reads that clients poll: GET /jobs/{id} and GET /jobs.
+"""The statements behind the reads that clients poll: GET /jobs/{id}, GET /jobs and a job's records.
 
 Each is built once, at import, with bound parameters, and runs on the session's
 connection as a Core statement: building a statement and its cache key, and the ORM's
@@ -10,10 +10,11 @@ columns the API shows, and a job's latest record of a kind is one seek of the me
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, and_, bindparam, func, union_all
+from sqlalchemy import Row, and_, bindparam, case, func, union_all
 from sqlmodel import Session, col, select
 
 from server.db.models import Attempt, AttemptPublic, Job, JobSummary, MetricRecord
@@ -50,7 +51,7 @@ def _latest_metric_of(job_id: Any) -> Any:
     )
 
 
-def _page(by_state: bool) -> tuple[Any, Any]:
+def _page(by_state: bool, newest: bool) -> tuple[Any, Any]:
     latest_number = (
         select(func.max(Attempt.number)).where(col(Attempt.job_id) == col(Job.id)).correlate(Job).scalar_subquery()
     )
@@ -58,7 +59,7 @@ def _page(by_state: bool) -> tuple[Any, Any]:
     page = (
         select(*_JOB_COLUMNS, *_ATTEMPT_COLUMNS, latest_metric.label("latest_metric"))
         .outerjoin(Attempt, and_(col(Attempt.job_id) == col(Job.id), col(Attempt.number) == latest_number))
-        .order_by(col(Job.id))
+        .order_by(col(Job.id).desc() if newest else col(Job.id))
         .offset(bindparam("offset"))
         .limit(bindparam("limit"))
     )
@@ -68,9 +69,9 @@ def _page(by_state: bool) -> tuple[Any, Any]:
     return page, count
 
 
-_PAGES = {by_state: _page(by_state) for by_state in (False, True)}
+_PAGES = {(by_state, newest): _page(by_state, newest) for by_state in (False, True) for newest in (False, True)}
 # A page's rows as named tuples: a SQLAlchemy Row's attribute lookup costs more than the rest of a summary.
-PageRow = namedtuple("PageRow", [column.key for column in _PAGES[False][0].selected_columns])  # type: ignore[misc]
+PageRow = namedtuple("PageRow", [column.key for column in _PAGES[False, False][0].selected_columns])  # type: ignore[misc]
 _ATTEMPT_SLICE = slice(len(_JOB_COLUMNS), len(_JOB_COLUMNS) + len(_ATTEMPT_COLUMNS))
 
 _JOB = select(*_JOB_COLUMNS, Job.spec, Job.estimate).where(col(Job.id) == bindparam("job_id"))
@@ -102,9 +103,12 @@ def job(session: Session, job_id: int) -> Row[Any] | None:
     return session.connection().execute(_JOB, {"job_id": job_id}).first()
 
 
-def job_page(session: Session, state: str | None, offset: int, limit: int) -> tuple[list[Any], int]:
-    """A page of jobs, each a PageRow: its summary's columns, `attempt_*` (None without one) and `latest_metric`."""
-    page, count = _PAGES[state is not None]
+def job_page(
+    session: Session, state: str | None, offset: int, limit: int, newest: bool = False
+) -> tuple[list[Any], int]:
+    """A page of jobs, each a PageRow: its summary's columns, `attempt_*` (None without one) and `latest_metric`;
+    by id, the oldest first (or the newest, with `newest`)."""
+    page, count = _PAGES[state is not None, newest]
     params = {"offset": offset, "limit": limit, "state": state}
     connection = session.connection()
     rows = [PageRow._make(row) for row in connection.execute(page, params)]
@@ -131,3 +135,56 @@ def latest_records(session: Session, job_id: int) -> dict[str, tuple[int, dict[s
     """
     rows = session.connection().execute(_LATEST_RECORDS, {"job_id": job_id})
     return {kind: (record_id, data) for record_id, kind, data in rows}
+
+
+def record_filter(job_id: int, since: int | None, kind: str | None, superseded: bool) -> list[Any]:
+    """The conditions of GET /jobs/{id}/metrics: the job's records after step `since`, of `kind`, and without
+    `superseded` each step once."""
+    where = [col(MetricRecord.job_id) == job_id]
+    if not superseded:
+        # An expression, not the bare column: SQLite then reads the job's records by its job_id index, never
+        # walks the superseded index through every other job's records (its plan without ANALYZE).
+        where.append(func.coalesce(col(MetricRecord.superseded), False) == False)  # noqa: E712
+    if since is not None:
+        where.append(col(MetricRecord.step) > since)
+    if kind is not None:
+        where.append(col(MetricRecord.kind) == kind)
+    return where
+
+
+def records(session: Session, where: list[Any], limit: int) -> list[dict[str, Any]]:
+    """The first `limit` records that meet `where`, in the order they were written."""
+    query = select(MetricRecord.data).where(*where).order_by(col(MetricRecord.id)).limit(limit)
+    return [data for (data,) in session.connection().execute(query)]
+
+
+def record_counts(session: Session, where: list[Any]) -> dict[str, int]:
+    """How many records of each kind meet `where`."""
+    query = select(MetricRecord.kind, func.count()).where(*where).group_by(col(MetricRecord.kind))
+    return {kind: int(n) for kind, n in session.connection().execute(query)}
+
+
+def record_values(session: Session, where: list[Any], values: dict[str, str]) -> Iterator[tuple[int, str, Any]]:
+    """(id, kind, value) of each record that meets `where`, in order: the value is the field `values` names for
+    its kind (None for another kind), read by SQLite's json_extract, so the records themselves are not decoded."""
+    value = case(
+        *(
+            (col(MetricRecord.kind) == kind, func.json_extract(MetricRecord.data, f"$.{key}"))
+            for kind, key in values.items()
+        )
+    )
+    query = select(MetricRecord.id, MetricRecord.kind, value).where(*where).order_by(col(MetricRecord.id))
+    yield from session.connection().execution_options(yield_per=2000).execute(query).tuples()
+
+
+IDS_PER_STATEMENT = 900  # under SQLite's oldest bound on a statement's parameters (999)
+
+
+def records_by_id(session: Session, ids: list[int]) -> list[dict[str, Any]]:
+    """The records of these ids (in ascending order), in that order."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        chunk = ids[start : start + IDS_PER_STATEMENT]
+        query = select(MetricRecord.data).where(col(MetricRecord.id).in_(chunk)).order_by(col(MetricRecord.id))
+        found.extend(data for (data,) in session.connection().execute(query))
+    return found

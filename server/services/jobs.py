@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from scheduler.local.tail import last_lines
 from scheduler.policy.placement import QueuedJob, cpu_slot_names
@@ -25,12 +25,12 @@ from server.db.models import (
     JobsPublic,
     JobSummary,
     Lease,
-    MetricRecord,
     Progress,
     as_utc,
     utcnow,
 )
 from server.db.transitions import current_attempt, transition
+from server.services import downsample
 from server.services.admission import admission_errors, assess, remote_code_errors, requirement_errors
 from server.services.errors import Conflict, NotFound
 from server.services.machine import Machine, MachineSource, machine_of
@@ -99,13 +99,15 @@ def list_jobs(
     limit: int,
     machine: MachineSource,
     stall: StallRule = DEFAULT_RULE,
+    newest: bool = False,
 ) -> JobsPublic:
-    """A page of jobs in one statement however long it is (each with its latest attempt and metric), and the count.
+    """A page of jobs in one statement however long it is (each with its latest attempt and metric), and the count;
+    the oldest first, or the newest with `newest`.
 
     The machine is read only when a queued job on the page needs a wait reason.
     """
     read_snapshot(session)  # the page, its count and the leases of its wait reasons, as of one moment
-    rows, count = queries.job_page(session, state.value if state is not None else None, offset, limit)
+    rows, count = queries.job_page(session, state.value if state is not None else None, offset, limit, newest)
     waits: dict[Any, str | None] = {}
     summaries = [
         JobSummary.model_validate(
@@ -256,18 +258,26 @@ def cancel(session: Session, job: Job) -> Job:
 
 
 def metrics(
-    session: Session, job_id: int, since: int | None, kind: str | None, limit: int, superseded: bool = False
+    session: Session,
+    job_id: int,
+    since: int | None,
+    kind: str | None,
+    limit: int,
+    superseded: bool = False,
+    points: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The job's records in the order they were written; without `superseded`, each step once."""
-    query = select(MetricRecord).where(MetricRecord.job_id == job_id)
-    if not superseded:
-        query = query.where(col(MetricRecord.superseded).is_(False))
-    if since is not None:
-        query = query.where(MetricRecord.step > since)
-    if kind is not None:
-        query = query.where(MetricRecord.kind == kind)
-    rows = session.exec(query.order_by(col(MetricRecord.id)).limit(limit)).all()
-    return [row.data for row in rows]
+    """The job's records in the order they were written; without `superseded`, each step once.
+
+    With `points`: every record, each curve thinned to at most that many (server.services.downsample): first
+    the ids with the values the curves are drawn by (not the records), then the records kept. Records written
+    between the count and the read join the last bucket.
+    """
+    where = queries.record_filter(job_id, since, kind, superseded)
+    if points is None:
+        return queries.records(session, where, limit)
+    counts = queries.record_counts(session, where)
+    kept = downsample.thin(queries.record_values(session, where, downsample.CURVES), counts, points)
+    return queries.records_by_id(session, kept)
 
 
 REQUEUEABLE = (JobState.FAILED, JobState.OOM, JobState.CANCELLED)

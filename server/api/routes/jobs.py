@@ -20,6 +20,7 @@ from server.api.deps import (
 from server.api.openapi import ANY, JOB_EXAMPLES, WRITE, error_responses, links_to_job
 from server.db.models import JobPublic, JobsPublic, MetricsPublic, RequeueRequest
 from server.services import jobs as service
+from server.services.downsample import MIN_POINTS
 from server.services.jobs import JobState  # the states GET /jobs?state= takes, as the service names them
 from server.services.stall import StallRule
 
@@ -27,6 +28,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 ON_A_JOB = (*ANY, 404, 422)
 MetricKind = Literal["start", "metric", "eval", "checkpoint", "end"]
+JobOrder = Literal["oldest", "newest"]
+POINTS_MAX = 20_000
 
 
 @router.post(
@@ -58,12 +61,20 @@ async def list_jobs(
     state: JobState | None = None,
     offset: int = Query(default=0, ge=0, le=INT64_MAX),
     limit: int = Query(default=100, ge=1, le=1000),
+    order: Annotated[
+        JobOrder,
+        Query(
+            description="`oldest` first (by id, the default: a page stays put while jobs are submitted) or "
+            "`newest` first (what the dashboard, `ftq list` and `ftq watch` show); `count` is every job matched"
+        ),
+    ] = "oldest",
 ) -> Response:
     # Polled: the answer is kept while the database has not changed (server.api.read_cache);
     # a read runs in a thread.
+    newest = order == "newest"
     return await request.app.state.reads.answer(
-        ("jobs", state, offset, limit),
-        lambda: service.list_jobs(session, state, offset, limit, machine, StallRule.of(settings)),
+        ("jobs", state, offset, limit, order),
+        lambda: service.list_jobs(session, state, offset, limit, machine, StallRule.of(settings), newest),
         machine,
     )
 
@@ -125,9 +136,16 @@ def get_metrics(
     kind: Annotated[MetricKind | None, Query(description="only records of this kind")] = None,
     limit: int = Query(default=10_000, ge=1, le=100_000),
     superseded: bool = Query(default=False, description="also the records of steps a later attempt trained again"),
+    points: int | None = Query(
+        default=None,
+        ge=MIN_POINTS,
+        le=POINTS_MAX,
+        description="instead of the first `limit` records: every record, the loss and eval-loss curves each "
+        "thinned to at most this many (the first, the last, and each bucket's lowest and highest), other kinds whole",
+    ),
 ) -> MetricsPublic:
     assert job.id is not None
-    data = service.metrics(session, job.id, since, kind, limit, superseded)
+    data = service.metrics(session, job.id, since, kind, limit, superseded, points)
     return MetricsPublic(data=data, count=len(data))
 
 

@@ -76,6 +76,7 @@ export function lineChart(container, { title, series, height = 240, yLabel = "" 
       marks = newMarks;
       plot.setData(data);
       wrap.dataset.points = String(data[0].length); // what the browser tests read
+      wrap.dataset.last = data[0].length ? String(data[0][data[0].length - 1]) : "";
       wrap.dataset.marks = String(marks.length);
     },
     destroy() {

@@ -4,8 +4,11 @@
 import { getJson } from "./api.js";
 import { openStream } from "./sse.js";
 
+export const PAGE_SIZE = 100;
+
 export const state = {
   jobs: new Map(), // id -> the job's summary (GET /jobs), kept current by `state` and record events
+  page: { offset: 0, count: null, ids: [] }, // the jobs view's page of GET /jobs?order=newest: its ids, newest first
   details: new Map(), // id -> the whole job (GET /jobs/{id}), for the jobs a view opened
   series: new Map(), // id -> {metric: Map step -> record, eval: Map step -> record, last: latest metric record}
   gpus: null, // GET /gpus, its `gpus` replaced by each `gpus` event
@@ -43,16 +46,31 @@ function later(fn, ms) {
   };
 }
 
+// The page of jobs the jobs view shows, the newest first: a job submitted since comes in at the top of the first
+// page with the next read (a `state` event asks for one). Only the latest read's answer counts, and the jobs kept
+// are those of the page and those another view holds (opened, ticked to compare).
+let pageReads = 0;
+
 export async function loadJobs() {
-  const page = await getJson("/jobs?limit=1000");
+  const read = ++pageReads;
+  const { offset } = state.page;
+  const page = await getJson(`/jobs?order=newest&offset=${offset}&limit=${PAGE_SIZE}`);
+  if (read !== pageReads) return page;
+  if (!page.data.length && offset > 0 && page.count > 0) return turnPage(Math.floor((page.count - 1) / PAGE_SIZE) * PAGE_SIZE);
   const seen = new Set();
   for (const summary of page.data) {
     seen.add(summary.id);
     state.jobs.set(summary.id, { ...state.jobs.get(summary.id), ...summary });
   }
-  for (const id of state.jobs.keys()) if (!seen.has(id)) state.jobs.delete(id);
+  for (const id of state.jobs.keys()) if (!seen.has(id) && !state.details.has(id) && !state.selected.has(id)) state.jobs.delete(id);
+  state.page = { offset, count: page.count, ids: page.data.map((job) => job.id) };
   changed("jobs");
   return page;
+}
+
+export function turnPage(offset) {
+  state.page.offset = Math.max(0, offset);
+  return loadJobs();
 }
 
 export async function loadJob(id) {
@@ -87,10 +105,12 @@ function addRecord(series, record) {
 // A job's records (each step once: GET /jobs/{id}/metrics leaves out steps a later attempt trained again),
 // merged with what the stream brought while the request was on its way.
 const seriesLoads = new Map();
+const POINTS = 2000;
 
-export function loadSeries(id) {
+// `points`: a curve's most points; the table's sparklines ask for fewer than a job's chart.
+export function loadSeries(id, points = POINTS) {
   // One request per job at a time, however many redraws ask for it meanwhile.
-  if (!seriesLoads.has(id)) seriesLoads.set(id, readSeries(id).finally(() => seriesLoads.delete(id)));
+  if (!seriesLoads.has(id)) seriesLoads.set(id, readSeries(id, points).finally(() => seriesLoads.delete(id)));
   return seriesLoads.get(id);
 }
 
@@ -102,18 +122,21 @@ export function seriesLoading(id) {
 // dropped, and one committed just after the server read the metrics would be missing from the chart for good.
 const arriving = new Map();
 
-async function readSeries(id) {
+async function readSeries(id, points) {
   const meanwhile = emptySeries();
   if (!state.series.has(id)) arriving.set(id, meanwhile);
   let data;
   try {
-    ({ data } = await getJson(`/jobs/${id}/metrics`));
+    // Every record, each curve thinned on the server to at most `points` (its first, its last, each bucket's
+    // lowest and highest): a job of 100,000 records reaches its last step, in one answer of bounded size.
+    ({ data } = await getJson(`/jobs/${id}/metrics?points=${points}`));
   } finally {
     arriving.delete(id);
   }
   const fresh = emptySeries();
   for (const record of data) addRecord(fresh, record);
-  const newest = Math.max(-1, ...fresh.metric.keys(), ...fresh.eval.keys());
+  let newest = -1; // a loop, not Math.max(...keys): a spread of many thousands of arguments overflows the stack
+  for (const step of [...fresh.metric.keys(), ...fresh.eval.keys()]) if (step > newest) newest = step;
   for (const old of [state.series.get(id), meanwhile]) {
     if (!old) continue;
     for (const record of [...old.metric.values(), ...old.eval.values()]) {

@@ -1,10 +1,13 @@
-// The jobs table: state, GPUs, progress with ETA, a loss sparkline, tokens/s, and why a job waits.
+// The jobs table, a page at a time and the newest first: state, GPUs, progress with ETA, a loss sparkline,
+// tokens/s, and why a job waits; how many jobs there are, which of them the page shows, and the pager.
 
 import { sparkline } from "../charts.js";
 import { duration, fill, h, hmsSeconds, jobLink, num, rate, stateBadge, TERMINAL, wallSeconds } from "../dom.js";
-import { changed, loadJobs, loadSeries, report, seriesLoading, sorted, state } from "../store.js";
+import { changed, loadJobs, loadSeries, PAGE_SIZE, report, seriesLoading, sorted, state, turnPage } from "../store.js";
 
-const SERIES_FOR_AT_MOST = 200; // the sparklines of the newest jobs; older ones show their last loss only
+const grouped = new Intl.NumberFormat("en-US");
+const SPARK_POINTS = 200; // a sparkline is 96 pixels wide
+const SPARK_READS = 4; // at once: a page turned past quickly leaves no queue of reads behind
 
 // A job across Ray nodes saw "NODE:0,1;NODE:0,1": each node by the first 8 characters of its id.
 export function devicesText(visible) {
@@ -77,12 +80,17 @@ function updateRow({ cells, box }, job) {
 export function jobsView(root) {
   const rows = new Map();
   const tbody = h("tbody");
-  const counts = h("div", { class: "counts" });
+  const counts = h("div", { class: "counts", title: "the states of the jobs on this page" });
+  const total = h("span", { class: "total", "data-total": "" });
+  const shown = h("span", { class: "muted showing" });
+  const newer = h("button", { "data-page": "newer", onclick: () => turnPage(state.page.offset - PAGE_SIZE).catch(report) }, "← Newer");
+  const older = h("button", { "data-page": "older", onclick: () => turnPage(state.page.offset + PAGE_SIZE).catch(report) }, "Older →");
+  const pager = h("div", { class: "pager" }, total, shown, newer, older);
   const compare = h("button", { class: "primary", onclick: () => (location.hash = `#/compare?ids=${[...state.selected].join(",")}`) });
   const empty = h("p", { class: "empty", hidden: true }, "No jobs yet. Submit one: ftq submit job.yaml");
   fill(
     root,
-    h("div", { class: "toolbar" }, h("h1", {}, "Jobs"), counts, compare),
+    h("div", { class: "toolbar" }, h("h1", {}, "Jobs"), pager, counts, compare),
     h(
       "table",
       { class: "jobs" },
@@ -93,8 +101,9 @@ export function jobsView(root) {
   );
 
   function render() {
-    const jobs = [...state.jobs.values()].sort((a, b) => a.id - b.id);
-    for (const [id, entry] of rows) if (!state.jobs.has(id)) (entry.row.remove(), rows.delete(id));
+    const jobs = state.page.ids.map((id) => state.jobs.get(id)).filter(Boolean);
+    const onPage = new Set(state.page.ids);
+    for (const [id, entry] of rows) if (!onPage.has(id)) (entry.row.remove(), rows.delete(id));
     jobs.forEach((job, i) => {
       let entry = rows.get(job.id);
       if (!entry) rows.set(job.id, (entry = makeRow(job)));
@@ -107,29 +116,42 @@ export function jobsView(root) {
     fill(compare, `Compare selected (${state.selected.size})`);
     compare.disabled = state.selected.size === 0;
     empty.hidden = jobs.length > 0;
+    const { offset, count } = state.page;
+    pager.hidden = !count;
+    fill(total, `${grouped.format(count ?? 0)} job${count === 1 ? "" : "s"}`);
+    fill(shown, jobs.length ? `showing ${grouped.format(offset + 1)}–${grouped.format(offset + jobs.length)}, newest first` : "");
+    newer.disabled = offset === 0;
+    older.disabled = offset + jobs.length >= (count ?? 0);
   }
 
-  let loaded = false;
-  async function load() {
-    const page = await loadJobs();
-    const newest = page.data.slice(-SERIES_FOR_AT_MOST);
-    await Promise.all(newest.filter((j) => !state.series.has(j.id)).map((j) => loadSeries(j.id).catch(report)));
-    loaded = true;
+  // The sparklines of the page's jobs, a few reads at a time, each for a job still on the page when its turn comes.
+  let reading = 0;
+  let mounted = true;
+  const failed = new Set();
+  function readSparklines() {
+    while (mounted && reading < SPARK_READS) {
+      const id = state.page.ids.find((id) => {
+        const job = state.jobs.get(id);
+        return job && job.state !== "queued" && !state.series.has(id) && !seriesLoading(id) && !failed.has(id);
+      });
+      if (id == null) return;
+      reading += 1;
+      loadSeries(id, SPARK_POINTS)
+        .catch((error) => (failed.add(id), report(error)))
+        .finally(() => ((reading -= 1), readSparklines()));
+    }
   }
-  load().catch(report);
+
+  loadJobs().catch(report);
   render();
   return {
     update(what) {
-      if (loaded) {
-        // A job that started since (or arrived by an event): its sparkline, if it is among the newest.
-        const newest = [...state.jobs.keys()].sort((a, b) => b - a).slice(0, SERIES_FOR_AT_MOST);
-        for (const id of newest) {
-          const job = state.jobs.get(id);
-          if (job.state !== "queued" && !state.series.has(id) && !seriesLoading(id)) loadSeries(id).catch(report);
-        }
-      }
+      // A job of the page that started since (or arrived by an event, or a page turned to): its sparkline.
+      if (what.has("jobs")) readSparklines();
       if ([...what].some((w) => w === "jobs" || w === "gpus" || w === "selection" || w.startsWith("series:"))) render();
     },
-    unmount() {},
+    unmount() {
+      mounted = false;
+    },
   };
 }
