@@ -1,13 +1,13 @@
-"""`ftq serve`: settings, the rule for non-loopback addresses, logging, uvicorn."""
+"""`ftq serve`: settings, the rule for non-loopback addresses, logging, uvicorn (through server/http_edge.py)."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 
-import uvicorn
 from pydantic import ValidationError
 
+from server import http_edge
 from server.app import create_app
 from server.lock import DataDirLock, DataDirLocked
 from server.settings import Settings
@@ -59,6 +59,6 @@ def serve(host: str, port: int, insecure: bool = False) -> None:
     if not is_loopback(host) and not settings.api_token:
         logging.getLogger("ftq").warning("serving on %s without FTQ_API_TOKEN (--insecure)", host)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        http_edge.run(app, host, port, settings)
     finally:
         lock.release()

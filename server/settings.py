@@ -105,6 +105,26 @@ class Settings(BaseSettings):
     sse_ping_s: float = Field(
         default=15.0, gt=0, le=3600, description="Event streams send a heartbeat comment this often."
     )
+    max_connections: int = Field(
+        default=4096,
+        ge=16,
+        le=1_000_000,
+        description="Connections held at once (fewer if the open-file limit allows fewer); over it, the one that "
+        "has waited longest for its request headers is closed.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a request's complete headers within this is closed.",
+    )
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A client that takes no data for this long while a response (an event stream) waits for it "
+        "is disconnected; an event stream resumes with Last-Event-ID.",
+    )
     gpu_event_interval_s: float = Field(
         default=5.0,
         gt=0,

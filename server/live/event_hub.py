@@ -2,7 +2,8 @@
 
 A thread reads the events committed since its last look (every `poll_s`, 25 ms, one indexed query) and keeps the
 newest few thousand in memory; each stream waits on the hub and takes what is newer than its cursor from
-there, so a hundred clients cost the database one query per poll, not a hundred. A stream whose cursor is
+there, so a hundred clients cost the database one query per poll, not a hundred. An answer holds at most a
+page of events (references to the hub's own), whatever a stream's backlog. A stream whose cursor is
 older than what the hub keeps (a client resuming after a long gap) reads the rest from the database first.
 """
 
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import threading
 from bisect import bisect_right
+from itertools import islice
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
@@ -90,27 +92,33 @@ class EventHub:
 
     # ---- what the streams ask ----
 
-    async def after(self, cursor: int, job_id: int | None = None) -> tuple[list[LoggedEvent], int]:
-        """The events after `cursor` (one job's, or all), waiting until there is at least one; and the id up to
-        which the answer looked, the stream's next cursor (past events of other jobs, too)."""
+    async def after(self, cursor: int, job_id: int | None = None, limit: int = PAGE) -> tuple[list[LoggedEvent], int]:
+        """The events after `cursor` (one job's, or all; at most `limit`), waiting until there is at least one;
+        and the id up to which the answer looked, the stream's next cursor (past events of other jobs, too)."""
         while True:
             if cursor < self._floor:  # older than the hub holds: from the database, up to what it holds
                 floor = self._floor
-                found = await anyio.to_thread.run_sync(self._read, cursor, job_id)
+                found = await anyio.to_thread.run_sync(self._read, cursor, job_id, limit)
                 found = [e for e in found if e.id <= floor]
                 if found:
-                    return found, found[-1].id if len(found) == PAGE else max(found[-1].id, floor)
+                    return found, found[-1].id if len(found) == limit else max(found[-1].id, floor)
                 cursor = floor
                 continue
             start = bisect_right(self._ids, cursor)
-            picked = [e for e in self._events[start:] if job_id is None or e.job_id == job_id]
-            if picked:
-                return picked, self.newest
+            events = self._events
+            if job_id is None:
+                picked = events[start : start + limit]
+            else:
+                picked = list(
+                    islice((events[i] for i in range(start, len(events)) if events[i].job_id == job_id), limit)
+                )
+            if picked:  # a full answer stops at its last event; a shorter one looked as far as the newest
+                return picked, picked[-1].id if len(picked) == limit else self.newest
             if self.newest > cursor:
                 cursor = self.newest  # only other jobs' events: nothing to send, look on from there
             assert self._wake is not None
             await self._wake.wait()
 
-    def _read(self, cursor: int, job_id: int | None) -> list[LoggedEvent]:
+    def _read(self, cursor: int, job_id: int | None, limit: int) -> list[LoggedEvent]:
         with Session(self.engine) as session:
-            return events_after(session, cursor, job_id, limit=PAGE)
+            return events_after(session, cursor, job_id, limit=limit)

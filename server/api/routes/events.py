@@ -2,11 +2,15 @@
 
 No session dependency here: a stream lasts as long as its client, and a session held for it would keep a
 pooled connection from the API's other requests. The reads it needs run briefly in a thread.
+
+A client that stops reading is disconnected after FTQ_SEND_TIMEOUT_S (by the edge, server/http_edge.py, which
+frees its socket and buffers; sse-starlette's send_timeout is the backstop), and resumes with Last-Event-ID
+losing nothing: what it holds of the daemon meanwhile is bounded by `writes`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -16,12 +20,22 @@ from sse_starlette import EventSourceResponse
 
 from server.api.deps import INT64_MAX, JobIdPath
 from server.api.openapi import ANY, error_responses
-from server.db.event_log import MACHINE_KINDS, RECORD_KINDS, TERMINAL_STATES, events_after, job_state, newest_id
+from server.db.event_log import (
+    MACHINE_KINDS,
+    RECORD_KINDS,
+    TERMINAL_STATES,
+    LoggedEvent,
+    events_after,
+    job_state,
+    newest_id,
+)
 from server.live.event_hub import EventHub
 from server.services.errors import InvalidSpec, field_error
 from server.services.jobs import no_such_job
 
 router = APIRouter(tags=["events"])
+
+WRITE_BYTES = 16 * 1024  # a write to one client at most (see writes)
 
 EVENT = {  # one message of the stream, as SSE parsers (schemathesis's too) read it
     "type": "object",
@@ -64,6 +78,31 @@ def cursor_of(after: int | None, last_event_id: str | None) -> int | None:
     return after
 
 
+def backstop(settings: Any) -> float:
+    """sse-starlette's send timeout: later than FTQ_SEND_TIMEOUT_S, at which the edge (server/http_edge.py)
+    aborts a connection that takes no data and the stream ends quietly; this one (which ends it with a
+    traceback) holds where the app runs without that edge, e.g. under plain uvicorn."""
+    return float(settings.send_timeout_s) * 2
+
+
+def writes(events: Sequence[LoggedEvent]) -> Iterator[bytes]:
+    """The events as a few writes of at most WRITE_BYTES each (an event larger than that goes alone): with many
+    clients the sends, not the events, are what costs the daemon, and a write is what a client that has stopped
+    reading holds of its memory, beside its write buffer (16 KiB, server/http_edge.py), until FTQ_SEND_TIMEOUT_S
+    closes it."""
+    batch: list[bytes] = []
+    size = 0
+    for event in events:
+        wire = event.wire
+        if batch and size + len(wire) > WRITE_BYTES:
+            yield b"".join(batch)
+            batch, size = [], 0
+        batch.append(wire)
+        size += len(wire)
+    if batch:
+        yield b"".join(batch)
+
+
 async def job_stream(hub: EventHub, engine: Any, job_id: int, cursor: int) -> AsyncIterator[bytes]:
     """One job's events after `cursor`; it ends after the job's terminal state, unless more of the job follows
     (an OOM retry queues the job again in the same transaction)."""
@@ -72,17 +111,18 @@ async def job_stream(hub: EventHub, engine: Any, job_id: int, cursor: int) -> As
         for i, event in enumerate(found):
             if event.ends_job and not any(e.kind == "state" for e in found[i + 1 :]):
                 if await anyio.to_thread.run_sync(_state, engine, job_id) in TERMINAL_STATES:
-                    yield b"".join(e.wire for e in found[: i + 1])
+                    for chunk in writes(found[: i + 1]):
+                        yield chunk
                     return
-        yield b"".join(e.wire for e in found)
+        for chunk in writes(found):
+            yield chunk
 
 
 async def all_stream(hub: EventHub, cursor: int) -> AsyncIterator[bytes]:
-    # What the hub hands over at once goes out in one write: with many clients the sends, not the events,
-    # are what costs the daemon.
     while True:
         found, cursor = await hub.after(cursor)
-        yield b"".join(e.wire for e in found)
+        for chunk in writes(found):
+            yield chunk
 
 
 def _state(engine: Any, job_id: int) -> str | None:
@@ -121,7 +161,8 @@ async def job_events(
         raise no_such_job(job_id)
     if state in TERMINAL_STATES and not more:
         return Response(status_code=204)
-    return EventSourceResponse(job_stream(request.app.state.events, engine, job_id, cursor), ping=settings.sse_ping_s)
+    stream = job_stream(request.app.state.events, engine, job_id, cursor)
+    return EventSourceResponse(stream, ping=settings.sse_ping_s, send_timeout=backstop(settings))
 
 
 @router.get("/events", response_class=EventSourceResponse, responses={200: STREAM, **error_responses(*ANY, 422)})
@@ -131,4 +172,5 @@ async def all_events(request: Request, after: AfterQuery = None, last_event_id: 
     cursor = cursor_of(after, last_event_id)
     # A cursor past the newest event starts from it (see _opening); every id a client was sent is the hub's.
     start = hub.newest if cursor is None else min(cursor, hub.newest)
-    return EventSourceResponse(all_stream(hub, start), ping=request.app.state.settings.sse_ping_s)
+    settings = request.app.state.settings
+    return EventSourceResponse(all_stream(hub, start), ping=settings.sse_ping_s, send_timeout=backstop(settings))
