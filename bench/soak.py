@@ -30,6 +30,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from bench.api_load import Daemon, _percentile, _wait
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 2**20
+TCP_ESTABLISHED = 1  # the first byte of TCP_INFO: the connection's state (linux/tcp_states.h)
 
 
 # ---- the client process: readers, stuck clients, idle connections ----
@@ -109,19 +111,29 @@ async def _reader(host: str, port: int, until: float, tally: Tally) -> None:
 
 
 async def _stuck(host: str, port: int, until: float, tally: Tally) -> None:
-    """Asks for every event and never reads one; comes back when the daemon closes it."""
+    """Asks for every event and never reads one (a raw socket, a small receive buffer); comes back when the daemon
+    closes it. Its TCP state says so: a reader that never reads would never see the close."""
+    loop = asyncio.get_running_loop()
     while time.monotonic() < until:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
         try:
-            reader, writer = await _request(host, port, None)
-            while time.monotonic() < until and not writer.transport.is_closing() and not reader.at_eof():
+            await loop.sock_connect(sock, (host, port))
+            request = f"GET /events HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n"
+            await loop.sock_sendall(sock, request.encode())
+            while time.monotonic() < until and _established(sock):
                 await asyncio.sleep(1)
-                if reader.at_eof() or reader.exception() is not None:
-                    break
-            writer.close()
+            if time.monotonic() < until:
+                tally.stuck_closed += 1
         except OSError:
             await asyncio.sleep(1)
-        if time.monotonic() < until:
-            tally.stuck_closed += 1
+        finally:
+            sock.close()
+
+
+def _established(sock: socket.socket) -> bool:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED
 
 
 async def _idle(host: str, port: int, until: float, tally: Tally) -> None:

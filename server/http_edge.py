@@ -26,6 +26,7 @@ import contextlib
 import logging
 import resource
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -203,6 +204,10 @@ class EdgeProtocol(H11Protocol):
         if self not in self.dropped:
             self.dropped.add(self)
             self.tally.note(why)
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # a reset, not a FIN queued behind data the client never takes: it learns it
+                with contextlib.suppress(OSError):  # was closed (and resumes), and the kernel keeps nothing of it
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.transport.abort()
 
 

@@ -13,8 +13,11 @@ import asyncio
 import logging
 import threading
 from bisect import bisect_right
+from collections.abc import Callable
 from itertools import islice
+from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -22,8 +25,14 @@ from sqlmodel import Session
 from server.db.event_log import LoggedEvent, events_after, newest_id
 
 log = logging.getLogger("ftq.events")
+T = TypeVar("T")
 
 PAGE = 1000  # events a read takes at most
+# A stream behind what the hub holds reads the database in pages this small, at most READERS streams at once, in
+# threads of their own: a few hundred clients far behind hold little memory each and never take the API's threads
+# (the default thread pool, FTQ_API_THREADS) from the requests.
+CATCH_UP_PAGE = 200
+READERS = 4
 
 
 class EventHub:
@@ -38,6 +47,7 @@ class EventHub:
         self._stop = threading.Event()
         self._poked = threading.Event()
         self._thread: threading.Thread | None = None
+        self._limiter: anyio.CapacityLimiter | None = None  # made on the event loop, at the first read
         with Session(engine) as session:
             self.newest = newest_id(session)  # what a stream that asks for "live only" starts after
         self._floor = self.newest  # the hub holds every event with an id above this
@@ -98,7 +108,7 @@ class EventHub:
         while True:
             if cursor < self._floor:  # older than the hub holds: from the database, up to what it holds
                 floor = self._floor
-                found = await anyio.to_thread.run_sync(self._read, cursor, job_id, limit)
+                found = await self.read(self._read, cursor, job_id, min(limit, CATCH_UP_PAGE))
                 found = [e for e in found if e.id <= floor]
                 if found:
                     return found, found[-1].id if len(found) == limit else max(found[-1].id, floor)
@@ -118,6 +128,12 @@ class EventHub:
                 cursor = self.newest  # only other jobs' events: nothing to send, look on from there
             assert self._wake is not None
             await self._wake.wait()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a stream's database read in the streams' own few threads (see CATCH_UP_PAGE)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(READERS)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def _read(self, cursor: int, job_id: int | None, limit: int) -> list[LoggedEvent]:
         with Session(self.engine) as session:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlmodel import Session
 from sse_starlette import EventSourceResponse
@@ -110,7 +109,7 @@ async def job_stream(hub: EventHub, engine: Any, job_id: int, cursor: int) -> As
         found, cursor = await hub.after(cursor, job_id)
         for i, event in enumerate(found):
             if event.ends_job and not any(e.kind == "state" for e in found[i + 1 :]):
-                if await anyio.to_thread.run_sync(_state, engine, job_id) in TERMINAL_STATES:
+                if await hub.read(_state, engine, job_id) in TERMINAL_STATES:
                     for chunk in writes(found[: i + 1]):
                         yield chunk
                     return
@@ -156,7 +155,7 @@ async def job_events(
     after the job's terminal state, and a reconnect after that answers 204 (browsers stop reconnecting)."""
     cursor = cursor_of(after, last_event_id) or 0
     engine, settings = request.app.state.engine, request.app.state.settings
-    state, more, cursor = await anyio.to_thread.run_sync(_opening, engine, job_id, cursor)
+    state, more, cursor = await request.app.state.events.read(_opening, engine, job_id, cursor)
     if state is None:
         raise no_such_job(job_id)
     if state in TERMINAL_STATES and not more:
