@@ -55,6 +55,10 @@ def test_a_backlog_written_while_no_daemon_watched_is_stored_whole_after_a_resta
     (Path(attempt["run_dir"]) / "release-burst").touch()
     wait_for(lambda: not process_group_alive(attempt["pid"]), timeout=60, what="the worker to write and end")
     daemon.start()
+    # Killed again while it stores the backlog part by part: the next daemon goes on from the stored offset.
+    wait_for(lambda: len(stored(daemon, job_id)) > 4_000, timeout=120, what="part of the backlog to be stored")
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
     wait_for(lambda: daemon.ended(job_id), timeout=120, interval=0.5, what="the backlog to be stored")
     assert_every_record_once(daemon, job_id, steps)
 
