@@ -24,6 +24,7 @@ from scheduler.executor import Executor, LocalExecutor, WorkerRef
 from scheduler.gpus.types import GpuInfo, GpuProbe
 from scheduler.local.node_supervisor import Progress
 from scheduler.local.supervisor import WorkerProcess, spawn_worker
+from scheduler.local.tail import last_end
 from scheduler.policy.exits import Outcome, classify
 from scheduler.policy.placement import Placement, plan
 from scheduler.policy.sizing import SpecJsonOf
@@ -48,6 +49,10 @@ class Tracked:
     kill_sent_at: float | None = None
     # The last poll said the worker has ended (or lost its node): the next whole step reaps it.
     ended: Progress | None = None
+
+    def advance(self, records: list[dict[str, Any]], offset: int) -> None:
+        """What the loop keeps of records once they are stored: the offset they reach, and an end among them."""
+        self.offset, self.end = offset, last_end(records) or self.end
 
 
 class Scheduler:
@@ -78,6 +83,7 @@ class Scheduler:
         self.executor: Executor = executor or LocalExecutor(worker_module, daemon_settings, self.wake, spawn)
         self._fault = fault.removeprefix("sigkill@") if fault else None
         self._tracked: dict[int, Tracked] = {}
+        self._backlog = False  # the last poll left whole lines unread (its reads are bounded): read again at once
         # Attempts whose end could not be stored yet (the database was unavailable): tried again every step.
         self._unfinished: dict[int, Outcome] = {}
         self.health = Health()
@@ -116,7 +122,8 @@ class Scheduler:
             next_step = time.monotonic() + self.tick_s
             while not self._stop.is_set():
                 left = next_step - time.monotonic()
-                woken = self._wake.wait(min(left, self.tail_interval_s) if self._tracked else left)
+                pause = 0.0 if self._backlog else self.tail_interval_s
+                woken = self._wake.wait(min(left, pause) if self._tracked else left)
                 if woken or left <= self.tail_interval_s:
                     break
                 try:
@@ -284,10 +291,11 @@ class Scheduler:
             self.wake()
 
     def _poll(self) -> bool:
-        """One poll of every live attempt: store their new records in one transaction; True when one ended."""
+        """One poll of every live attempt: store their new records (a bounded read each) in one transaction."""
         if not self._tracked:
             return False
         progress = self.executor.progress({a: t.offset for a, t in self._tracked.items() if t.ended is None})
+        self._backlog = any(p.more for p in progress.values())
         batch = [(a, p) for a, p in progress.items() if a in self._tracked and p.records]
         if batch:
             try:  # every attempt's new records in one transaction
@@ -299,7 +307,7 @@ class Scheduler:
                 # One attempt's records broke the batch: each on its own, so that the error stays that attempt's.
                 stored = [(a, p) for a, p in batch if self._guarded(a, "store its records", self._storer(a, p))]
             for attempt_id, p in stored:
-                _advance(self._tracked[attempt_id], p.records, p.offset)
+                self._tracked[attempt_id].advance(p.records, p.offset)
         any_ended = False
         for attempt_id, p in progress.items():
             tracked = self._tracked.get(attempt_id)
@@ -390,11 +398,3 @@ class Scheduler:
 def _said(exc: BaseException) -> str:
     """An error as /healthz tells it: its type and message, bounded."""
     return f"{type(exc).__name__}: {exc}"[:500]
-
-
-def _advance(tracked: Tracked, records: list[dict[str, Any]], offset: int) -> None:
-    """What the loop keeps of records once they are stored: the offset they reach, and an end among them."""
-    tracked.offset = offset
-    for record in records:
-        if record.get("kind") == "end":
-            tracked.end = record

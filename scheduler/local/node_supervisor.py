@@ -31,7 +31,7 @@ from scheduler.local.supervisor import (
     spawn_worker,
     wait_until,
 )
-from scheduler.local.tail import last_end, last_lines, read_new_records
+from scheduler.local.tail import last_end, last_end_before, last_lines, read_records
 from worker.spec.gate import read_pid_file
 from worker.spec.layout import LOG_FILE, METRICS_FILE, pid_files_in
 
@@ -48,9 +48,11 @@ class Progress:
     ended: bool  # the worker (its group leader) has ended
     exit_code: int | None  # None while it runs, or when it is not ours to know (adopted)
     log_tail: str = ""  # the log's last lines, once ended
-    # Once ended: its `end` record, from the new records, or from the whole file when the exit code is unknown.
+    # Once ended: its `end` record, from the new records, or from those just before the offset asked when the
+    # exit code is unknown (an adopted worker whose end an earlier daemon stored).
     end: dict[str, Any] | None = None
     lost: str | None = None  # the worker's node left the cluster (set by the Ray executor): why, in words
+    more: bool = False  # whole lines are left past `offset` (the read was bounded): ask again at once
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,9 @@ class NodeSupervisor:
     def progress(self, offsets: Mapping[int, int]) -> dict[int, Progress]:
         """For each attempt asked about that runs here: its new records and whether it has ended.
 
-        Whether it ended is read before its records, so an ended worker's last records are in the answer.
+        Whether it ended is read before its records, so an ended worker's last records are in the answer. The
+        records are one bounded read (scheduler.local.tail): a worker is said to have ended only once its file
+        is read to its end, so a backlog of any size is read whole, a bounded part per call, before its reaping.
         """
         now = time.monotonic()
         scan = now - self._descendants_seen_at >= DESCENDANTS_EVERY_S
@@ -158,20 +162,20 @@ class NodeSupervisor:
                 continue
             ended, exit_code = worker.proc.poll()
             metrics = worker.proc.run_dir / METRICS_FILE
-            records, reached = read_new_records(metrics, offset)
-            if ended:
-                # The whole file is read for its end only when neither the exit code nor the new records tell
-                # how the run ended: a worker adopted after a restart, whose end may have been stored before.
-                end = last_end(records)
+            read = read_records(metrics, offset)
+            if ended and not read.more:
+                # Its end is looked for before the offset only when neither the exit code nor the new records
+                # tell how the run ended: a worker adopted after a restart, whose end may have been stored before.
+                end = last_end(read.records)
                 if end is None and exit_code is None:
-                    end = last_end(read_new_records(metrics, 0)[0])
+                    end = last_end_before(metrics, offset)
                 tail = last_lines(worker.proc.run_dir / worker.log_name, LOG_TAIL_LINES)
-                answer[attempt_id] = Progress(records, reached, True, exit_code, tail, end)
+                answer[attempt_id] = Progress(read.records, read.offset, True, exit_code, tail, end)
                 continue
-            if children:
+            if children and not ended:
                 for pid in descendants_in(children, {worker.proc.pid}):
                     worker.descendants.setdefault(pid, process_start_time(pid))
-            answer[attempt_id] = Progress(records, reached, False, None)
+            answer[attempt_id] = Progress(read.records, read.offset, False, None, more=read.more)
         return answer
 
     def signal(self, attempt_id: int, sig: int) -> bool:

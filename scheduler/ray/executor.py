@@ -167,7 +167,7 @@ class RayExecutor:
             answer[attempt_id] = (
                 first
                 if ended or not first.ended
-                else Progress(first.records, first.offset, False, None)  # rank 0 is done, another node is not
+                else Progress(first.records, first.offset, False, None, more=first.more)  # another node is not done
             )
         return answer
 

@@ -196,3 +196,15 @@ def _pid_of(agent: Any) -> int | None:
         return ray.get(agent.hello.remote("", ""), timeout=5)["pid"]
     except Exception:
         return None
+
+
+def test_a_backlog_past_one_read_arrives_whole_before_the_worker_is_said_to_have_ended(ftq: Ftq) -> None:
+    """Issue 20 through an agent: an ended worker's 5.5 MiB of records come in bounded parts, its end last."""
+    run = Run(ftq.executor, ftq.data_dir / "runs" / "backlog")
+    [worker] = run.start(one_node(worker_nodes(ftq)[0]), steps=50_000, step_s=0.0)
+    wait_for(lambda: not same_process(worker.pid, worker.start_time), timeout=120, what="the worker to write all")
+    ended = wait_for(run.ended, timeout=120, what="the backlog's end through progress()")
+    assert [r.get("current_steps") for r in run.records] == [0, *range(1, 50_001), 50_000]
+    assert ended.exit_code == 0 and not ended.more and run.records[-1]["status"] == "succeeded"
+    assert run.offset == (run.run_dir / "metrics.jsonl").stat().st_size
+    ftq.executor.settle(run.attempt_id)
