@@ -12,7 +12,8 @@ adds three rules of its own:
   request headers is closed, so a newcomer always gets in while idle ones hold the count;
 - a connection that takes no byte for FTQ_SEND_TIMEOUT_S while a response waits for it (its write buffer, above
   its high-water mark, does not shrink) is aborted: uvicorn's own close would wait for that buffer to drain, which a
-  client that never reads never lets happen, so its socket and buffer would be held for as long as it stays;
+  client that never reads never lets happen, so its socket and buffer would be held for as long as it stays; it
+  is reset (SO_LINGER 0), so the client learns it (and resumes) and the kernel keeps no FIN queued behind data;
   its kernel send buffer is fixed (SEND_BUFFER_BYTES) rather than left to grow.
 
 Each is logged once per interval with a count (`Tally`), as are asyncio's "socket.accept() out of system resource"
@@ -166,7 +167,8 @@ class EdgeProtocol(H11Protocol):
             return
         self._drop(
             f"closed connections that took no data for FTQ_SEND_TIMEOUT_S ({self.limits.send_timeout_s:g} s) "
-            "while a response waited for them (event streams resume with Last-Event-ID)"
+            "while a response waited for them (event streams resume with Last-Event-ID)",
+            reset=True,
         )
 
     def resume_writing(self) -> None:
@@ -199,12 +201,12 @@ class EdgeProtocol(H11Protocol):
             self._stall_timer.cancel()
             self._stall_timer = None
 
-    def _drop(self, why: str) -> None:
+    def _drop(self, why: str, reset: bool = False) -> None:
         self._forget()
         if self not in self.dropped:
             self.dropped.add(self)
             self.tally.note(why)
-            sock = self.transport.get_extra_info("socket")
+            sock = self.transport.get_extra_info("socket") if reset else None
             if sock is not None:  # a reset, not a FIN queued behind data the client never takes: it learns it
                 with contextlib.suppress(OSError):  # was closed (and resumes), and the kernel keeps nothing of it
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
