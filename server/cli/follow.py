@@ -11,6 +11,7 @@ from typing import IO
 import httpx
 
 from server.cli.client import TERMINAL, Client
+from server.cli.printable import printable_text
 from server.cli.sse import CLOSED, Down, SseEvent, Up, follow
 from server.cli.words import event_line
 
@@ -43,7 +44,7 @@ def follow_logs(client: Client, job_id: int, out: IO[str] = sys.stdout, poll_s: 
                 offset = 0
                 continue
         attempt = attempt or number
-        out.write(decoder.decode(response.content))
+        out.write(printable_text(decoder.decode(response.content)))
         out.flush()
         offset = int(response.headers.get("x-log-offset", offset + len(response.content)))
         if response.content:
