@@ -71,6 +71,10 @@ class Client:
         self.check(response, path)
         return response
 
+    def send_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON, every string in it printable; TransportError propagates (for callers that retry)."""
+        return printable(self.send(method, path, **kwargs).json())
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The answer's JSON (or text), every string in it printable; an unreachable daemon is a CliError."""
         try:

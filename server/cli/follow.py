@@ -25,7 +25,7 @@ def follow_logs(client: Client, job_id: int, out: IO[str] = sys.stdout, poll_s: 
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         try:
-            state = client.send("GET", f"/jobs/{job_id}").json()["state"]
+            state = client.send_json("GET", f"/jobs/{job_id}")["state"]
             response = client.send("GET", f"/jobs/{job_id}/logs", params={"offset": offset})
             if down:
                 print("ftq: daemon reachable again", file=sys.stderr)

@@ -3,9 +3,10 @@
 A job's name, its error text, a log line or an event come from the daemon, which took them from a spec or a
 worker; an escape sequence in them (ESC [ ... , a carriage return, a bell) would move the cursor, rewrite what
 is on screen or change the terminal's title. Every string the CLI has from the daemon passes through
-`printable` once, where it arrives (server.cli.client for answers and error bodies, server.cli.sse for events,
-server.cli.follow for logs): each control character (Unicode's Cc: C0, DEL, C1) and each bidirectional override
-is shown as its escape (\\x1b, \\u202e); newlines and tabs stay, as the text's own layout.
+`printable` once, where it arrives: server.cli.client for answers (`request`, `send_json`) and error bodies,
+server.cli.sse for events, server.cli.follow for logs. Each control character (Unicode's Cc: C0, DEL, C1) and
+each bidirectional override is shown as its escape (\\x1b, \\u202e); newlines and tabs stay, as the text's
+own layout.
 """
 
 from __future__ import annotations
