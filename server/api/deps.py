@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from sqlmodel import Session
 
+from server.db.engine import request_session
 from server.db.models import Job
 from server.services.jobs import leases_by_resource, no_such_job
 from server.services.loop import Loop
@@ -24,7 +25,7 @@ from server.settings import Settings
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
     # A session connects at its first query, in the thread that runs it; closing one only returns its connection.
-    with Session(request.app.state.engine) as session:
+    with request_session(request.app.state.engine) as session:  # its writes wait for a lock only seconds
         yield session
 
 

@@ -17,10 +17,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from server.services.errors import FtqError, describe_error
 
@@ -137,7 +138,12 @@ def install_handlers(app: FastAPI) -> None:
         elif exc.status_code == 400 and detail == "There was an error parsing the body":
             detail = "the body could not be read: send a JSON object, encoded as UTF-8"
         elif exc.status_code == 405:
-            detail = f"{request.method} is not a method of {request.url.path}; /docs lists the methods it takes"
+            allowed = path_methods(request)
+            allow = {"allow": ", ".join(allowed)}
+            if request.method == "OPTIONS":  # the methods a path takes, asked for: an answer, not an error
+                return Response(status_code=204, headers=allow)
+            detail = f"{request.method} is not a method of {request.url.path}; it takes {allow['allow']}"
+            return JSONResponse(encodable({"detail": detail}), status_code=405, headers=allow)
         return JSONResponse(encodable({"detail": str(detail)}), status_code=exc.status_code, headers=exc.headers)
 
     async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
@@ -154,6 +160,17 @@ def install_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(DBAPIError, _storage_error)
     app.add_exception_handler(OSError, _storage_error)
+
+
+def path_methods(request: Request) -> list[str]:
+    """Every method the request's path takes, across all its routes, and OPTIONS. Starlette's own 405 names the
+    methods of the first route whose path matches (POST for /jobs, whose GET is another route)."""
+    methods = {"OPTIONS"}
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):  # each asked of the routes as a request would
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in request.app.router.routes):
+            methods.add(method)
+    return sorted(methods)
 
 
 def unexpected_detail(method: str, path: str, exc: BaseException) -> str:

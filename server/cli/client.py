@@ -1,4 +1,4 @@
-"""The CLI's HTTP client: requests and streams to the daemon, its errors in the CLI's words, job files."""
+"""The CLI's HTTP client: requests and streams to the daemon, its errors in the CLI's words (job files: jobfiles)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
+
+from server.cli.printable import printable
 
 TERMINAL = {"succeeded", "failed", "oom", "cancelled"}
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -60,9 +60,9 @@ class Client:
         if response.status_code < 400:
             return
         try:
-            body = response.json()
+            body = printable(response.json())
         except ValueError:
-            body = {"detail": response.text}
+            body = {"detail": printable(response.text)}
         raise CliError(error_message(response.status_code, body, path, self.token_set))
 
     def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -71,15 +71,19 @@ class Client:
         self.check(response, path)
         return response
 
+    def send_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON, every string in it printable; TransportError propagates (for callers that retry)."""
+        return printable(self.send(method, path, **kwargs).json())
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The answer's JSON (or text); an unreachable daemon is a CliError."""
+        """The answer's JSON (or text), every string in it printable; an unreachable daemon is a CliError."""
         try:
             response = self.send(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise CliError(unreachable_message(self.url, exc)) from exc
         if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.text
+            return printable(response.json())
+        return printable(response.text)
 
     @contextmanager
     def stream(self, path: str, headers: dict[str, str], read_timeout: float) -> Iterator[httpx.Response]:
@@ -93,25 +97,3 @@ class Client:
 
     def dashboard(self) -> str:
         return self.url + "/"
-
-
-def load_spec(path: Path, overrides: list[str]) -> dict[str, Any]:
-    """A job file (YAML or JSON, as written for llamafactory-cli) with KEY=VALUE overrides applied."""
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CliError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(spec, dict):
-        raise CliError(f"{path} must hold a mapping of keys to values")
-    return {**spec, **parse_overrides(overrides)}
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """--set KEY=VALUE pairs, each value read as YAML (numbers, booleans, lists)."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--set {item!r}: expected KEY=VALUE, e.g. --set gpus=0")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from server.cli.client import TERMINAL, Client, load_spec
+from server.cli.client import TERMINAL, Client
+from server.cli.jobfiles import load_spec
 from server.cli.tables import summary_table
 from server.cli.watch import watch
 

@@ -11,6 +11,7 @@ from typing import IO
 import httpx
 
 from server.cli.client import TERMINAL, Client
+from server.cli.printable import printable_text
 from server.cli.sse import CLOSED, Down, SseEvent, Up, follow
 from server.cli.words import event_line
 
@@ -24,7 +25,7 @@ def follow_logs(client: Client, job_id: int, out: IO[str] = sys.stdout, poll_s: 
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         try:
-            state = client.send("GET", f"/jobs/{job_id}").json()["state"]
+            state = client.send_json("GET", f"/jobs/{job_id}")["state"]
             response = client.send("GET", f"/jobs/{job_id}/logs", params={"offset": offset})
             if down:
                 print("ftq: daemon reachable again", file=sys.stderr)
@@ -43,7 +44,7 @@ def follow_logs(client: Client, job_id: int, out: IO[str] = sys.stdout, poll_s: 
                 offset = 0
                 continue
         attempt = attempt or number
-        out.write(decoder.decode(response.content))
+        out.write(printable_text(decoder.decode(response.content)))
         out.flush()
         offset = int(response.headers.get("x-log-offset", offset + len(response.content)))
         if response.content:

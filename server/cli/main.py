@@ -1,8 +1,8 @@
 """`ftq`: the daemon (`ftq serve`) and a client that talks to it over HTTP (FTQ_URL): argparse and dispatch.
 
-The parts live in their own modules: server.cli.client (HTTP, errors, job files), server.cli.tables
-(tables), server.cli.words (sentences), server.cli.watch (the live view), server.cli.follow (logs -f,
-events). The names other code imports from here (Client, watch, summary_table ...) stay importable.
+The parts live in their own modules: server.cli.client (HTTP, errors), server.cli.jobfiles (job files),
+server.cli.tables (tables), server.cli.words (sentences), server.cli.watch (the live view), server.cli.follow
+(logs -f, events). The names other code imports from here (Client, watch, summary_table ...) stay importable.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.cli.client import TERMINAL, Client, CliError, load_spec, parse_overrides
+from server.cli.client import TERMINAL, Client, CliError
 from server.cli.follow import follow_logs, print_events
+from server.cli.jobfiles import load_spec, parse_overrides
 from server.cli.paths import absolute_paths
 from server.cli.tables import (
     LIST_DEFAULT,

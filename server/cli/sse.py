@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from server.cli.client import TERMINAL, Client
+from server.cli.printable import printable
 
 CLOSED = "the daemon closed the stream"
 
@@ -74,10 +75,10 @@ class SseParser:
             return None
         text = "\n".join(data)
         try:
-            payload: Any = json.loads(text)
+            payload: Any = printable(json.loads(text))
         except ValueError:
-            payload = text
-        return SseEvent(self.last_id, event or "message", payload)
+            payload = printable(text)
+        return SseEvent(self.last_id, printable(event or "message"), payload)
 
 
 def backoff_s(failures: int, first: float = 0.25, most: float = 5.0) -> float:

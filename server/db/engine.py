@@ -4,6 +4,13 @@ SQLite runs in WAL mode with a busy timeout and foreign keys on, because the API
 threads and the scheduler's thread write to it at the same time. The pool keeps a
 connection for each of those threads: a connection opened per request costs more than
 the request (the PRAGMAs below run on every connect).
+
+Two patiences: the daemon's own writes (the scheduler's, the watchers') wait up to
+BUSY_TIMEOUT_MS for the write lock, since an outcome they fail to write would have to be
+decided again; a request's session (`request_session`) waits API_BUSY_TIMEOUT_MS, so that
+a database locked by another process (a backup, a `sqlite3` shell holding a transaction)
+answers 503 with Retry-After within seconds instead of holding the client for half a minute.
+A writer of the daemon's own holds the lock for milliseconds, far below either.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # The scheduler's thread, and one to spare (a thread of the daemon's own beside it).
 DAEMON_CONNECTIONS = 2
 READ_SNAPSHOT = "ftq_read_snapshot"
+BUSY_TIMEOUT_MS = 30_000
+API_BUSY_TIMEOUT_MS = 3_000
+_PATIENCE = "ftq_busy_timeout_ms"
 
 
 def pool_size(settings: Settings) -> int:
@@ -42,6 +52,7 @@ def make_engine(settings: Settings) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "checkin", _patient_again)
         return engine
     return create_engine(url, pool_pre_ping=True, **pool)
 
@@ -49,10 +60,21 @@ def make_engine(settings: Settings) -> Engine:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _patient_again(dbapi_connection: Any, record: Any) -> None:
+    """A connection a request made impatient goes back to the pool with the daemon's patience."""
+    if record.info.pop(_PATIENCE, None) is not None and dbapi_connection is not None:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def request_session(engine: Engine) -> Session:
+    """A request's session: its writes wait at most API_BUSY_TIMEOUT_MS for the lock, then fail as locked (a 503)."""
+    return Session(engine, info={_PATIENCE: API_BUSY_TIMEOUT_MS})
 
 
 def read_snapshot(session: Session) -> None:
@@ -71,8 +93,14 @@ def read_snapshot(session: Session) -> None:
 
 @event.listens_for(Session, "after_begin")
 def _begin_snapshot(session: Session, _transaction: Any, connection: Connection) -> None:
+    if connection.dialect.name != "sqlite":
+        return
+    patience = session.info.get(_PATIENCE)
+    if patience is not None and connection.info.get(_PATIENCE) != patience:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={int(patience)}")
+        connection.info[_PATIENCE] = patience  # restored when the connection goes back (_patient_again)
     # pysqlite begins a transaction only before a write: each SELECT would otherwise see its own moment.
-    if session.info.get(READ_SNAPSHOT) and connection.dialect.name == "sqlite":
+    if session.info.get(READ_SNAPSHOT):
         connection.exec_driver_sql("BEGIN")
 
 

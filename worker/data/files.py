@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from worker.preflight.confine import BadFile, Roots, open_fd, read_text, show
+from worker.preflight.data_peek import MAX_LINE_BYTES, long_line_message
 from worker.preflight.dataset_info import DataError, DatasetAttr
 
 
@@ -64,6 +65,8 @@ def _json_rows(name: str, path: Path, roots: Roots, limit: int | None) -> list[A
     for lineno, line in enumerate(text.splitlines(), start=1):
         if limit is not None and len(rows) == limit:
             break
+        if len(line) > MAX_LINE_BYTES:  # characters, at most as many as its bytes: no example is this long
+            raise DataError(f"dataset {name!r}: {long_line_message(path, lineno, MAX_LINE_BYTES)}")
         if line.strip():
             try:
                 rows.append(json.loads(line))

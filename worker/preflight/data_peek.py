@@ -24,6 +24,12 @@ from worker.preflight.confine import BadFile, Roots, open_fd, read_range, show
 
 PEEK_BYTES = 64 << 10
 PEEK_ROWS = 5
+# The longest line of a JSON-lines dataset: one example. A 128k-token context is well under 1 MiB of text, so a
+# longer line is no example ftq can train on (a file that is not JSON lines at all, or a runaway write); the
+# worker would read it whole and parse it before telling. Submit looks for the end of the first line when the peek
+# saw none (reading at most this much, a chunk at a time); the worker checks every line (worker.data.files).
+MAX_LINE_BYTES = 16 << 20
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,38 @@ def peek(path: str | os.PathLike[str], file_type: str, roots: Roots) -> Peek:
         return Peek(None)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     return Peek(columns, rows)
+
+
+def long_first_line(path: str | os.PathLike[str], roots: Roots, limit: int | None = None) -> str | None:
+    """Why a JSON-lines file's first line is too long (naming the file, the line and the bound), or None; read a
+    chunk at a time up to the bound, never whole. A JSON array (first byte `[`) is not read by lines: None."""
+    limit = MAX_LINE_BYTES if limit is None else limit
+    fd = open_fd(path, roots)
+    try:
+        offset = 0
+        while offset <= limit:
+            chunk = os.pread(fd, _CHUNK, offset)
+            if not chunk:
+                return None  # the file ends within the bound
+            if offset == 0 and chunk.lstrip().startswith(b"["):
+                return None
+            end = chunk.find(b"\n")
+            if end >= 0:
+                return None if offset + end <= limit else long_line_message(path, 1, limit)
+            offset += len(chunk)
+    except OSError as exc:
+        raise CannotPeek(f"{show(path)} cannot be read ({exc})") from None
+    finally:
+        os.close(fd)
+    return long_line_message(path, 1, limit)
+
+
+def long_line_message(path: str | os.PathLike[str], lineno: int, limit: int = MAX_LINE_BYTES) -> str:
+    bound = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+    return (
+        f"{show(path)} line {lineno} is longer than {bound}, the most one example may take (MAX_LINE_BYTES); "
+        "write one JSON object a line, each an example"
+    )
 
 
 def _json_rows(text: str, whole: bool) -> list[dict[str, Any]]:
@@ -110,4 +148,14 @@ def _schema_names(path: str | os.PathLike[str], file_type: str, roots: Roots) ->
             raise CannotPeek(f"{show(path)} is not a readable {file_type} file ({exc})") from None
 
 
-__all__ = ["PEEK_BYTES", "PEEK_ROWS", "BadFile", "CannotPeek", "Peek", "peek"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "PEEK_BYTES",
+    "PEEK_ROWS",
+    "BadFile",
+    "CannotPeek",
+    "Peek",
+    "long_first_line",
+    "long_line_message",
+    "peek",
+]

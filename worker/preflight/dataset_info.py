@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.preflight.confine import JSON_LIMIT, BadFile, CannotRead, Roots, check_file, files_of, read_json, show
-from worker.preflight.data_peek import CannotPeek, peek
+from worker.preflight.data_peek import CannotPeek, long_first_line, peek
 
 INFO_FILE = "dataset_info.json"
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
@@ -218,8 +218,12 @@ def _peek_problems(attr: DatasetAttr, file: Path, roots: Roots) -> list[str]:
         seen = peek(file, attr.file_type, roots)
     except (BadFile, CannotPeek) as exc:
         return [f"dataset {attr.name!r}: {exc}"]
-    if seen.columns is None:
-        return []  # no whole row within the peek: the worker's full read decides
+    if seen.columns is None:  # no whole row within the peek: a first line too long to be an example is refused
+        try:  # here; anything else, the worker's full read decides
+            long = long_first_line(file, roots) if attr.file_type == "json" else None
+        except (BadFile, CannotPeek) as exc:
+            return [f"dataset {attr.name!r}: {exc}"]
+        return [f"dataset {attr.name!r}: {long}"] if long else []
     col = attr.columns
     needed = ["prompt", "response"] if attr.formatting == "alpaca" else ["messages"]
     has = ", ".join(seen.columns) or "none"

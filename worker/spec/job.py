@@ -12,6 +12,7 @@ reads `RUN_DIR/spec.json` with it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import ValidationError, model_validator
@@ -24,10 +25,14 @@ from worker.spec.job_fields import JobFields
 from worker.spec.key_fates import ALIASES, PARTLY_WITHOUT_EFFECT, REFUSED, SECRETS, WITHOUT_EFFECT, is_default, nearest
 from worker.spec.methods import method_problems
 from worker.spec.outputs import split_report_to
+from worker.spec.passed import scheduler_problems
 from worker.templates.render import TEMPLATE_NAMES
 from worker.templates.tools import TOOL_FORMAT_NAMES
 
 OTHER_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
+# How deep a value of the spec may nest (a DeepSpeed config nests 3 levels, lr_scheduler_kwargs 1): deeper is refused
+# at submit, naming its key, before anything recurses into it (pydantic's JSON writer stops at a few hundred levels).
+MAX_DEPTH = 32
 
 
 # The fields are worker.spec.job_fields'; here, the checks across them. The docstring is the API's description.
@@ -48,9 +53,11 @@ class JobSpec(JobFields):
                 for field, why in spec.combination_problems()
             ]
         except ValidationError as exc:
+            refused = {problem["loc"][0] for problem in problems}  # a refused key is not "missing" besides
             problems += [
                 {"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"], "input": e["input"]}
                 for e in exc.errors(include_url=False)
+                if not (e["type"] == "missing" and e["loc"][:1] and e["loc"][0] in refused)
             ]
             spec = None
         if problems:
@@ -111,6 +118,9 @@ class JobSpec(JobFields):
             found.append(
                 ("tool_format", f"{self.tool_format!r} is not supported; ftq has: {', '.join(TOOL_FORMAT_NAMES)}")
             )
+        found += [
+            ("lr_scheduler_kwargs", why) for why in scheduler_problems(self.lr_scheduler_type, self.lr_scheduler_kwargs)
+        ]
         fields = set(type(self).model_fields)
         found += [(_field_named(problem, fields), problem) for problem in method_problems(self)]
         return found
@@ -125,14 +135,20 @@ def _field_named(problem: str, fields: set[str]) -> str:
 def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], dict[str, Any], list[InitErrorDetails]]:
     """(keys for the model's fields, keys accepted without effect, problems), per worker.spec.key_fates."""
     kept: dict[str, Any] = {}
-    without_effect: dict[str, Any] = dict(data.get("without_effect") or {})
     problems: list[InitErrorDetails] = []
+    held = data.get("without_effect")
+    without_effect: dict[str, Any] = dict(held) if isinstance(held, dict) else {}
 
-    def refuse(key: str, why: str) -> None:
-        problems.append({"type": PydanticCustomError("refused", why), "loc": (key,), "input": data[key]})
+    def refuse(key: str, why: str, shown: Any = None) -> None:
+        value = data[key] if shown is None else shown
+        problems.append({"type": PydanticCustomError("refused", why), "loc": (key,), "input": value})
 
     for key, value in data.items():
-        if key == "without_effect":
+        if (why := value_problem(value)) is not None:  # the value itself is not shown back: it may be 900 deep
+            refuse(key, f"{key} {why}", shown="(not shown)")
+        elif key == "without_effect" and not isinstance(value, dict | None):
+            refuse(key, f"without_effect must be a mapping of key: value, not {type(value).__name__}; remove it")
+        elif key == "without_effect":
             unknown = [k for k in without_effect if k not in WITHOUT_EFFECT and k not in PARTLY_WITHOUT_EFFECT]
             if unknown:
                 refuse(key, f"holds {', '.join(map(repr, unknown[:5]))}, which are not keys ftq accepts without effect")
@@ -163,3 +179,21 @@ def sort_keys(data: dict[str, Any], fields: set[str]) -> tuple[dict[str, Any], d
             hint = f"; did you mean {guess}?" if guess else "; remove it (see the README's table of keys)"
             refuse(key, f"{key!r} is not a key ftq or LLaMA-Factory knows{hint}")
     return kept, without_effect, problems
+
+
+def value_problem(value: Any) -> str | None:
+    """Why a value cannot be kept as JSON: nested deeper than MAX_DEPTH, or a number that is not finite
+    (JSON has no Infinity or NaN; Python's parser takes them, and they would be stored as null). Walked without
+    recursion, so that no depth can exhaust the stack."""
+    todo: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while todo:
+        current, depth, where = todo.pop()
+        at = f" (at {where[1:]})" if where else ""
+        if isinstance(current, float) and not math.isfinite(current):
+            return f"holds {current}{at}, which is not a finite number; give a finite number"
+        if isinstance(current, dict | list):
+            if depth >= MAX_DEPTH:
+                return f"nests deeper than {MAX_DEPTH} levels{at}; flatten it"
+            items = current.items() if isinstance(current, dict) else enumerate(current)
+            todo += [(item, depth + 1, f"{where}.{name}") for name, item in items]
+    return None

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 from worker.spec.batching import BatchingFields
 from worker.spec.method_keys import MethodFields
 from worker.spec.outputs import OutputFields
-from worker.spec.passed import PassedToTrainer
+from worker.spec.passed import SCHEDULER_ARGUMENTS, PassedToTrainer
 
 # Every number is bounded where it enters, to what its column holds and what training can mean: counts of steps
 # and samples fit a 32-bit integer (far beyond any real run, and well inside SQLite's 64-bit INTEGER, so nothing
@@ -143,9 +143,7 @@ class JobFields(MethodFields, PassedToTrainer, BatchingFields, OutputFields):
         le=INT32_MAX,
         description="-1: run num_train_epochs; otherwise exactly this many optimizer steps.",
     )
-    lr_scheduler_type: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
-    ] = "cosine"
+    lr_scheduler_type: Literal[tuple(SCHEDULER_ARGUMENTS)] = "cosine"  # type: ignore[valid-type]
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     warmup_steps: int = Field(default=0, ge=0, le=INT32_MAX)
     bf16: bool = False

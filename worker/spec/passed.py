@@ -32,6 +32,35 @@ Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Short = Annotated[str, Field(min_length=1, max_length=4096)]
 Options = Annotated[dict[str, Any], Field(max_length=256)]
 
+# The keyword arguments each of transformers' schedulers takes in lr_scheduler_kwargs: its function's arguments but
+# those transformers' get_scheduler fills itself (optimizer, num_warmup_steps, num_training_steps). constant and
+# constant_with_warmup take none (get_scheduler drops the kwargs for them). Kept here because the daemon imports no
+# transformers; tests/unit/test_spec_values.py checks it against the installed transformers' own signatures.
+SCHEDULER_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "linear": ("last_epoch",),
+    "cosine": ("num_cycles", "last_epoch"),
+    "cosine_with_restarts": ("num_cycles", "last_epoch"),
+    "polynomial": ("lr_end", "power", "last_epoch"),
+    "constant": (),
+    "constant_with_warmup": (),
+    "inverse_sqrt": ("timescale", "last_epoch"),
+}
+
+
+def scheduler_problems(scheduler: str, kwargs: dict[str, Any] | None) -> list[str]:
+    """Why lr_scheduler_kwargs cannot be given to the chosen scheduler: each key it does not take, named."""
+    accepted = SCHEDULER_ARGUMENTS.get(scheduler)
+    if not kwargs or accepted is None:
+        return []
+    unknown = [key for key in kwargs if key not in accepted]
+    if not unknown:
+        return []
+    takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+    return [
+        f"lr_scheduler_kwargs: {', '.join(map(repr, unknown[:5]))} is not an argument of the {scheduler!r} "
+        f"scheduler ({takes}); remove it or choose another lr_scheduler_type"
+    ]
+
 
 class PassedToTrainer(BaseModel):
     """transformers' own training arguments that ftq passes on as they are."""
