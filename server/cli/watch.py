@@ -113,7 +113,7 @@ def join_active(client: Client, watched: list[int]) -> None:
     """Add to `watched` every job now queued, starting, running or cancelling, however many: a page at a time
     (one page of 1,000 a state left the rest out)."""
     for state in ACTIVE:
-        listed, _ = job_pages(lambda params: client.send("GET", "/jobs", params=params).json(), state, 0, None)
+        listed, _ = job_pages(lambda params: client.send_json("GET", "/jobs", params=params), state, 0, None)
         known = set(watched)
         watched.extend(sorted(job["id"] for job in listed if job["id"] not in known))
 
@@ -122,7 +122,7 @@ def read_jobs(client: Client, watched: list[int], follow_new: bool) -> list[dict
     """The watched jobs, whole (GET /jobs/{id}); with `follow_new`, any job that became active joins them."""
     if follow_new:
         join_active(client, watched)
-    return [client.send("GET", f"/jobs/{job_id}").json() for job_id in watched]
+    return [client.send_json("GET", f"/jobs/{job_id}") for job_id in watched]
 
 
 def watch(
