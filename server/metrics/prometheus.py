@@ -13,6 +13,7 @@ queued and the ended, so 20,000 queued jobs cost a scrape a few aggregate statem
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
@@ -29,7 +30,7 @@ from server.db.engine import read_snapshot
 from server.db.models import Attempt, Job, MetricRecord, as_utc, utcnow
 from server.metrics import families
 from server.metrics.waits import WaitTally
-from server.metrics.windows import window
+from server.metrics.windows import RecentlyEnded, window
 from server.services.health import health_problems
 from server.services.jobs import leases_by_resource
 from server.services.loop import Loop
@@ -58,6 +59,8 @@ class FtqCollector:
         self.state = state
         self.version = version
         self.waits = WaitTally()
+        self.ended = RecentlyEnded()
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         state = self.state
@@ -72,11 +75,11 @@ class FtqCollector:
             read_snapshot(session)  # every figure as of one moment
             yield families.jobs_by_state(state_counts(session))
             yield families.attempts_by_outcome(outcome_counts(session))
-            yield from families.wait_histograms(*self.waits.update(session))
-            chosen = window(
-                session, now - timedelta(seconds=families.RECENT_S), settings.metrics_queued_jobs,
-                settings.metrics_ended_jobs,
-            )  # fmt: skip
+            with self._lock:  # the two tallies move together, one scrape at a time
+                queue_waits, submit_waits, changed = self.waits.update_all(session)
+                ended = self.ended.update(session, changed, now - timedelta(seconds=families.RECENT_S))
+            yield from families.wait_histograms(queue_waits, submit_waits)
+            chosen = window(session, ended, settings.metrics_queued_jobs, settings.metrics_ended_jobs)
             yield from families.queue_families(chosen.longest_wait_since, chosen.left_out, now)
             yield from families.job_families(job_rows(session, chosen.ids, chosen.queued_since), now, stall)
             holders = leases_by_resource(session)

@@ -11,11 +11,12 @@ ftq_job_series_left_out), whatever the windows leave out.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from scheduler.policy.records import record_time
@@ -24,7 +25,7 @@ from server.db.models import Attempt, Event, Job, as_utc
 
 LIVE = (JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value)
 _TERMINAL = [state.value for state in TERMINAL]
-_PAGE = 500  # queued jobs read at a time, in the order they were submitted
+_CHUNK = 500  # job ids per IN (...): far below SQLite's limit on bound parameters
 
 
 @dataclass
@@ -37,59 +38,76 @@ class Window:
     left_out: dict[str, int] = field(default_factory=dict)  # "queued" / "ended" -> jobs without series
 
 
-def window(session: Session, ended_after: datetime, queued_jobs: int, ended_jobs: int) -> Window:
-    """The live jobs, the `queued_jobs` longest-waiting queued ones and the latest `ended_jobs` ended after
-    `ended_after`; what they leave out, counted (one aggregate statement each)."""
+def window(session: Session, recently_ended: Mapping[int, datetime], queued_jobs: int, ended_jobs: int) -> Window:
+    """The live jobs, the `queued_jobs` longest-waiting queued ones and the latest `ended_jobs` of
+    `recently_ended` (job id -> when it ended: RecentlyEnded); what they leave out, counted."""
     live = list(session.execute(select(Job.id).where(col(Job.state).in_(LIVE))).scalars())
     longest = longest_queued(session, max(queued_jobs, 1))
     shown_queued = longest[:queued_jobs]
-    ended = list(
-        session.execute(
-            select(Job.id)
-            .where(col(Job.state).in_(_TERMINAL), col(Job.ended_at) >= ended_after)
-            .order_by(col(Job.ended_at).desc(), col(Job.id).desc())
-            .limit(ended_jobs)
-        ).scalars()
-    )
+    ended = heapq.nlargest(ended_jobs, recently_ended, key=lambda job_id: (recently_ended[job_id], job_id))
     queued_count = session.execute(select(func.count()).where(col(Job.state) == JobState.QUEUED.value)).scalar()
-    ended_count = session.execute(
-        select(func.count()).where(col(Job.state).in_(_TERMINAL), col(Job.ended_at) >= ended_after)
-    ).scalar()
     return Window(
         ids=sorted({*live, *(job_id for _, job_id in shown_queued), *ended}),
         queued_since={job_id: since for since, job_id in shown_queued},
         longest_wait_since=longest[0][0] if longest else None,
-        left_out={"queued": (queued_count or 0) - len(shown_queued), "ended": (ended_count or 0) - len(ended)},
+        left_out={"queued": (queued_count or 0) - len(shown_queued), "ended": len(recently_ended) - len(ended)},
     )
 
 
-def longest_queued(session: Session, limit: int, page: int = _PAGE) -> list[tuple[datetime, int]]:
+class RecentlyEnded:
+    """job id -> when it ended, for the jobs that ended after a moment, kept from scrape to scrape.
+
+    Read whole once; then only the jobs that have new events are read again (every state change adds one:
+    server.db.event_log), as server.metrics.waits.WaitTally finds them, so a scrape does not walk every job
+    that ever ended to find the few that ended in the last hour.
+    """
+
+    def __init__(self) -> None:
+        self.ended: dict[int, datetime] = {}
+
+    def update(self, session: Session, changed: list[int] | None, after: datetime) -> dict[int, datetime]:
+        query = select(Job.id, Job.state, Job.ended_at)
+        if changed is None:
+            self.ended = {}
+            batches = [query.where(col(Job.state).in_(_TERMINAL), col(Job.ended_at) >= after)]
+        else:
+            batches = [query.where(col(Job.id).in_(changed[i : i + _CHUNK])) for i in range(0, len(changed), _CHUNK)]
+        for batch in batches:
+            for job_id, state, ended_at in session.execute(batch):
+                when = as_utc(ended_at)
+                if state in _TERMINAL and when is not None:
+                    self.ended[job_id] = when
+                else:  # requeued, or not ended
+                    self.ended.pop(job_id, None)
+        self.ended = {job_id: when for job_id, when in self.ended.items() if when >= after}
+        return self.ended
+
+
+def longest_queued(session: Session, limit: int, page: int | None = None) -> list[tuple[datetime, int]]:
     """(entered the queue at, job id) of the `limit` queued jobs that have waited longest, longest first.
 
     A job enters the queue at its submission or later (a retry, a requeue), never before: so the queue is read
-    in the order of submission, a page at a time, and the reading stops once the next page was submitted after
-    the `limit`-th longest wait found so far. With no requeued job that is one page; every job is read only
-    when the oldest submissions were all requeued since.
+    in the order of submission (of ids: the state index keeps a state's rows in id order, so a page costs no
+    sort of the whole queue), a page at a time, and the reading stops once a page was submitted after the
+    `limit`-th longest wait found so far. With no requeued job that is one page; every job is read only when
+    the oldest submissions were all requeued since.
     """
-    best: list[tuple[float, int, datetime]] = []  # a max-heap of the `limit` earliest, by -timestamp
-    after: tuple[datetime, int] | None = None
+    size = page or max(2 * limit, 64)
+    best: list[tuple[float, int, datetime]] = []  # a heap of the `limit` earliest, the latest of them on top
+    after = 0
     while True:
-        query = select(Job.id, Job.submitted_at).where(col(Job.state) == JobState.QUEUED.value)
-        if after is not None:
-            query = query.where(
-                or_(col(Job.submitted_at) > after[0], and_(col(Job.submitted_at) == after[0], col(Job.id) > after[1]))
-            )
-        rows = session.execute(query.order_by(col(Job.submitted_at), col(Job.id)).limit(page)).all()
+        query = select(Job.id, Job.submitted_at).where(col(Job.state) == JobState.QUEUED.value, col(Job.id) > after)
+        rows = session.execute(query.order_by(col(Job.id)).limit(size)).all()
         for job_id, since in queued_since(session, [job_id for job_id, _ in rows]).items():
             item = (-since.timestamp(), -job_id, since)
             if len(best) < limit:
                 heapq.heappush(best, item)
             elif item > best[0]:
                 heapq.heapreplace(best, item)
-        if len(rows) < page:
+        if len(rows) < size:
             break
-        after = (rows[-1][1], rows[-1][0])
-        if len(best) == limit and as_utc(after[0]) >= best[0][2]:  # type: ignore[operator]
+        after = rows[-1][0]
+        if len(best) == limit and as_utc(rows[-1][1]) >= best[0][2]:  # type: ignore[operator]
             break
     return sorted(((since, -neg_id) for _, neg_id, since in best), key=lambda pair: (pair[0], pair[1]))
 
