@@ -39,6 +39,7 @@ from sqlmodel import Session
 from bench.api_load import MACHINE, REPO, TERMINAL, Daemon, _free_port, _percentile, _wait, job_spec
 from server.db.engine import make_engine, upgrade_database
 from server.db.models import Attempt, Event, Job, MetricRecord
+from server.db.store import SqlStore
 from server.settings import Settings
 
 OUTCOMES = ("succeeded", "succeeded", "succeeded", "failed", "oom", "cancelled")
@@ -152,7 +153,10 @@ class Row:
 
 
 def read_route(daemon: TreeDaemon, route: str, times: int, code: str, queued: int) -> Row:
-    daemon.http.get(route).raise_for_status()  # warm up (the first /metrics reads every job's waits)
+    try:
+        daemon.http.get(route).raise_for_status()  # warm up (the first /metrics reads every job's waits)
+    except httpx.TimeoutException:
+        return Row(code, queued, f"GET {route}", float("inf"), float("inf"), None, 0, "no answer in 120 s")
     took, cpu_before = [], daemon.cpu_s()
     for _ in range(times):
         t0 = time.perf_counter()
@@ -167,7 +171,21 @@ def read_route(daemon: TreeDaemon, route: str, times: int, code: str, queued: in
         per_job = sum(len(f.samples) for f in found if f.name.startswith("ftq_job_"))
         samples = f"{sum(len(f.samples) for f in found):,} ({per_job:,} per-job)"
     p50, p99 = statistics.median(took), _percentile(took, 99)
-    return Row(code, queued, route, p50, p99, cpu, len(response.content) / 1024, samples)
+    return Row(code, queued, f"GET {route}", p50, p99, cpu, len(response.content) / 1024, samples)
+
+
+def queue_read(data_dir: Path, code: str, queued: int) -> Row:
+    """What the scheduler's placement pass reads on each tick (server.db.store.SqlStore.queued_jobs: every
+    queued job), timed in this process: the work that competes with every request for the daemon's GIL."""
+    engine = make_engine(Settings(data_dir=data_dir))
+    store = SqlStore(engine)
+    took = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        store.queued_jobs()
+        took.append(1000 * (time.perf_counter() - t0))
+    engine.dispose()
+    return Row(code, queued, "scheduler: queued_jobs()", statistics.median(took), max(took), None, 0, "")
 
 
 def run_tree(filled: Path, repo: Path, code: str, args: argparse.Namespace) -> list[Row]:
@@ -186,10 +204,15 @@ def run_tree(filled: Path, repo: Path, code: str, args: argparse.Namespace) -> l
         queue_copies(workdir / "ftq", template, args.queued - 1)
         for route in ("/metrics", "/gpus"):
             rows.append(read_route(daemon, route, args.scrapes, code, args.queued))
+        rows.append(queue_read(workdir / "ftq", code, args.queued))
     finally:
         daemon.stop_streams(streams)
         shutil.rmtree(workdir, ignore_errors=True)
     return rows
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f} ms" if value != float("inf") else "> 120 s"
 
 
 def main() -> None:
@@ -221,14 +244,14 @@ def main() -> None:
     for r in rows:
         cpu = f"{r.cpu_ms:.1f} ms" if r.cpu_ms is not None else "n/a"
         print(
-            f"| {r.code} | {r.queued:,} | `GET {r.route}` | {r.p50:.1f} ms | {r.p99:.1f} ms | {cpu} | "
+            f"| {r.code} | {r.queued:,} | `{r.route}` | {_ms(r.p50)} | {_ms(r.p99)} | {cpu} | "
             f"{r.kib:,.0f} KiB | {r.samples} |"
         )
     base = {(r.queued, r.route): r for r in rows if r.code == "baseline"}
     for r in rows:
         if r.code == "this" and (r.queued, r.route) in base:
             ratio = base[r.queued, r.route].p50 / r.p50
-            print(f"GET {r.route} at {r.queued:,} queued: baseline p50 / this p50 = {ratio:.1f}")
+            print(f"{r.route} at {r.queued:,} queued: baseline p50 / this p50 = {ratio:.1f}")
 
 
 if __name__ == "__main__":

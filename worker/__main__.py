@@ -3,6 +3,8 @@
 A multi-GPU job (or a DeepSpeed one) is started again under torchrun by
 worker.launch.torchrun; each rank then comes back here and runs the recipe. A job across
 nodes has one of these per node (FTQ_NNODES, FTQ_NODE_RANK, ...: worker.launch.nodes).
+Its output, and that of everything it starts, goes to its log through worker.outputs.log_cap, which keeps
+the log within FTQ_WORKER_LOG_MAX_BYTES.
 """
 
 import os
