@@ -188,6 +188,35 @@ def queue_read(data_dir: Path, code: str, queued: int) -> Row:
     return Row(code, queued, "scheduler: queued_jobs()", statistics.median(took), max(took), None, 0, "")
 
 
+def scrape_in_process(data_dir: Path, code: str, queued: int, times: int) -> Row:
+    """This checkout's GET /metrics collector on the same database, in this process: the scrape's own cost,
+    without HTTP and without the daemon's scheduler competing for its interpreter (no workers: no GPU holders)."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from scheduler.contract import Health
+    from scheduler.gpus.cache import RecentProbe
+    from scheduler.gpus.fake import FakeProbe
+    from server.metrics.prometheus import make_registry
+
+    settings = Settings(data_dir=data_dir)
+    engine = make_engine(settings)
+    loop = SimpleNamespace(health=Health(), live_pids=dict)
+    state = SimpleNamespace(settings=settings, loop=loop, engine=engine, probe=RecentProbe(FakeProbe(MACHINE), 1.0))
+    registry = make_registry(state, "bench")
+    generate_latest(registry)  # the first reads every job's waits and ends
+    took = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        text = generate_latest(registry)
+        took.append(1000 * (time.perf_counter() - t0))
+    engine.dispose()
+    samples = sum(len(f.samples) for f in text_string_to_metric_families(text.decode()))
+    p50, p99 = statistics.median(took), _percentile(took, 99)
+    return Row(code, queued, "in-process collect", p50, p99, None, len(text) / 1024, f"{samples:,}")
+
+
 def run_tree(filled: Path, repo: Path, code: str, args: argparse.Namespace) -> list[Row]:
     """Both routes at 0 and at `--queued` queued jobs, on a copy of the filled data dir, with `repo`'s daemon."""
     workdir = Path(tempfile.mkdtemp(prefix=f"ftq-metrics-{code}-"))
@@ -205,6 +234,8 @@ def run_tree(filled: Path, repo: Path, code: str, args: argparse.Namespace) -> l
         for route in ("/metrics", "/gpus"):
             rows.append(read_route(daemon, route, args.scrapes, code, args.queued))
         rows.append(queue_read(workdir / "ftq", code, args.queued))
+        if repo == REPO:
+            rows.append(scrape_in_process(workdir / "ftq", code, args.queued, args.scrapes))
     finally:
         daemon.stop_streams(streams)
         shutil.rmtree(workdir, ignore_errors=True)
