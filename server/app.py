@@ -39,6 +39,7 @@ from server.metrics.prometheus import make_registry
 from server.services.paths import read_spec_files
 from server.settings import Settings
 from worker.preflight.confine import worker_settings
+from worker.spec.layout import LOG_MAX_BYTES_ENV
 
 log = logging.getLogger("ftq")
 
@@ -157,6 +158,7 @@ def _start_scheduler(
     """The GPU probe (its snapshots shared with the API's wait reasons while at most a tick old) and the
     scheduling loop, started: on this machine's workers, or on a Ray cluster's at FTQ_RAY_ADDRESS."""
     workers = worker_settings(settings.input_dirs, settings.allow_remote_code, settings.writable_dirs)
+    workers[LOG_MAX_BYTES_ENV] = str(settings.worker_log_max_bytes)  # worker.outputs.log_cap keeps the log within it
     cluster_probe, executor = make_cluster(settings, workers) if settings.ray_address else (None, None)
     gpu_probe = RecentProbe(probe or cluster_probe or make_probe(settings.fake_gpus), max_age_s=settings.tick_s)
     scheduler = Scheduler(

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.spec.layout import DEFAULT_LOG_MAX_BYTES
 from worker.spec.units import GIB
 
 
@@ -130,6 +131,26 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description="A `gpus` event on /events at most this often, and only when a reading or a holder changed.",
+    )
+    metrics_queued_jobs: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="GET /metrics gives per-job series to this many queued jobs, those that have waited longest; "
+        "every queued job is in the aggregates (ftq_jobs, ftq_queue_longest_wait_seconds).",
+    )
+    metrics_ended_jobs: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="GET /metrics gives per-job series to this many jobs that ended in the last hour, the latest.",
+    )
+    worker_log_max_bytes: int = Field(
+        default=DEFAULT_LOG_MAX_BYTES,
+        ge=64 << 10,
+        le=1 << 40,
+        description="A worker's log (worker.log and the one older part it keeps, worker.log.1) never holds more "
+        "than this; the oldest output goes first.",
     )
     ray_address: str | None = Field(
         default=None,

@@ -3,6 +3,8 @@
 A multi-GPU job (or a DeepSpeed one) is started again under torchrun by
 worker.launch.torchrun; each rank then comes back here and runs the recipe. A job across
 nodes has one of these per node (FTQ_NNODES, FTQ_NODE_RANK, ...: worker.launch.nodes).
+Its output, and that of everything it starts, goes to its log through worker.outputs.log_cap, which keeps
+the log within FTQ_WORKER_LOG_MAX_BYTES.
 """
 
 import os
@@ -21,6 +23,10 @@ def _note_sigterm(signum: int, frame: object) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _note_sigterm)
+    from worker.outputs.log_cap import cap_output, log_max_bytes
+
+    # Before anything prints: the log the daemon gave us (and every child's output) is capped from here on.
+    cap_output(log_max_bytes(os.environ))
     from worker.spec.gate import pass_gate, refuse_to_start
 
     if len(sys.argv) == 2 and Path(sys.argv[1]).is_dir() and not pass_gate(Path(sys.argv[1])):

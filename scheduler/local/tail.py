@@ -26,6 +26,8 @@ CHUNK_RECORDS = 2_000  # records parsed in one pass, at most: one transaction of
 SCAN_BLOCK = 1 << 20  # how much of an over-long line is held at a time while it is skipped
 END_LOOKBACK_BYTES = 4 << 20  # how far before an offset an end record is looked for (the worker writes it last)
 
+from worker.spec.layout import older_log
+
 
 @dataclass(frozen=True)
 class Read:
@@ -154,14 +156,24 @@ def _invalid(line: bytes, reason: str, at: int, size: int) -> dict[str, Any]:
 
 
 def last_lines(path: Path, count: int, max_bytes: int = 256 << 10) -> str:
-    """The file's last `count` lines (reading at most `max_bytes` from its end)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except FileNotFoundError:
-        return ""
+    """The log's last `count` lines (reading at most `max_bytes` from its end).
+
+    A capped log (worker.outputs.log_cap) rotates: when the newer part holds fewer than `count` whole lines,
+    the rest come from the end of the older part (path.1), the two read as one file.
+    """
+    data = _tail_bytes(path, max_bytes)
+    if data.count(b"\n") <= count and len(data) < max_bytes:  # its first line may be one rotation cut in two
+        data = _tail_bytes(path.with_name(older_log(path.name)), max_bytes - len(data)) + data
     lines = data.decode("utf-8", "replace").splitlines()
     return "\n".join(lines[-count:]) if count > 0 else ""
+
+
+def _tail_bytes(path: Path, max_bytes: int) -> bytes:
+    """The file's last `max_bytes` bytes (all of it when smaller; none when it is missing)."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - max_bytes))
+            return f.read(max_bytes)
+    except FileNotFoundError:
+        return b""

@@ -24,13 +24,18 @@ from worker.spec.units import GIB
 MiB = 2**20
 STATES = tuple(state.value for state in JobState)
 OUTCOMES = ("succeeded", "failed", "oom", "cancelled")
-# Jobs that ended longer ago than this leave the per-job series: their number stays that of the live jobs.
+# Jobs that ended longer ago than this leave the per-job series (and only the latest FTQ_METRICS_ENDED_JOBS of
+# those that ended since stay: server.metrics.windows), so their number stays that of the live jobs.
 RECENT_S = 3600.0
 # Waits from a second to a day: a job placed at once, one behind a short run, one behind a night's training.
 WAIT_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 GPU_LABELS = ("gpu", "UUID", "device", "modelName", "pci_bus_id")  # dcgm-exporter's, less its Hostname
 JOB_LABELS = ("id", "name")
-_RECENT = "jobs not ended, and those that ended in the last hour (so the series stay as many as the live jobs)"
+_RECENT = (
+    "jobs starting, running or cancelling, the FTQ_METRICS_QUEUED_JOBS queued ones that have waited longest and "
+    "the latest FTQ_METRICS_ENDED_JOBS that ended in the last hour (so the series stay as many as the live jobs)"
+)
+WINDOWS = ("queued", "ended")  # the kinds of job a window may leave out of the per-job series
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,28 @@ def wait_histograms(queue_waits: Observed, submit_to_start: Observed) -> list[Me
     ]
 
 
+def queue_families(longest_wait_since: datetime | None, left_out: Mapping[str, int], now: datetime) -> list[Metric]:
+    """What the per-job series do not show, as aggregates: the longest wait in the queue (none when nothing is
+    queued), and how many queued and recently ended jobs the windows left out."""
+    longest = GaugeMetricFamily(
+        "ftq_queue_longest_wait_seconds",
+        "Seconds the longest-waiting queued job has waited since it entered the queue (no sample when none is).",
+    )
+    if longest_wait_since is not None:
+        longest.add_metric([], max((now - longest_wait_since).total_seconds(), 0.0))
+    omitted = GaugeMetricFamily(
+        "ftq_job_series_left_out",
+        "Jobs without per-job series: queued ones past FTQ_METRICS_QUEUED_JOBS, ended (in the last hour) ones "
+        "past FTQ_METRICS_ENDED_JOBS; ftq_jobs counts them all.",
+        labels=["window"],
+    )
+    for kind in WINDOWS:
+        omitted.add_metric([kind], max(left_out.get(kind, 0), 0))
+    return [longest, omitted]
+
+
 def job_families(rows: Iterable[JobRow], now: datetime, stall: StallRule = DEFAULT_RULE) -> list[Metric]:
-    """The per-job series (labels id and name), for the jobs the caller chose: see RECENT_S."""
+    """The per-job series (labels id and name), for the jobs the caller chose (server.metrics.windows)."""
 
     def gauge(name: str, what: str, labels: Sequence[str] = JOB_LABELS) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, f"{what}; for {_RECENT}.", labels=list(labels))

@@ -10,8 +10,10 @@ starts reads them all once; what is kept is only ever what the database says.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable
 from datetime import datetime
+from itertools import accumulate
 from typing import Any
 
 from sqlalchemy import func
@@ -25,31 +27,68 @@ _CHUNK = 500  # job ids per IN (...): far below SQLite's limit on bound paramete
 
 
 class WaitTally:
-    """job id -> seconds, for both histograms, brought up to date from the event log at each scrape."""
+    """job id -> seconds, for both histograms, brought up to date from the event log at each scrape.
+
+    The histograms' bucket counts and sums are kept beside the values and changed by what changed, so a
+    scrape does not sort every job's wait again (with 10,000 jobs that was a third of a scrape)."""
 
     def __init__(self, in_sql: bool | None = None) -> None:
         self.queue: dict[int, float] = {}
         self.start: dict[int, float] = {}
         self.in_sql = in_sql  # None: on SQLite (see _waits)
         self._after: int | None = None  # the newest event id the tally has read up to
+        self._counts = (_Counts(), _Counts())
         self._lock = threading.Lock()
 
     def update(self, session: Session) -> tuple[families.Observed, families.Observed]:
         """Read what changed since the last call (everything, the first time), in the caller's snapshot."""
+        queue, start, _ = self.update_all(session)
+        return queue, start
+
+    def update_all(self, session: Session) -> tuple[families.Observed, families.Observed, list[int] | None]:
+        """The same, and the jobs it read again (None: every job), for server.metrics.windows.RecentlyEnded."""
         with self._lock:
             newest = session.execute(select(func.max(Event.id))).scalar() or 0
             if self._after is None:
                 changed: list[int] | None = None
             else:
-                query = select(Event.job_id).where(col(Event.id) > self._after, col(Event.job_id).is_not(None))
-                changed = sorted({job_id for job_id in session.execute(query.distinct()).scalars()})
+                # The new events by their ids, a range of the primary key, made distinct here: with DISTINCT
+                # or `job_id IS NOT NULL` in SQL, SQLite walks the whole (job_id, id) index instead, every
+                # event ever logged (70 ms at 230,000 events), however few are new.
+                query = select(Event.job_id).where(col(Event.id) > self._after)
+                changed = sorted({job_id for job_id in session.execute(query).scalars() if job_id is not None})
             if changed is None or changed:
                 for job_ids in [None] if changed is None else _chunks(changed):
-                    self.queue.update(queue_waits(session, job_ids, self.in_sql))
-                    self.start.update(submit_to_start(session, job_ids, self.in_sql))
+                    for kept, counts, read in zip(
+                        (self.queue, self.start), self._counts, (queue_waits, submit_to_start), strict=True
+                    ):
+                        for job_id, wait in read(session, job_ids, self.in_sql).items():
+                            if job_id in kept:
+                                counts.remove(kept[job_id])
+                            kept[job_id] = wait
+                            counts.add(wait)
             self._after = newest
-            buckets = families.WAIT_BUCKETS
-            return families.observe(self.queue.values(), buckets), families.observe(self.start.values(), buckets)
+            return self._counts[0].observed(), self._counts[1].observed(), changed
+
+
+class _Counts:
+    """A histogram's observations as counts per bucket (not cumulative), their number and their sum."""
+
+    def __init__(self) -> None:
+        self.per_bucket = [0] * (len(families.WAIT_BUCKETS) + 1)  # the last one: above every bound
+        self.count, self.total = 0, 0.0
+
+    def add(self, value: float, sign: int = 1) -> None:
+        value = max(value, 0.0)
+        self.per_bucket[bisect_left(families.WAIT_BUCKETS, value)] += sign
+        self.count += sign
+        self.total += sign * value
+
+    def remove(self, value: float) -> None:
+        self.add(value, -1)
+
+    def observed(self) -> families.Observed:
+        return families.Observed(tuple(accumulate(self.per_bucket[:-1])), self.count, round(self.total, 3))
 
 
 def queue_waits(session: Session, job_ids: list[int] | None, in_sql: bool | None = None) -> dict[int, float]:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from sqlmodel import Session, select
 
-from scheduler.local.tail import last_lines
 from scheduler.policy.placement import QueuedJob, cpu_slot_names
 from scheduler.policy.retry import memory_settings
 from scheduler.policy.states import ACTIVE, JobState
@@ -18,7 +15,6 @@ from server.db import queries
 from server.db.engine import read_snapshot
 from server.db.event_log import add_state_event
 from server.db.models import (
-    Attempt,
     AttemptPublic,
     Job,
     JobPublic,
@@ -40,7 +36,6 @@ from server.services.stall import DEFAULT_RULE, StallRule, stalled_for_s
 from server.services.submission import check_submission
 from server.settings import Settings
 from worker.spec.job import JobSpec
-from worker.spec.layout import LOG_FILE
 from worker.spec.units import GIB
 
 
@@ -333,53 +328,6 @@ def requeue(
     if not done:
         raise Conflict(f"job {job.id} is {job.state}; only a failed, oom or cancelled job can be requeued")
     return job
-
-
-def logs(session: Session, job: Job, tail: int, attempt_number: int | None) -> str:
-    attempt = _log_attempt(session, job, attempt_number)
-    if attempt is None:
-        return ""
-    return last_lines(Path(attempt.run_dir) / LOG_FILE, tail)
-
-
-@dataclass(frozen=True)
-class LogChunk:
-    """The log's bytes after an offset, the offset to ask from next, and whose log it is."""
-
-    data: bytes
-    offset: int
-    attempt: int | None
-
-
-LOG_CHUNK_BYTES = 1 << 20
-
-
-def log_after(
-    session: Session, job: Job, offset: int, attempt_number: int | None, most: int = LOG_CHUNK_BYTES
-) -> LogChunk:
-    """`?offset=`: the bytes of the attempt's log after `offset` (at most `most`), for a client that follows it.
-
-    An offset beyond the end (another attempt's log, or none yet) starts again from 0.
-    """
-    attempt = _log_attempt(session, job, attempt_number)
-    if attempt is None:
-        return LogChunk(b"", 0, None)
-    try:
-        with open(Path(attempt.run_dir) / LOG_FILE, "rb") as f:
-            size = f.seek(0, 2)
-            start = offset if offset <= size else 0
-            f.seek(start)
-            data = f.read(most)
-    except FileNotFoundError:
-        return LogChunk(b"", 0, attempt.number)
-    return LogChunk(data, start + len(data), attempt.number)
-
-
-def _log_attempt(session: Session, job: Job, attempt_number: int | None) -> Attempt | None:
-    assert job.id is not None
-    if attempt_number is None:
-        return current_attempt(session, job.id)
-    return session.exec(select(Attempt).where(Attempt.job_id == job.id, Attempt.number == attempt_number)).first()
 
 
 def leases_by_resource(session: Session) -> dict[str, int]:

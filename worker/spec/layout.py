@@ -16,10 +16,19 @@ CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, with report_to: tensorboard
 RANKS_DIR = "ranks"  # a multi-GPU run's rank and node reports, and torchrun's per-rank logs
 
+# A worker's log is capped (worker.outputs.log_cap): the daemon says how large in this variable of its environment.
+LOG_MAX_BYTES_ENV = "FTQ_WORKER_LOG_MAX_BYTES"
+DEFAULT_LOG_MAX_BYTES = 64 << 20
+
 
 def log_file(node_rank: int) -> str:
     """worker.log, or worker.node{R}.log for node rank R > 0 of a job across nodes (their run dir is shared)."""
     return LOG_FILE if node_rank == 0 else f"worker.node{node_rank}.log"
+
+
+def older_log(name: str) -> str:
+    """The older part of a capped log, which its newer part replaces whenever it fills: worker.log.1."""
+    return f"{name}.1"
 
 
 def pid_file(node_rank: int) -> str:

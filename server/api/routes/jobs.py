@@ -20,6 +20,7 @@ from server.api.deps import (
 from server.api.openapi import ANY, JOB_EXAMPLES, WRITE, error_responses, links_to_job
 from server.db.models import JobPublic, JobsPublic, MetricsPublic, RequeueRequest
 from server.services import jobs as service
+from server.services import logs as log_service
 from server.services.downsample import MIN_POINTS
 from server.services.jobs import JobState  # the states GET /jobs?state= takes, as the service names them
 from server.services.stall import StallRule
@@ -177,8 +178,8 @@ def get_logs(
     ),
 ) -> Response:
     if offset is None:
-        return PlainTextResponse(service.logs(session, job, tail, attempt))
-    chunk = service.log_after(session, job, offset, attempt)
+        return PlainTextResponse(log_service.logs(session, job, tail, attempt))
+    chunk = log_service.log_after(session, job, offset, attempt)
     headers = {"X-Log-Offset": str(chunk.offset)}
     if chunk.attempt is not None:
         headers["X-Log-Attempt"] = str(chunk.attempt)
