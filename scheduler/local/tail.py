@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from scheduler.policy.records import MAX_RECORD_BYTES, RAW_KEPT_CHARS
+from worker.spec.layout import older_log
 
 CHUNK_BYTES = 1 << 20  # of the file read in one pass, at most (a record is a few hundred bytes)
 CHUNK_RECORDS = 2_000  # records parsed in one pass, at most: one transaction of the loop stores them (~0.1-0.25 s)
 SCAN_BLOCK = 1 << 20  # how much of an over-long line is held at a time while it is skipped
 END_LOOKBACK_BYTES = 4 << 20  # how far before an offset an end record is looked for (the worker writes it last)
-
-from worker.spec.layout import older_log
 
 
 @dataclass(frozen=True)
