@@ -19,7 +19,8 @@ ended, every line each worker wrote to its metrics.jsonl is counted against the 
 
 It prints RSS over time, p50/p99 of each route, what the clients saw, and records stored against written.
 It fails (exit 1) when a record is missing or doubled, a reader saw an id twice or out of order or missed
-one, or the daemon's RSS went past `--rss-bound-mib`.
+one, or the daemon's RSS went past `--rss-bound-mib` or grew by more than `--growth-bound` over the run's
+second half (memory that grows without bound, rather than a plateau reached early).
 """
 
 from __future__ import annotations
@@ -238,7 +239,8 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=400)
     parser.add_argument("--stuck", type=int, default=100)
     parser.add_argument("--idle", type=int, default=2000)
-    parser.add_argument("--rss-bound-mib", type=float, default=512.0)
+    parser.add_argument("--rss-bound-mib", type=float, default=640.0)
+    parser.add_argument("--growth-bound", type=float, default=0.10, help="RSS growth allowed over the second half")
     parser.add_argument("--clients", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients:
@@ -298,6 +300,11 @@ def run(args: argparse.Namespace) -> int:
     problems += [f"RSS peaked at {peak:.0f} MiB, over the bound of {args.rss_bound_mib:.0f}"] * (
         peak > args.rss_bound_mib
     )
+    half = min(rss, key=lambda r: abs(r[0] - seconds / 2))[1]
+    growth = max(m for _, m in rss if _ >= seconds / 2) / half - 1
+    problems += [f"RSS grew {growth:.0%} over the second half (from {half:.0f} MiB), over {args.growth_bound:.0%}"] * (
+        growth > args.growth_bound
+    )
     print(
         "\n" + ("PASS: nothing lost, memory within the bound" if not problems else "FAIL:\n  " + "\n  ".join(problems))
     )
@@ -327,7 +334,10 @@ def report(
     marks = sorted({min(rss, key=lambda r: abs(r[0] - 60 * m)) for m in range(0, int(args.minutes) + 1)})
     for at, mib in marks + ([rss[-1]] if rss[-1] not in marks else []):
         print(f"| {at / 60:.1f} | {mib:.0f} MiB |")
-    print(f"\npeak {max(m for _, m in rss):.0f} MiB (bound {args.rss_bound_mib:.0f} MiB)\n")
+    print(
+        f"\npeak {max(m for _, m in rss):.0f} MiB (bound {args.rss_bound_mib:.0f} MiB; growth over the second half "
+        f"at most {args.growth_bound:.0%})\n"
+    )
     print("| route | requests | errors | p50 | p99 |")
     print("| --- | --- | --- | --- | --- |")
     for label, values in latencies.items():

@@ -108,10 +108,12 @@ class EventHub:
         while True:
             if cursor < self._floor:  # older than the hub holds: from the database, up to what it holds
                 floor = self._floor
-                found = await self.read(self._read, cursor, job_id, min(limit, CATCH_UP_PAGE))
+                page = min(limit, CATCH_UP_PAGE)
+                found = await self.read(self._read, cursor, job_id, page)
+                full = len(found) == page  # there may be more before the floor: the next read starts after these
                 found = [e for e in found if e.id <= floor]
                 if found:
-                    return found, found[-1].id if len(found) == limit else max(found[-1].id, floor)
+                    return found, found[-1].id if full and found[-1].id < floor else max(found[-1].id, floor)
                 cursor = floor
                 continue
             start = bisect_right(self._ids, cursor)

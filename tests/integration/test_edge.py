@@ -1,7 +1,7 @@
 """A daemon no client can exhaust, against a real daemon: idle connections with partial headers (2,000 with a
 usual open-file limit; 400 with a hard limit of 256) leave /healthz and GET /jobs answering and the log quiet,
 and 500 event-stream clients that never read during a burst of records keep the daemon's memory within its
-stated bound (docs/volume-edge.md), are closed by the send timeout, and resume by Last-Event-ID losing nothing."""
+stated bound (docs/volume.md), are closed by the send timeout, and resume by Last-Event-ID losing nothing."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 NOFILE = resource.RLIMIT_NOFILE
 PARTIAL = b"GET /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Never-Ending: "  # headers that never end
 ACCEPT_ERROR = "socket.accept() out of system resource"  # asyncio's words
-SSE_MEMORY_BOUND_MIB = 100  # over the daemon's RSS before the clients came (docs/volume-edge.md)
+SSE_MEMORY_BOUND_MIB = 100  # over the daemon's RSS before the clients came (docs/volume.md)
 
 
 @contextlib.contextmanager

@@ -62,4 +62,4 @@ def test_the_worker_refuses_any_long_line_naming_it(tmp_path, monkeypatch):
     (attr,) = resolve_datasets(["d"], tmp_path, [str(tmp_path)])
     with pytest.raises(DataError, match=r"d.jsonl line 4 is longer than"):
         files.read_rows(attr, [str(tmp_path)])
-    assert MAX_LINE_BYTES == 16 << 20  # the documented bound (docs/volume-small.md)
+    assert MAX_LINE_BYTES == 16 << 20  # the documented bound (docs/volume.md)
