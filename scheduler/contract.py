@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from scheduler.executor import WorkerRef
 from scheduler.policy.attempt_spec import AttemptSpec, StartFacts
 from scheduler.policy.endings import EndFacts, Ending
-from scheduler.policy.placement import Placement, QueuedJob
+from scheduler.policy.placement import Placement, QueuedJob, QueueShape
 from scheduler.policy.sizing import SpecJson
 
 
@@ -53,6 +53,7 @@ class LiveAttempt:
 class Store(Protocol):
     """What the loop needs from the database; the server implements it."""
 
+    def queue_shape(self) -> QueueShape: ...
     def queued_jobs(self) -> tuple[list[QueuedJob], list[tuple[int, str]]]: ...
     def reject_job(self, job_id: int, reason: str) -> None: ...
     def leased_resources(self) -> set[str]: ...

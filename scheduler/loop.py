@@ -26,7 +26,7 @@ from scheduler.local.node_supervisor import Progress
 from scheduler.local.supervisor import WorkerProcess, spawn_worker
 from scheduler.local.tail import last_end
 from scheduler.policy.exits import Outcome, classify
-from scheduler.policy.placement import Placement, plan
+from scheduler.policy.placement import Placement, can_place_any, plan
 from scheduler.policy.sizing import SpecJsonOf
 from scheduler.policy.states import JobState
 
@@ -203,12 +203,7 @@ class Scheduler:
             self.health.disk_total_bytes = found.f_blocks * found.f_frsize
         except OSError:
             self.health.disk_free_bytes = self.health.disk_total_bytes = None
-        try:
-            self.probe.snapshot()
-            self.health.probe_error = None
-        except Exception as exc:
-            self.health.probe_error = _said(exc)
-            log.warning("the GPU probe failed: %s", exc)
+        self._machine()  # the GPU probe answers (or /healthz says why)
 
     def _fault_point(self, point: str) -> None:
         """Die here as a crash would, when a test asked for it (FTQ_DAEMON_FAULT=sigkill@POINT)."""
@@ -340,28 +335,33 @@ class Scheduler:
             log.info("attempt %s: still alive after %.1fs; SIGKILL sent", attempt_id, self.cancel_grace_s)
 
     def _place(self) -> None:
+        waiting = self.store.queue_shape()
+        gpus, topology = self._machine() if waiting.gpu_jobs else ([], None)
+        leased = self.store.leased_resources()
+        if not can_place_any(gpus, leased, self.cpu_slots, waiting):
+            return  # nothing could start, however long the queue: it is not read
         queue, unreadable = self.store.queued_jobs()
         for job_id, why in unreadable:  # one bad row must not stop placement for every other job
             log.error("job %s cannot be read (%s); failing it", job_id, why)
             self.store.reject_job(job_id, f"the daemon cannot read this job's row: {why}")
-        if not queue:
-            return
-        gpus: list[GpuInfo] = []
-        topology = None
-        if any(job.gpus for job in queue):
-            try:
-                gpus, topology = self.probe.snapshot(), self.probe.topology()
-                self.health.probe_error = None
-            except Exception as exc:  # the GPU jobs wait, and /healthz says why; CPU jobs go on
-                self.health.probe_error = _said(exc)
-                log.warning("the GPU probe failed; GPU jobs wait: %s", exc)
-        result = plan(queue, gpus, self.store.leased_resources(), self.cpu_slots, self.margin_bytes, topology)
+        result = plan(queue, gpus, leased, self.cpu_slots, self.margin_bytes, topology)
         for placement in result.placements:
             started = self.attempts.begin(placement, self.runs_dir)
             if started is None:  # cancelled meanwhile, or the lease was taken
                 continue
             self._fault_point("after-begin")
             self._guarded(started.attempt_id, "start its worker", lambda s=started, p=placement: self._launch(s, p))
+
+    def _machine(self) -> tuple[list[GpuInfo], Any]:
+        """The GPUs and their links; none while the probe fails (the GPU jobs wait, /healthz says why)."""
+        try:
+            gpus, topology = self.probe.snapshot(), self.probe.topology()
+            self.health.probe_error = None
+            return gpus, topology
+        except Exception as exc:
+            self.health.probe_error = _said(exc)
+            log.warning("the GPU probe failed; GPU jobs wait: %s", exc)
+            return [], None
 
     def _launch(self, started: StartedAttempt, placement: Placement) -> None:
         cpu_threads = (

@@ -84,6 +84,23 @@ def cpu_slot_names(count: int) -> list[str]:
     return [f"cpu-{i}" for i in range(count)]
 
 
+@dataclass(frozen=True)
+class QueueShape:
+    """How many queued jobs want GPUs and how many a CPU slot: what decides whether the queue is worth reading."""
+
+    gpu_jobs: int
+    cpu_jobs: int
+
+
+def can_place_any(gpus: Sequence[GpuInfo], leased: Collection[str], cpu_slots: int, waiting: QueueShape) -> bool:
+    """Whether any queued job could start now: a CPU job and a free CPU slot, or a GPU job and a healthy GPU that
+    no job holds. When not, `plan` would place nothing, however long the queue: the loop does not read it (20,000
+    queued jobs cost the scheduler about half a second of the daemon's interpreter a tick to read)."""
+    if waiting.cpu_jobs and any(s not in leased for s in cpu_slot_names(cpu_slots)):
+        return True
+    return bool(waiting.gpu_jobs) and any(g.healthy and g.uuid not in leased for g in gpus)
+
+
 def queue_order(queue: Sequence[QueuedJob]) -> list[QueuedJob]:
     """Priority (high first), then seq: the order of `sorted(key=(-priority, seq))`, in two stable sorts.
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, func, update
+from sqlalchemy import Text, case, cast, delete, func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -25,7 +25,7 @@ from scheduler.contract import LiveAttempt, StartedAttempt
 from scheduler.executor import WorkerRef
 from scheduler.policy.attempt_spec import AttemptSpec, StartFacts
 from scheduler.policy.endings import EndFacts, Ending
-from scheduler.policy.placement import Placement, QueuedJob
+from scheduler.policy.placement import Placement, QueuedJob, QueueShape
 from scheduler.policy.states import JobState
 from server.db.attempt_records import add_records
 from server.db.models import Attempt, Daemon, Job, Lease, utcnow
@@ -45,6 +45,13 @@ class SqlStore:
         return isinstance(exc, (OperationalError, PoolTimeout, DisconnectionError)) or (
             isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT)
         )
+
+    def queue_shape(self) -> QueueShape:
+        """How many queued jobs want GPUs and how many a CPU slot: one count over the state index, not the rows."""
+        with Session(self.engine) as session:
+            cpu = func.coalesce(func.sum(case((col(Job.gpus) == 0, 1), else_=0)), 0)
+            total, cpu_jobs = session.exec(select(func.count(), cpu).where(Job.state == JobState.QUEUED.value)).one()
+        return QueueShape(gpu_jobs=int(total) - int(cpu_jobs), cpu_jobs=int(cpu_jobs))
 
     def queued_jobs(self) -> tuple[list[QueuedJob], list[tuple[int, str]]]:
         """The queue as placement needs it, and the rows that cannot be read (id, why), read apart from the rest."""
