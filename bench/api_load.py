@@ -150,30 +150,33 @@ def _percentile(values: list[float], q: float) -> float:
 class Daemon:
     """`ftq serve` on a free port with a temporary data dir, as bench.schedule runs it."""
 
-    def __init__(self, workdir: Path, rate: float, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, rate: float, settings: dict[str, str] | None = None, repo: Path = REPO, timeout: float = 60
+    ) -> None:
+        """`repo`: the checkout whose code and configs it runs (another one for a baseline); `timeout`: the client's."""
         self.port = _free_port()
         self.log_path = workdir / "daemon.log"
         env = {
             **os.environ,
             "FTQ_DATA_DIR": str(workdir / "ftq"),
             "FTQ_FAKE_GPUS": MACHINE,
-            "FTQ_INPUT_DIRS": str(REPO),
+            "FTQ_INPUT_DIRS": str(repo),
             "FTQ_WORKER_MODULE": "bench.stream_worker",
             "FTQ_CANCEL_GRACE_S": "5",
             "BENCH_RECORDS_PER_S": str(rate),
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(repo),
             **(settings or {}),
         }
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
-                cwd=REPO,
+                cwd=repo,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         self.url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.url, timeout=60)
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
         _wait(self._healthy, 60, "the daemon to answer /healthz")
 
     def _healthy(self) -> bool:

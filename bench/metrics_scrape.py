@@ -23,8 +23,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
-from bench.api_load import MACHINE, REPO, TERMINAL, Daemon, _free_port, _percentile, _wait, job_spec
+from bench.api_load import MACHINE, REPO, TERMINAL, Daemon, _percentile, _wait, job_spec
 from server.db.engine import make_engine, upgrade_database
 from server.db.models import Attempt, Event, Job, MetricRecord
 from server.db.store import SqlStore
@@ -87,25 +85,7 @@ class TreeDaemon(Daemon):
     """bench.api_load's daemon, started from the checkout at `repo` (its code, its configs)."""
 
     def __init__(self, workdir: Path, repo: Path, rate: float = 20.0) -> None:
-        self.port = _free_port()
-        self.log_path = workdir / "daemon.log"
-        env = {
-            **os.environ,
-            "FTQ_DATA_DIR": str(workdir / "ftq"),
-            "FTQ_FAKE_GPUS": MACHINE,
-            "FTQ_INPUT_DIRS": str(repo),
-            "FTQ_WORKER_MODULE": "bench.stream_worker",
-            "FTQ_CANCEL_GRACE_S": "5",
-            "BENCH_RECORDS_PER_S": str(rate),
-            "PYTHONPATH": str(repo),
-        }
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
-                cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120)
-        _wait(self._healthy, 60, "the daemon to answer /healthz")
+        super().__init__(workdir, rate, repo=repo, timeout=120)
 
     def stop_streams(self, streams: list[int]) -> None:
         """Cancel the streams (not the thousands queued: GET /jobs pages), then stop the daemon."""
