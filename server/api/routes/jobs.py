@@ -28,7 +28,7 @@ from server.services.stall import StallRule
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 ON_A_JOB = (*ANY, 404, 422)
-MetricKind = Literal["start", "metric", "eval", "checkpoint", "end"]
+MetricKind = Literal["start", "metric", "eval", "checkpoint", "end", "invalid"]  # invalid: lines kept raw, with why
 JobOrder = Literal["oldest", "newest"]
 POINTS_MAX = 20_000
 
