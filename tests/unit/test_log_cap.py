@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from scheduler.local.tail import last_lines
+from tests.helpers import REPO
 from worker.outputs.log_cap import CappedLog, log_max_bytes
 from worker.spec.layout import DEFAULT_LOG_MAX_BYTES, LOG_MAX_BYTES_ENV
 
@@ -56,3 +59,31 @@ def test_the_cap_comes_from_the_daemon_or_is_the_default():
     assert log_max_bytes({LOG_MAX_BYTES_ENV: "1048576"}) == 1 << 20
     for bad in ({}, {LOG_MAX_BYTES_ENV: ""}, {LOG_MAX_BYTES_ENV: "-1"}, {LOG_MAX_BYTES_ENV: "0"}):
         assert log_max_bytes(bad) == DEFAULT_LOG_MAX_BYTES
+
+
+CAPPED_CHILD = """
+import subprocess, sys
+from worker.outputs.log_cap import cap_output
+threads = cap_output(1 << 20)
+print("to stdout", flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+subprocess.run([sys.executable, "-c", "import sys; print('from a child on stderr', file=sys.stderr)"], check=True)
+print(len(threads))
+"""
+
+
+def test_stdout_and_stderr_in_two_files_stay_apart_each_capped(tmp_path: Path):
+    """A torchrun rank writes stdout.log and stderr.log: each keeps its own output (before, both went to the
+    file of fd 1, and stderr.log stayed empty)."""
+    out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with out.open("wb") as o, err.open("wb") as e:
+        subprocess.run([sys.executable, "-c", CAPPED_CHILD], stdout=o, stderr=e, check=True, cwd=REPO)
+    assert out.read_text() == "to stdout\n2\n"
+    assert err.read_text() == "to stderr\nfrom a child on stderr\n"
+
+
+def test_one_file_for_both_is_one_log(tmp_path: Path):
+    log = tmp_path / "worker.log"
+    with log.open("wb") as f:
+        subprocess.run([sys.executable, "-c", CAPPED_CHILD], stdout=f, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+    assert log.read_text() == "to stdout\nto stderr\nfrom a child on stderr\n1\n"

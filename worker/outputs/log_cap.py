@@ -4,7 +4,8 @@ reaches half the cap it becomes worker.log.1 (replacing the older one) and a new
 The daemon opens RUN_DIR/worker.log and hands it to the worker as stdout and stderr. The first thing
 `python -m worker` does is `cap_output`: fds 1 and 2 become a pipe's writing end (inherited by everything the
 worker starts: torchrun, its ranks, data loader workers, C code that writes to fd 2) and a thread of the worker
-copies the pipe into the log, rotating it. The cap holds without the daemon (it may be down for hours while a
+copies the pipe into the log, rotating it. A torchrun rank comes through here too, with its stdout and stderr
+in two files of torchrun's (ranks/.../stdout.log, stderr.log): each gets a pipe and a cap of its own. The cap holds without the daemon (it may be down for hours while a
 worker prints), the newest output is kept (at least half the cap of it), and the two files never hold more
 than the cap (`FTQ_WORKER_LOG_MAX_BYTES`, passed in the worker's environment).
 
@@ -25,6 +26,7 @@ import atexit
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -87,36 +89,47 @@ def log_max_bytes(env: Mapping[str, str]) -> int:
     return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_LOG_MAX_BYTES
 
 
-def stdout_file() -> Path | None:
-    """The regular file fd 1 writes to (the log the daemon opened), or None: a terminal, a pipe, no /proc."""
+def fd_file(fd: int) -> Path | None:
+    """The regular file `fd` writes to (the log the daemon opened, or a rank's file under torchrun), or None: a
+    terminal, a pipe, no /proc."""
     try:
-        return Path(os.readlink("/proc/self/fd/1")) if os.path.isfile("/proc/self/fd/1") else None
+        return Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.isfile(f"/proc/self/fd/{fd}") else None
     except OSError:
         return None
 
 
-def cap_output(max_bytes: int, path: Path | None = None) -> threading.Thread | None:
-    """Send this process' fds 1 and 2 (and its children's) through a CappedLog of `path` (by default the file
-    fd 1 writes to); None, and nothing changed, when there is no such file."""
-    path = path or stdout_file()
-    if path is None:
-        return None
-    log = CappedLog(path, max_bytes)
-    read_fd, write_fd = os.pipe()  # both not inheritable; the copies on 1 and 2 are
+def cap_output(max_bytes: int, path: Path | None = None) -> list[threading.Thread]:
+    """Send this process' fds 1 and 2 (and its children's) through a CappedLog each of the file it writes to:
+    one log when both write to the same file (the worker: the daemon gives it worker.log for both), two when they
+    differ (a torchrun rank: its stdout.log and stderr.log stay apart, each capped). `path`: one log for both.
+    An fd that writes to no regular file is left as it is; no thread when neither does."""
+    out, err = (path, path) if path is not None else (fd_file(1), fd_file(2))
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()
-    os.dup2(write_fd, 1)
-    os.dup2(write_fd, 2)
+    groups: dict[Path, list[int]] = {}
+    for fd, file in ((1, out), (2, err)):
+        if file is not None:
+            groups.setdefault(file, []).append(fd)
+    threads = [_capped(file, fds, max_bytes) for file, fds in groups.items()]
+    if threads:
+        atexit.register(finish, threads)
+    return threads
+
+
+def _capped(path: Path, fds: list[int], max_bytes: int) -> threading.Thread:
+    log = CappedLog(path, max_bytes)
+    read_fd, write_fd = os.pipe()  # both not inheritable; the copies on `fds` are
+    for fd in fds:
+        os.dup2(write_fd, fd)
     os.close(write_fd)
     thread = threading.Thread(target=log.drain, args=(read_fd,), name="ftq-log-cap", daemon=True)
     thread.start()
-    atexit.register(finish, thread)
     return thread
 
 
-def finish(thread: threading.Thread, timeout: float = _DRAIN_AT_EXIT_S) -> None:
-    """At exit: close our writing ends of the pipe and let the thread copy what is left."""
+def finish(threads: list[threading.Thread], timeout: float = _DRAIN_AT_EXIT_S) -> None:
+    """At exit: close our writing ends of the pipes and let the threads copy what is left."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
@@ -127,4 +140,6 @@ def finish(thread: threading.Thread, timeout: float = _DRAIN_AT_EXIT_S) -> None:
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.close(devnull)
-    thread.join(timeout)
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
