@@ -5,9 +5,9 @@ The daemon opens RUN_DIR/worker.log and hands it to the worker as stdout and std
 `python -m worker` does is `cap_output`: fds 1 and 2 become a pipe's writing end (inherited by everything the
 worker starts: torchrun, its ranks, data loader workers, C code that writes to fd 2) and a thread of the worker
 copies the pipe into the log, rotating it. A torchrun rank comes through here too, with its stdout and stderr
-in two files of torchrun's (ranks/.../stdout.log, stderr.log): each gets a pipe and a cap of its own. The cap holds without the daemon (it may be down for hours while a
-worker prints), the newest output is kept (at least half the cap of it), and the two files never hold more
-than the cap (`FTQ_WORKER_LOG_MAX_BYTES`, passed in the worker's environment).
+in two files of torchrun's (ranks/.../stdout.log, stderr.log): each gets a pipe and a cap of its own. The cap
+holds without the daemon (it may be down for hours while a worker prints), the newest output is kept (at least
+half the cap of it), and the two files never hold more than the cap (`FTQ_WORKER_LOG_MAX_BYTES`, passed in the worker's environment).
 
 Our own and not logging.handlers.RotatingFileHandler: that one rotates the records of Python's logging, and a
 worker's log is every byte written to its fds 1 and 2 by anything in its process tree. Not copytruncate from
