@@ -7,7 +7,8 @@ worker starts: torchrun, its ranks, data loader workers, C code that writes to f
 copies the pipe into the log, rotating it. A torchrun rank comes through here too, with its stdout and stderr
 in two files of torchrun's (ranks/.../stdout.log, stderr.log): each gets a pipe and a cap of its own. The cap
 holds without the daemon (it may be down for hours while a worker prints), the newest output is kept (at least
-half the cap of it), and the two files never hold more than the cap (`FTQ_WORKER_LOG_MAX_BYTES`, passed in the worker's environment).
+half the cap of it), and the two files never hold more than the cap (`FTQ_WORKER_LOG_MAX_BYTES`, passed in the
+worker's environment).
 
 Our own and not logging.handlers.RotatingFileHandler: that one rotates the records of Python's logging, and a
 worker's log is every byte written to its fds 1 and 2 by anything in its process tree. Not copytruncate from
