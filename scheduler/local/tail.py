@@ -67,12 +67,6 @@ def read_records(
     return Read(records, newline + 1, True)
 
 
-def read_new_records(path: Path, offset: int, max_bytes: int = CHUNK_BYTES) -> tuple[list[dict[str, Any]], int]:
-    """Records appended since `offset` (one bounded read), and the offset just past the last whole line read."""
-    read = read_records(path, offset, max_bytes)
-    return read.records, read.offset
-
-
 def _lines(chunk: bytes, base: int, max_records: int, max_line: int) -> tuple[list[dict[str, Any]], int, bool]:
     """The chunk's whole lines as records: (records, bytes used, whether `max_records` stopped it early)."""
     records: list[dict[str, Any]] = []

@@ -114,9 +114,10 @@ class Daemon:
 
 
 @contextmanager
-def standin_daemon(data_dir: Path, **settings: str) -> Iterator[Daemon]:
-    """A started daemon whose workers are the stand-in (tests/integration/standin_worker.py); closed after."""
-    daemon = Daemon(data_dir, worker_module=STANDIN_WORKER, **settings)
+def standin_daemon(data_dir: Path, worker_module: str = STANDIN_WORKER, **settings: str) -> Iterator[Daemon]:
+    """A started daemon whose workers are a stand-in from this repo (by default tests/integration/standin_worker.py);
+    closed after."""
+    daemon = Daemon(data_dir, worker_module=worker_module, **settings)
     daemon.env["PYTHONPATH"] = str(REPO)
     daemon.start()
     try:

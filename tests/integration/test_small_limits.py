@@ -16,7 +16,7 @@ import pytest
 
 from server.settings import Settings
 from tests.helpers import REPO, tiny_spec, wait_for
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import Daemon, standin_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +25,8 @@ ESCAPE_WORKER = "tests.integration.escape_worker"
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("small") / "ftq", worker_module=ESCAPE_WORKER, cpu_slots="1")
-    d.env["PYTHONPATH"] = str(REPO)
-    d.start()
-    try:
+    with standin_daemon(tmp_path_factory.mktemp("small") / "ftq", worker_module=ESCAPE_WORKER, cpu_slots="1") as d:
         yield d
-    finally:
-        d.close()
 
 
 def ftq(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:

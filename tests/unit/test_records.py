@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from scheduler.local.tail import read_new_records
+from scheduler.local.tail import read_records
 from scheduler.policy.records import INT64_MAX, MAX_RECORD_BYTES, as_step, record_time, storable
 
 
@@ -46,6 +46,6 @@ def test_the_record_time_is_read_from_its_timestamp():
 def test_lines_that_are_not_objects_are_kept_visible(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'[1, 2]\n\xff\xfe\n{"kind": "metric"}\n' + b"[" * 100_000 + b"\n")
-    records, _ = read_new_records(path, 0)
+    records = read_records(path, 0).records
     assert [r["kind"] for r in records] == ["invalid", "invalid", "metric", "invalid"]
     assert all("reason" in r for r in records if r["kind"] == "invalid")

@@ -1,8 +1,16 @@
 import json
 import os
+from pathlib import Path
+from typing import Any
 
 from scheduler.local.node_supervisor import NodeSupervisor
-from scheduler.local.tail import Read, last_end_before, last_lines, read_new_records, read_records
+from scheduler.local.tail import Read, last_end_before, last_lines, read_records
+
+
+def read_new_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """One bounded read's records and the offset it reached."""
+    read = read_records(path, offset)
+    return read.records, read.offset
 
 
 def test_only_whole_lines_are_read_and_the_offset_resumes(tmp_path):
